@@ -1,0 +1,94 @@
+"""The Starlette application: GraphQL at /graphql, GraphiQL assets, health, metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from app.graphiql import ASSETS_DIR
+from app.graphql_view import CrunchGraphQL
+from app.health import healthz, readyz
+from app.runtime import start_runtime
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+from schema.root import SchemaOptions, build_schema
+
+logger = logging.getLogger("crunchql.app")
+
+
+class GraphQLEndpoint:
+    """Hands /graphql to the view built at start-up (it needs the live services)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["app"].state.graphql(scope, receive, send)
+
+
+graphql_endpoint = GraphQLEndpoint()
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> Starlette:
+    settings = settings or get_settings()
+    if configure_logs:
+        configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = await start_runtime(settings)
+        schema = build_schema(
+            SchemaOptions(
+                max_depth=settings.max_query_depth,
+                max_aliases=settings.max_aliases,
+                max_tokens=settings.max_tokens,
+                introspection=settings.introspection_enabled,
+                field_suggestions=not settings.is_production,
+            )
+        )
+        app.state.runtime = runtime
+        app.state.graphql = CrunchGraphQL(
+            schema,
+            runtime.services,
+            allowed_origins=settings.allowed_ws_origins or settings.cors_origins,
+            connection_init_timeout=settings.ws_connection_init_timeout_seconds,
+            max_request_bytes=settings.max_request_bytes,
+        )
+        logger.info(
+            "crunchql ready (%s, %s, %s)",
+            settings.environment.value,
+            "PostgreSQL" if not settings.is_sqlite else "SQLite",
+            "Redis" if settings.redis_url else "embedded queue and event bus",
+        )
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql_endpoint, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql_endpoint),
+            Mount("/graphiql-assets", StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        middleware=middleware,
+        lifespan=lifespan,
+    )

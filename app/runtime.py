@@ -1,0 +1,127 @@
+"""Builds the process's long-lived parts from settings, and tears them down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from auth.passwords import PasswordHasher
+from auth.rate_limit import DisabledRateLimiter, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from auth.tokens import TokenService
+from core.settings import Settings
+from db.engine import create_engine, create_session_factory, unit_of_work
+from db.migrate import upgrade_async
+from db.repositories import CalculationRepository
+from pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
+from services.container import JobQueue, Limits, RunnerServices, Services
+from workers.broker import create_broker
+from workers.queues import DramatiqJobQueue, EmbeddedJobQueue
+from workers.runner import RunnerConfig
+
+logger = logging.getLogger("crunchql.app")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    services: Services
+    redis: Redis | None
+    embedded_queue: EmbeddedJobQueue | None
+
+    async def close(self) -> None:
+        if self.embedded_queue is not None:
+            await self.embedded_queue.close()
+        await self.services.bus.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        rate_limits=settings.rate_limits,
+        login_attempts_per_account=settings.login_attempts_per_account,
+        login_attempts_per_address=settings.login_attempts_per_address,
+        register_attempts_per_address=settings.register_attempts_per_address,
+        rate_limit_window_seconds=settings.rate_limit_window_seconds,
+        max_active_calculations=settings.max_active_calculations,
+        subscription_max_seconds=settings.subscription_max_seconds,
+    )
+
+
+async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> Runtime:
+    """Connect everything. With no REDIS_URL, jobs run in this process (embedded mode)."""
+    if settings.generated_secret:
+        logger.warning(
+            "CRUNCHQL_JWT_SECRET is not set: using a random per-process secret "
+            "(tokens end with the process; set it for anything but a first try)"
+        )
+    if migrate if migrate is not None else not settings.is_production:
+        await upgrade_async(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+    session_factory = create_session_factory(engine)
+    redis: Redis | None = None
+    bus: EventBus
+    rate_limiter: RateLimiter
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+        bus = RedisEventBus(redis)
+        rate_limiter = RedisRateLimiter(redis)
+    else:
+        bus = InProcessEventBus()
+        rate_limiter = MemoryRateLimiter()
+    if not settings.rate_limits:
+        rate_limiter = DisabledRateLimiter()
+    config = RunnerConfig(
+        worker_id=f"embedded:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        publish_interval=settings.progress_publish_interval,
+        write_interval=settings.progress_write_interval,
+        stale_after=timedelta(seconds=settings.worker_stale_seconds),
+    )
+    embedded: EmbeddedJobQueue | None = None
+    queue: JobQueue
+    if settings.redis_url:
+        queue = DramatiqJobQueue(
+            create_broker(settings.redis_url, max_retries=settings.job_max_retries)
+        )
+    else:
+        embedded = EmbeddedJobQueue(
+            RunnerServices(session_factory=session_factory, bus=bus),
+            config,
+            max_retries=settings.job_max_retries,
+        )
+        queue = embedded
+    services = Services(
+        session_factory=session_factory,
+        hasher=PasswordHasher(settings.bcrypt_rounds),
+        tokens=TokenService(
+            secret=settings.jwt_secret,
+            algorithm=settings.jwt_algorithm,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_lifetime=timedelta(minutes=settings.access_token_minutes),
+            refresh_lifetime=timedelta(days=settings.refresh_token_days),
+        ),
+        rate_limiter=rate_limiter,
+        bus=bus,
+        queue=queue,
+        limits=limits_from(settings),
+    )
+    await bus.start()
+    if embedded is not None:
+        async with unit_of_work(session_factory) as session:
+            pending = await CalculationRepository(session).list_active_ids()
+        if pending:
+            logger.info("resuming %d calculations left from the last run", len(pending))
+        await embedded.recover(pending)
+    return Runtime(
+        settings=settings, engine=engine, services=services, redis=redis, embedded_queue=embedded
+    )

@@ -1,0 +1,85 @@
+"""Access tokens (PyJWT, algorithm pinned, every registered claim checked) and
+opaque refresh tokens (only their SHA-256 is stored)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from core.errors import UnauthenticatedError
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    role: str
+    token_id: str
+    expires_at: datetime
+
+
+class TokenService:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        algorithm: str = "HS256",
+        issuer: str = "crunchql",
+        audience: str = "crunchql-api",
+        access_lifetime: timedelta = timedelta(minutes=15),
+        refresh_lifetime: timedelta = timedelta(days=30),
+    ) -> None:
+        self._secret = secret
+        self.algorithm = algorithm
+        self.issuer = issuer
+        self.audience = audience
+        self.access_lifetime = access_lifetime
+        self.refresh_lifetime = refresh_lifetime
+
+    def issue_access_token(self, user_id: uuid.UUID, role: str, now: datetime | None = None) -> str:
+        now = now or datetime.now(UTC)
+        claims = {
+            "sub": str(user_id),
+            "role": role,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.access_lifetime,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._secret, algorithm=self.algorithm)
+
+    def decode_access_token(self, token: str) -> AccessClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "jti", "iss", "aud"]},
+                leeway=5,
+            )
+            return AccessClaims(
+                user_id=uuid.UUID(claims["sub"]),
+                role=str(claims.get("role", "USER")),
+                token_id=str(claims["jti"]),
+                expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            )
+        except jwt.ExpiredSignatureError:
+            raise UnauthenticatedError("Access token has expired; refresh it.") from None
+        except (jwt.InvalidTokenError, ValueError, KeyError, TypeError):
+            raise UnauthenticatedError("Access token is invalid.") from None
+
+    @staticmethod
+    def new_refresh_token() -> str:
+        return secrets.token_urlsafe(32)
+
+    @staticmethod
+    def hash_refresh_token(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -1,0 +1,177 @@
+"""The ``crunchql`` command: serve, worker, db upgrade, users create-admin, schema export."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from core.settings import get_settings
+
+    settings = get_settings()
+    if args.workers > 1 and not settings.redis_url:
+        print(
+            "crunchql serve --workers > 1 needs REDIS_URL: the embedded queue and event bus "
+            "live inside one process.",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(
+        "app.factory:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers if not args.reload else None,
+        reload=args.reload,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        # Strawberry's graphql-transport-ws has no server ping: Uvicorn's WebSocket
+        # pings find dead peers.
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from core.settings import get_settings
+
+    if not get_settings().redis_url:
+        print("crunchql worker needs REDIS_URL.", file=sys.stderr)
+        return 2
+    # Prefetch no more than we can run: with Dramatiq's default (2 x threads) an idle
+    # worker could watch a busy one sit on jobs.
+    os.environ["dramatiq_queue_prefetch"] = str(args.threads)  # noqa: SIM112 - Dramatiq reads it lower-case
+    # Processes x kernel threads must not oversubscribe the cores.
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, cores // args.processes)))
+    from dramatiq.cli import main as dramatiq_main
+
+    argv = [
+        "workers.process",
+        "--processes",
+        str(args.processes),
+        "--threads",
+        str(args.threads),
+        "--queues",
+        "calculations",
+        "--skip-logging",
+        "--worker-shutdown-timeout",
+        str(args.shutdown_timeout_ms),
+    ]
+    sys.argv = ["crunchql worker", *argv]
+    return int(dramatiq_main() or 0)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from core.settings import get_settings
+    from db.migrate import upgrade
+
+    upgrade(get_settings().database_url, args.revision)
+    print("database is at", args.revision)
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise SystemExit("Passwords do not match.")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _create_admin(args: argparse.Namespace) -> int:
+    from app.runtime import start_runtime
+    from core.errors import CrunchError
+    from core.settings import get_settings
+    from db.models import Role
+    from services import users
+
+    password = _read_password()
+
+    async def run() -> None:
+        runtime = await start_runtime(get_settings(), migrate=True)
+        try:
+            result = await users.register(
+                runtime.services, args.email, password, client="cli", role=Role.ADMIN
+            )
+            print(f"created admin {result.user.email} ({result.user.id})")
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(run())
+    except CrunchError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_schema(args: argparse.Namespace) -> int:
+    from strawberry.printer import print_schema
+
+    from schema.root import schema
+
+    text = print_schema(schema) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crunchql", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (embedded queue without REDIS_URL)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="Uvicorn worker processes")
+    serve.add_argument("--reload", action="store_true", help="restart on code changes")
+    serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run Dramatiq worker processes (needs REDIS_URL)")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--threads", type=int, default=4, help="concurrent jobs per process")
+    worker.add_argument("--shutdown-timeout-ms", type=int, default=30_000)
+    worker.set_defaults(handler=_worker)
+
+    database = commands.add_parser("db", help="database maintenance")
+    db_commands = database.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(handler=_db_upgrade)
+
+    users_parser = commands.add_parser("users", help="user administration")
+    user_commands = users_parser.add_subparsers(dest="users_command", required=True)
+    admin = user_commands.add_parser(
+        "create-admin", help="create an ADMIN (password from a prompt, or stdin when piped)"
+    )
+    admin.add_argument("email")
+    admin.set_defaults(handler=_create_admin)
+
+    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export.add_argument("--output", "-o", default="-")
+    export.set_defaults(handler=_export_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""All configuration, read once from the environment (and an optional ``.env``)."""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./var/crunchql.sqlite3"
+MIN_SECRET_LENGTH = 32
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "secret", "dev", "development"})
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class SettingsError(ValueError):
+    """Configuration that must not start the service; the message says what to fix."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs platforms hand out and pick the async driver for each."""
+    for prefix in (
+        "postgres://",
+        "postgresql://",
+        "postgresql+psycopg2://",
+        "postgresql+psycopg://",
+    ):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CRUNCHQL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    database_url: str = Field(
+        default=DEFAULT_SQLITE_URL, validation_alias=AliasChoices("DATABASE_URL")
+    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    jwt_secret: str = Field(default="", repr=False)
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str = "crunchql"
+    jwt_audience: str = "crunchql-api"
+    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_ws_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    introspection: bool | None = None  # None: on in development, off in production
+    max_query_depth: int = Field(default=15, ge=1)
+    max_aliases: int = Field(default=50, ge=1)
+    max_tokens: int = Field(default=5000, ge=100)
+    max_directives: int = Field(default=50, ge=1)
+    max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    rate_limits: bool = True
+    login_attempts_per_account: int = Field(default=10, ge=1)
+    login_attempts_per_address: int = Field(default=60, ge=1)
+    register_attempts_per_address: int = Field(default=20, ge=1)
+    rate_limit_window_seconds: int = Field(default=300, ge=1)
+    max_active_calculations: int = Field(default=20, ge=1)
+
+    ws_connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
+    subscription_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_stale_seconds: float = Field(default=30.0, gt=0)
+    progress_publish_interval: float = Field(default=0.1, gt=0)
+    progress_write_interval: float = Field(default=1.0, gt=0)
+    job_max_retries: int = Field(default=3, ge=0)
+
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON in production, console in development
+    sentry_dsn: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("SENTRY_DSN")
+    )
+    metrics: bool = True
+
+    @field_validator("cors_origins", "allowed_ws_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
+            return value.strip().lower() == "on"
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @model_validator(mode="after")
+    def _check_environment(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            if not self.jwt_secret or len(self.jwt_secret) < MIN_SECRET_LENGTH:
+                raise SettingsError(
+                    f"CRUNCHQL_JWT_SECRET must be set to at least {MIN_SECRET_LENGTH} random "
+                    "characters in production (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))'`)."
+                )
+            if self.jwt_secret.lower() in PLACEHOLDER_SECRETS:
+                raise SettingsError("CRUNCHQL_JWT_SECRET is a placeholder; set a random secret.")
+            if self.is_sqlite:
+                raise SettingsError(
+                    "DATABASE_URL points at SQLite; production needs PostgreSQL "
+                    "(postgresql://user:password@host:5432/dbname)."
+                )
+            if not self.rate_limits:
+                warnings.warn(
+                    "CRUNCHQL_RATE_LIMITS=off in production: login, register and submit "
+                    "are not rate limited.",
+                    stacklevel=2,
+                )
+        elif not self.jwt_secret:
+            # A per-process secret: tokens do not survive a restart and are not shared
+            # between processes, which is what a first run on a laptop wants.
+            object.__setattr__(self, "jwt_secret", secrets.token_urlsafe(48))
+            object.__setattr__(self, "generated_secret", True)
+        return self
+
+    generated_secret: bool = Field(default=False, exclude=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def introspection_enabled(self) -> bool:
+        return self.introspection if self.introspection is not None else not self.is_production
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_json if self.log_json is not None else self.is_production
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own ``Settings`` instead."""
+    return Settings()

@@ -1,0 +1,235 @@
+"""Calculations: every status change is a conditional update, so that two workers, a
+duplicate message and a concurrent cancel can never both win."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
+
+
+@dataclass(frozen=True)
+class CalculationPage:
+    items: list[Calculation]
+    has_next_page: bool
+
+
+class CalculationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, calculation: Calculation) -> Calculation:
+        self.session.add(calculation)
+        await self.session.flush()
+        return calculation
+
+    async def get(self, calculation_id: uuid.UUID) -> Calculation | None:
+        return await self.session.get(Calculation, calculation_id, populate_existing=True)
+
+    async def count_active(self, owner_id: uuid.UUID) -> int:
+        statement = select(func.count()).where(
+            Calculation.owner_id == owner_id,
+            Calculation.status.in_([s.value for s in ACTIVE_STATUSES]),
+        )
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def list_for_owner(
+        self,
+        owner_id: uuid.UUID,
+        *,
+        first: int,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        status: CalculationStatus | None = None,
+    ) -> CalculationPage:
+        """Newest first, keyset-paginated on (created_at, id)."""
+        statement = select(Calculation).where(Calculation.owner_id == owner_id)
+        if status is not None:
+            statement = statement.where(Calculation.status == status.value)
+        if after is not None:
+            created_at, last_id = after
+            statement = statement.where(
+                or_(
+                    Calculation.created_at < created_at,
+                    and_(Calculation.created_at == created_at, Calculation.id < last_id),
+                )
+            )
+        statement = statement.order_by(Calculation.created_at.desc(), Calculation.id.desc())
+        rows = list((await self.session.execute(statement.limit(first + 1))).scalars())
+        return CalculationPage(items=rows[:first], has_next_page=len(rows) > first)
+
+    async def _update_returning(
+        self, calculation_id: uuid.UUID, condition: Any, values: dict[str, Any]
+    ) -> Calculation | None:
+        statement = (
+            update(Calculation)
+            .where(Calculation.id == calculation_id, condition)
+            .values(**values)
+            .returning(Calculation)
+            .execution_options(synchronize_session=False)
+        )
+        row = (await self.session.execute(statement)).scalar_one_or_none()
+        if row is not None:
+            await self.session.refresh(row)
+        return row
+
+    async def claim(
+        self, calculation_id: uuid.UUID, worker_id: str, now: datetime, stale_before: datetime
+    ) -> Calculation | None:
+        """QUEUED → RUNNING, or take over a RUNNING one whose worker stopped beating.
+
+        None when the calculation is finished, cancelled or alive elsewhere: a duplicate
+        or late message then does nothing.
+        """
+        condition = or_(
+            Calculation.status == CalculationStatus.QUEUED.value,
+            and_(
+                Calculation.status == CalculationStatus.RUNNING.value,
+                or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
+            ),
+        )
+        return await self._update_returning(
+            calculation_id,
+            condition,
+            {
+                "status": CalculationStatus.RUNNING.value,
+                "started_at": now,
+                "attempts": Calculation.attempts + 1,
+                "worker_id": worker_id,
+                "heartbeat_at": now,
+                "version": Calculation.version + 1,
+                "error": None,
+            },
+        )
+
+    def _owned_run(self, worker_id: str) -> Any:
+        return and_(
+            Calculation.status == CalculationStatus.RUNNING.value,
+            Calculation.worker_id == worker_id,
+        )
+
+    async def record_progress(
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        *,
+        progress: float,
+        partial_result: dict[str, Any] | None,
+        version: int,
+        now: datetime,
+    ) -> bool:
+        """Store progress of a run this worker owns; False when it no longer owns it
+        (cancelled, or taken over after a missed heartbeat): the runner must stop."""
+        result = await self.session.execute(
+            update(Calculation)
+            .where(Calculation.id == calculation_id, self._owned_run(worker_id))
+            .values(
+                progress=self._greatest(Calculation.progress, progress),
+                partial_result=partial_result,
+                version=self._greatest(Calculation.version, version),
+                heartbeat_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+    def _greatest(self, column: Any, value: Any) -> Any:
+        # SQLite's two-argument max() is PostgreSQL's greatest().
+        if self.session.get_bind().dialect.name == "sqlite":
+            return func.max(column, value)
+        return func.greatest(column, value)
+
+    async def finish(
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        *,
+        status: CalculationStatus,
+        now: datetime,
+        version: int,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Calculation | None:
+        values: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": now,
+            "result": result,
+            "error": error,
+            "heartbeat_at": now,
+            "version": version,
+        }
+        if status is CalculationStatus.SUCCEEDED:
+            values["progress"] = 1.0
+            values["partial_result"] = None
+        return await self._update_returning(calculation_id, self._owned_run(worker_id), values)
+
+    async def fail_unclaimed(
+        self, calculation_id: uuid.UUID, *, error: str, now: datetime
+    ) -> Calculation | None:
+        """FAILED straight from QUEUED or RUNNING (e.g. retries exhausted, input invalid)."""
+        return await self._update_returning(
+            calculation_id,
+            Calculation.status.in_([s.value for s in ACTIVE_STATUSES]),
+            {
+                "status": CalculationStatus.FAILED.value,
+                "finished_at": now,
+                "error": error,
+                "version": Calculation.version + 1,
+            },
+        )
+
+    async def cancel(self, calculation_id: uuid.UUID, now: datetime) -> Calculation | None:
+        """QUEUED or RUNNING → CANCELLED; None when it had already finished."""
+        return await self._update_returning(
+            calculation_id,
+            Calculation.status.in_([s.value for s in ACTIVE_STATUSES]),
+            {
+                "status": CalculationStatus.CANCELLED.value,
+                "finished_at": now,
+                "version": Calculation.version + 1,
+            },
+        )
+
+    async def list_stale(
+        self, *, running_stale_before: datetime, queued_before: datetime, limit: int = 500
+    ) -> list[uuid.UUID]:
+        """Runs whose worker stopped beating, and queued rows waiting suspiciously long
+        (their message may have been lost with a Redis restart)."""
+        statement = (
+            select(Calculation.id)
+            .where(
+                or_(
+                    and_(
+                        Calculation.status == CalculationStatus.RUNNING.value,
+                        or_(
+                            Calculation.heartbeat_at.is_(None),
+                            Calculation.heartbeat_at < running_stale_before,
+                        ),
+                    ),
+                    and_(
+                        Calculation.status == CalculationStatus.QUEUED.value,
+                        Calculation.created_at < queued_before,
+                    ),
+                )
+            )
+            .order_by(Calculation.created_at)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def list_active_ids(self) -> list[uuid.UUID]:
+        statement = (
+            select(Calculation.id)
+            .where(Calculation.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .order_by(Calculation.created_at)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def count_by_status(self) -> dict[str, int]:
+        statement = select(Calculation.status, func.count()).group_by(Calculation.status)
+        return {status: int(n) for status, n in (await self.session.execute(statement)).all()}

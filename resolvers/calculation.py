@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from compute.catalog import KINDS
+from core.errors import BadUserInputError
+from db.models import CalculationStatus as ModelStatus
+from resolvers.context import GraphQLInfo, current_user
+from schema.inputs import CalculationInput, selected_kind
+from schema.types import (
+    Calculation,
+    CalculationConnection,
+    CalculationEdge,
+    CalculationKind,
+    CalculationStatus,
+    PageInfo,
+)
+from services import calculations
+
+
+async def calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation | None:
+    user = await current_user(info)
+    row = await calculations.get_visible(info.context.services, user, id)
+    return Calculation.from_model(row) if row is not None else None
+
+
+async def calculations_page(
+    info: GraphQLInfo,
+    first: int | None = 20,
+    after: str | None = None,
+    status: CalculationStatus | None = None,
+) -> CalculationConnection:
+    user = await current_user(info)
+    page = await calculations.list_own(
+        info.context.services,
+        user,
+        first=20 if first is None else first,
+        after=after,
+        status=ModelStatus(status.value) if status is not None else None,
+    )
+    edges = [
+        CalculationEdge(node=Calculation.from_model(row), cursor=calculations.encode_cursor(row))
+        for row in page.items
+    ]
+    return CalculationConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_next_page,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+    )
+
+
+def calculation_kinds() -> list[CalculationKind]:
+    return [
+        CalculationKind(name=kind.name, description=kind.description) for kind in KINDS.values()
+    ]
+
+
+async def submit_calculation(info: GraphQLInfo, input: CalculationInput) -> Calculation:
+    user = await current_user(info)
+    try:
+        kind, raw = selected_kind(input)
+    except ValueError:
+        raise BadUserInputError(
+            "Set exactly one field of CalculationInput.", field="input"
+        ) from None
+    row = await calculations.submit(info.context.services, user, kind, raw)
+    return Calculation.from_model(row)
+
+
+async def cancel_calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation:
+    user = await current_user(info)
+    return Calculation.from_model(await calculations.cancel(info.context.services, user, id))
+
+
+async def calculation_updates(
+    info: GraphQLInfo,
+    id: strawberry.ID,
+) -> AsyncGenerator[Calculation, None]:
+    user = await current_user(info)
+    async for row, overrides in calculations.watch(info.context.services, user, id):
+        yield Calculation.from_model(row, overrides)

@@ -1,0 +1,68 @@
+"""The typed GraphQL context and the authentication helpers resolvers call."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from strawberry.dataloader import DataLoader
+from strawberry.types import Info
+
+from auth.tokens import AccessClaims
+from core.errors import CrunchError, UnauthenticatedError
+from db.engine import unit_of_work
+from db.models import User
+from db.repositories import UserRepository
+from services.container import Services
+
+
+def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]:
+    """Batches ``owner`` look-ups of one request; each batch is one short session."""
+
+    async def load(ids: list[uuid.UUID]) -> list[User | None]:
+        async with unit_of_work(services.session_factory) as session:
+            users = await UserRepository(session).list_by_ids(list(set(ids)))
+        by_id = {user.id: user for user in users}
+        return [by_id.get(user_id) for user_id in ids]
+
+    return DataLoader(load_fn=load)
+
+
+@dataclass
+class Context:
+    services: Services
+    connection: HTTPConnection
+    client: str
+    claims: AccessClaims | None = None
+    auth_error: CrunchError | None = None
+    users_by_id: DataLoader[uuid.UUID, User | None] = field(init=False)
+    # Filled in by Strawberry from the WebSocket connection_init payload.
+    connection_params: dict[str, Any] | None = None
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.users_by_id = users_by_id_loader(self.services)
+
+
+GraphQLInfo = Info[Context, None]
+
+
+async def current_user(info: GraphQLInfo) -> User:
+    """The authenticated, active user; UNAUTHENTICATED otherwise."""
+    context = info.context
+    if context.auth_error is not None:
+        raise context.auth_error
+    claims = context.claims
+    if claims is None:
+        raise UnauthenticatedError()
+    # On a long-lived WebSocket the token may expire after connection_init: each new
+    # operation checks it again.
+    if claims.expires_at <= datetime.now(UTC):
+        raise UnauthenticatedError("Access token has expired; refresh it.")
+    user = await context.users_by_id.load(claims.user_id)
+    if user is None or not user.is_active:
+        raise UnauthenticatedError("The account of this token no longer exists or is disabled.")
+    return user

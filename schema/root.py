@@ -1,0 +1,123 @@
+"""The root types, wiring contract fields to resolvers, and the Schema factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+
+from resolvers import calculation as calculation_resolvers
+from resolvers import user as user_resolvers
+from resolvers.context import GraphQLInfo
+from schema.extensions import ContractErrors, OperationName, depth_limit_rule
+from schema.types import (
+    AuthPayload,
+    Calculation,
+    CalculationConnection,
+    CalculationKind,
+    User,
+)
+
+
+@strawberry.type
+class Query:
+    me: User = strawberry.field(resolver=user_resolvers.me, description="The caller.")
+    calculation: Calculation | None = strawberry.field(
+        resolver=calculation_resolvers.calculation,
+        description="Null when absent or not the caller's.",
+    )
+    calculations: CalculationConnection = strawberry.field(
+        resolver=calculation_resolvers.calculations_page,
+        description="The caller's calculations, newest first.",
+    )
+    calculation_kinds: list[CalculationKind] = strawberry.field(
+        resolver=calculation_resolvers.calculation_kinds
+    )
+
+
+@strawberry.type
+class Mutation:
+    register: AuthPayload = strawberry.mutation(resolver=user_resolvers.register)
+    login: AuthPayload = strawberry.mutation(resolver=user_resolvers.login)
+    refresh_token: AuthPayload = strawberry.mutation(
+        resolver=user_resolvers.refresh_token,
+        description="Rotate a refresh token: the one given stops working.",
+    )
+    submit_calculation: Calculation = strawberry.mutation(
+        resolver=calculation_resolvers.submit_calculation
+    )
+    cancel_calculation: Calculation = strawberry.mutation(
+        resolver=calculation_resolvers.cancel_calculation
+    )
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="First event: the calculation as it stands now. Then one event per "
+        "change (status, progress). Completes after the terminal event."
+    )
+    async def calculation_updates(
+        self,
+        info: GraphQLInfo,
+        id: strawberry.ID,
+    ) -> AsyncGenerator[Calculation, None]:
+        async for update in calculation_resolvers.calculation_updates(info, id):
+            yield update
+
+
+class CrunchSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # Expected errors (bad input, auth) are answers, not incidents: nothing to log.
+        # Unexpected ones were logged with their traceback where they were masked.
+        return None
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    max_depth: int = 15
+    max_aliases: int = 50
+    max_tokens: int = 450
+    introspection: bool = True
+    field_suggestions: bool = True
+
+
+def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
+    options = options or SchemaOptions()
+    extensions: list[SchemaExtension | type[SchemaExtension]] = [
+        ContractErrors(),
+        OperationName,
+        ParserCache(maxsize=1024),
+        ValidationCache(maxsize=1024),
+        MaxTokensLimiter(max_token_count=options.max_tokens),
+        MaxAliasesLimiter(max_alias_count=options.max_aliases),
+        AddValidationRules([depth_limit_rule(options.max_depth)]),
+    ]
+    if not options.introspection:
+        extensions.append(DisableIntrospection())
+    return CrunchSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        config=StrawberryConfig(disable_field_suggestions=not options.field_suggestions),
+    )
+
+
+# The schema as exported to schema.graphql (defaults; limits do not change the SDL).
+schema = build_schema()

@@ -1,0 +1,47 @@
+"""Scalars of the contract beyond GraphQL's own: BigInt and JSON (DateTime is Strawberry's)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NewType
+
+import strawberry
+from graphql import IntValueNode, StringValueNode, ValueNode
+from strawberry.scalars import JSON
+
+MAX_SAFE_INTEGER = 2**53
+_DIGITS = re.compile(r"^-?\d{1,30}$")
+
+
+def serialize_big_int(value: int) -> int | str:
+    return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+
+
+def parse_big_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("BigInt must be an integer, not a boolean.")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _DIGITS.match(value):
+        return int(value)
+    raise ValueError("BigInt must be an integer: a JSON number or a string of digits.")
+
+
+def parse_big_int_literal(node: ValueNode, _variables: Any = None) -> int:
+    if isinstance(node, IntValueNode | StringValueNode):
+        return parse_big_int(node.value if isinstance(node, StringValueNode) else int(node.value))
+    raise ValueError("BigInt must be an integer: a number or a string of digits.")
+
+
+BigInt = strawberry.scalar(
+    NewType("BigInt", int),
+    name="BigInt",
+    description="Integer beyond 32 bits; a JSON number when it fits 2^53, else a string.",
+    serialize=serialize_big_int,
+    parse_value=parse_big_int,
+    parse_literal=parse_big_int_literal,
+)
+
+__all__ = ["JSON", "BigInt"]

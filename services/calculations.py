@@ -1,0 +1,227 @@
+"""Use cases around calculations: submit, read, list, cancel, watch."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from compute.base import ParameterError
+from compute.catalog import KINDS
+from core.errors import (
+    BadUserInputError,
+    ConflictError,
+    NotFoundError,
+    RateLimitedError,
+)
+from db.engine import after_commit, unit_of_work
+from db.models import Calculation, CalculationStatus, Role, User
+from db.repositories import CalculationPage, CalculationRepository
+from pubsub.bus import Event
+from services.container import Infrastructure, Services
+
+MAX_PAGE_SIZE = 100
+IDLE_RECHECK_SECONDS = 30.0
+STATUS_RANK = {
+    CalculationStatus.QUEUED.value: 0,
+    CalculationStatus.RUNNING.value: 1,
+    CalculationStatus.SUCCEEDED.value: 2,
+    CalculationStatus.FAILED.value: 2,
+    CalculationStatus.CANCELLED.value: 2,
+}
+
+
+def parse_id(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(raw))
+    except (ValueError, TypeError):
+        return None
+
+
+def can_see(user: User, calculation: Calculation) -> bool:
+    return calculation.owner_id == user.id or user.role == Role.ADMIN.value
+
+
+def status_event(calculation: Calculation) -> Event:
+    """An event that makes subscribers re-read the row (status changes, results)."""
+    return {
+        "id": str(calculation.id),
+        "status": calculation.status,
+        "progress": calculation.progress,
+        "version": calculation.version,
+        "reload": True,
+        "terminal": CalculationStatus(calculation.status).is_terminal,
+    }
+
+
+async def publish_status(services: Infrastructure, calculation: Calculation) -> None:
+    await services.bus.publish(str(calculation.id), status_event(calculation))
+
+
+async def submit(
+    services: Services, user: User, kind_name: str, raw_input: Mapping[str, Any]
+) -> Calculation:
+    kind = KINDS.get(kind_name)
+    if kind is None:
+        raise BadUserInputError(f"Unknown calculation kind {kind_name!r}.", field="input")
+    try:
+        params = kind.validate(raw_input)
+    except ParameterError as error:
+        raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
+    async with unit_of_work(services.session_factory) as session:
+        repo = CalculationRepository(session)
+        if services.limits.rate_limits:
+            active = await repo.count_active(user.id)
+            if active >= services.limits.max_active_calculations:
+                raise RateLimitedError(
+                    f"You have {active} calculations queued or running; the limit is "
+                    f"{services.limits.max_active_calculations}. Wait for one to finish "
+                    "or cancel one."
+                )
+        calculation = await repo.add(
+            Calculation(
+                owner_id=user.id,
+                kind=kind.name,
+                input=params,
+                status=CalculationStatus.QUEUED.value,
+                created_at=datetime.now(UTC),
+            )
+        )
+        calculation_id = calculation.id
+
+        async def send() -> None:
+            await services.queue.enqueue(calculation_id)
+
+        # The message goes out only once the row is committed; never on rollback.
+        after_commit(session, send)
+    return calculation
+
+
+async def get_visible(services: Services, user: User, raw_id: str) -> Calculation | None:
+    calculation_id = parse_id(raw_id)
+    if calculation_id is None:
+        return None
+    async with unit_of_work(services.session_factory) as session:
+        calculation = await CalculationRepository(session).get(calculation_id)
+    if calculation is None or not can_see(user, calculation):
+        return None
+    return calculation
+
+
+def encode_cursor(calculation: Calculation) -> str:
+    raw = f"{calculation.created_at.isoformat()}|{calculation.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, _, raw_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("cursor without offset")
+        return created_at, uuid.UUID(raw_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadUserInputError("Cursor is not valid.", field="after") from None
+
+
+async def list_own(
+    services: Services,
+    user: User,
+    *,
+    first: int,
+    after: str | None,
+    status: CalculationStatus | None,
+) -> CalculationPage:
+    if not 0 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInputError(
+            f"first must be between 0 and {MAX_PAGE_SIZE} (got {first}).", field="first"
+        )
+    position = decode_cursor(after) if after else None
+    async with unit_of_work(services.session_factory) as session:
+        return await CalculationRepository(session).list_for_owner(
+            user.id, first=first, after=position, status=status
+        )
+
+
+async def cancel(services: Services, user: User, raw_id: str) -> Calculation:
+    calculation_id = parse_id(raw_id)
+    not_found = NotFoundError("Calculation not found.")
+    if calculation_id is None:
+        raise not_found
+    async with unit_of_work(services.session_factory) as session:
+        repo = CalculationRepository(session)
+        calculation = await repo.get(calculation_id)
+        if calculation is None or not can_see(user, calculation):
+            raise not_found
+        cancelled = await repo.cancel(calculation_id, datetime.now(UTC))
+        if cancelled is None:
+            raise ConflictError(
+                f"Calculation already finished ({calculation.status}); it cannot be cancelled."
+            )
+
+        async def announce() -> None:
+            await publish_status(services, cancelled)
+
+        after_commit(session, announce)
+    return cancelled
+
+
+async def watch(
+    services: Services, user: User, raw_id: str
+) -> AsyncIterator[tuple[Calculation, Mapping[str, Any] | None]]:
+    """The calculation as it stands, then each change, until it is terminal.
+
+    Yields (row, overrides): ``overrides`` holds the newer progress and partial result
+    from a progress event, applied over the row last read from the database.
+    """
+    calculation_id = parse_id(raw_id)
+    if calculation_id is None:
+        raise NotFoundError("Calculation not found.")
+    key = str(calculation_id)
+    deadline = time.monotonic() + services.limits.subscription_max_seconds
+
+    async def load() -> Calculation:
+        async with unit_of_work(services.session_factory) as session:
+            row = await CalculationRepository(session).get(calculation_id)
+        if row is None or not can_see(user, row):
+            raise NotFoundError("Calculation not found.")
+        return row
+
+    # Subscribe first, then read: an update between the two is queued, not lost.
+    async with services.bus.subscribe(key) as subscription:
+        row = await load()
+        state = (STATUS_RANK[row.status], row.progress, row.version)
+        yield row, None
+        while state[0] < 2:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            event = await subscription.get(timeout=min(IDLE_RECHECK_SECONDS, remaining))
+            overrides: dict[str, Any] | None = None
+            event_rank = STATUS_RANK.get(str((event or {}).get("status")), -1)
+            if (
+                event is None
+                or event.get("resync")
+                or event.get("reload")
+                or event_rank > STATUS_RANK[row.status]
+            ):
+                # A quiet spell, a lost connection or a status change: read the truth.
+                row = await load()
+                progress = max(state[1], row.progress)  # never report a step back
+                if progress != row.progress:
+                    overrides = {"progress": progress}
+                candidate = (STATUS_RANK[row.status], progress, max(state[2], row.version))
+                if candidate[:2] <= state[:2] and row.version <= state[2]:
+                    continue
+            else:
+                progress = float(event.get("progress", 0.0))
+                if event_rank < STATUS_RANK[row.status] or progress <= state[1]:
+                    continue  # stale or duplicate
+                overrides = {"progress": progress, "partial_result": event.get("partialResult")}
+                candidate = (state[0], progress, max(state[2], int(event.get("version", 0))))
+            state = candidate
+            yield row, overrides

@@ -1,0 +1,58 @@
+"""What the use cases need, built once by the wiring and handed to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from auth.passwords import PasswordHasher
+from auth.rate_limit import RateLimiter
+from auth.tokens import TokenService
+from pubsub.bus import EventBus
+
+
+class JobQueue(Protocol):
+    async def enqueue(self, calculation_id: UUID) -> None:
+        """Hand a committed QUEUED calculation to whoever runs calculations."""
+        ...
+
+
+class Infrastructure(Protocol):
+    """What a calculation runner needs: sessions and the event bus."""
+
+    @property
+    def session_factory(self) -> async_sessionmaker[AsyncSession]: ...
+
+    @property
+    def bus(self) -> EventBus: ...
+
+
+@dataclass
+class RunnerServices:
+    session_factory: async_sessionmaker[AsyncSession]
+    bus: EventBus
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate_limits: bool = True
+    login_attempts_per_account: int = 10
+    login_attempts_per_address: int = 60
+    register_attempts_per_address: int = 20
+    rate_limit_window_seconds: int = 300
+    max_active_calculations: int = 20
+    subscription_max_seconds: float = 6 * 3600.0
+
+
+@dataclass
+class Services:
+    session_factory: async_sessionmaker[AsyncSession]
+    hasher: PasswordHasher
+    tokens: TokenService
+    rate_limiter: RateLimiter
+    bus: EventBus
+    queue: JobQueue
+    limits: Limits

@@ -1,0 +1,132 @@
+"""Use cases: register, log in, rotate refresh tokens, create an admin."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+
+from auth.passwords import check_password_policy
+from core.errors import BadUserInputError, ConflictError, UnauthenticatedError
+from db.engine import unit_of_work
+from db.models import RefreshToken, Role, User
+from db.repositories import RefreshTokenRepository, UserRepository
+from services.container import Services
+
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_EMAIL_LENGTH = 254
+LOGIN_FAILED = "Incorrect email or password."
+
+
+class RefreshTokenReusedError(UnauthenticatedError):
+    """A rotated refresh token came back: its whole family is revoked (and that
+    revocation is committed although the operation fails)."""
+
+    commit_changes = True
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    user: User
+    access_token: str
+    refresh_token: str
+
+
+def normalise_email(raw: str) -> str:
+    email = unicodedata.normalize("NFKC", raw).strip().lower()
+    if len(email) > MAX_EMAIL_LENGTH or not EMAIL_PATTERN.match(email):
+        raise BadUserInputError("Email address is not valid.", field="email")
+    return email
+
+
+async def _issue(
+    services: Services, repo: RefreshTokenRepository, user: User, family_id: uuid.UUID | None = None
+) -> AuthResult:
+    now = datetime.now(UTC)
+    raw = services.tokens.new_refresh_token()
+    await repo.add(
+        RefreshToken(
+            user_id=user.id,
+            family_id=family_id or uuid.uuid4(),
+            token_hash=services.tokens.hash_refresh_token(raw),
+            created_at=now,
+            expires_at=now + services.tokens.refresh_lifetime,
+        )
+    )
+    access = services.tokens.issue_access_token(user.id, user.role, now)
+    return AuthResult(user=user, access_token=access, refresh_token=raw)
+
+
+async def register(
+    services: Services, email: str, password: str, *, client: str, role: Role = Role.USER
+) -> AuthResult:
+    if services.limits.rate_limits:
+        await services.rate_limiter.hit(
+            f"register:addr:{client}",
+            services.limits.register_attempts_per_address,
+            services.limits.rate_limit_window_seconds,
+        )
+    email = normalise_email(email)
+    check_password_policy(password)
+    password_hash = await services.hasher.hash(password)
+    try:
+        async with unit_of_work(services.session_factory) as session:
+            users = UserRepository(session)
+            if await users.get_by_email(email) is not None:
+                raise ConflictError("An account with this email already exists.")
+            user = await users.add(User(email=email, password_hash=password_hash, role=role.value))
+            return await _issue(services, RefreshTokenRepository(session), user)
+    except IntegrityError:
+        # Two registrations of the same email raced; the unique index decided.
+        raise ConflictError("An account with this email already exists.") from None
+
+
+async def login(services: Services, email: str, password: str, *, client: str) -> AuthResult:
+    normalised = unicodedata.normalize("NFKC", email).strip().lower()
+    if services.limits.rate_limits:
+        window = services.limits.rate_limit_window_seconds
+        await services.rate_limiter.hit(
+            f"login:addr:{client}", services.limits.login_attempts_per_address, window
+        )
+        await services.rate_limiter.hit(
+            f"login:acct:{normalised}", services.limits.login_attempts_per_account, window
+        )
+    async with unit_of_work(services.session_factory) as session:
+        user = await UserRepository(session).get_by_email(normalised)
+        # Verify even for an unknown email (against a dummy hash): same answer, same time.
+        ok = await services.hasher.verify(password, user.password_hash if user else None)
+        if user is None or not ok or not user.is_active:
+            raise UnauthenticatedError(LOGIN_FAILED)
+        return await _issue(services, RefreshTokenRepository(session), user)
+
+
+async def refresh(services: Services, refresh_token: str) -> AuthResult:
+    invalid = UnauthenticatedError("Refresh token is invalid or expired; log in again.")
+    if not refresh_token or len(refresh_token) > 200:
+        raise invalid
+    token_hash = services.tokens.hash_refresh_token(refresh_token)
+    async with unit_of_work(services.session_factory) as session:
+        tokens = RefreshTokenRepository(session)
+        token = await tokens.get_by_hash_for_update(token_hash)
+        now = datetime.now(UTC)
+        if token is None or token.revoked_at is not None or token.expires_at <= now:
+            raise invalid
+        if token.used_at is not None or not await tokens.mark_used(token, now):
+            await tokens.revoke_family(token.family_id, now)
+            raise RefreshTokenReusedError(
+                "Refresh token was already used; every session from that login is revoked."
+            )
+        user = await UserRepository(session).get_by_id(token.user_id)
+        if user is None or not user.is_active:
+            raise invalid
+        return await _issue(services, tokens, user, family_id=token.family_id)
+
+
+async def get_active_user(services: Services, user_id: uuid.UUID) -> User | None:
+    async with unit_of_work(services.session_factory) as session:
+        user = await UserRepository(session).get_by_id(user_id)
+    return user if user is not None and user.is_active else None

@@ -1,0 +1,157 @@
+"""What a worker process does besides running jobs: warm the kernels before taking
+work, say it is alive, and re-send calculations whose worker died."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import Middleware
+from redis.asyncio import Redis
+
+from compute.catalog import warm_up_all
+from core.settings import Settings
+from db.engine import create_engine, create_session_factory, unit_of_work
+from db.repositories import CalculationRepository, WorkerRepository
+from pubsub.bus import RedisEventBus
+from services.container import RunnerServices
+from workers.broker import CrunchRedisBroker
+from workers.queues import DramatiqJobQueue
+from workers.runner import RunnerConfig
+
+logger = logging.getLogger("crunchql.worker")
+SWEEP_INTERVAL_SECONDS = 5.0
+QUEUED_RESEND_AFTER = timedelta(minutes=5)
+
+
+@dataclass
+class WorkerRuntime:
+    """Per-process state, created on the worker's event loop thread."""
+
+    settings: Settings
+    broker: CrunchRedisBroker
+    services: RunnerServices
+    config: RunnerConfig
+    executor: ThreadPoolExecutor
+    redis: Redis
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def create(cls, settings: Settings, broker: CrunchRedisBroker) -> WorkerRuntime:
+        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        redis = Redis.from_url(settings.redis_url or "", health_check_interval=10)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        runtime = cls(
+            settings=settings,
+            broker=broker,
+            services=RunnerServices(
+                session_factory=create_session_factory(engine), bus=RedisEventBus(redis)
+            ),
+            config=RunnerConfig(
+                worker_id=worker_id,
+                publish_interval=settings.progress_publish_interval,
+                write_interval=settings.progress_write_interval,
+                stale_after=timedelta(seconds=settings.worker_stale_seconds),
+            ),
+            # One kernel thread per process: kernels are parallel inside, and numba's
+            # default threading layer must not run two parallel regions at once.
+            executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="crunchql-kernel"),
+            redis=redis,
+        )
+        runtime.tasks = [
+            asyncio.create_task(runtime._heartbeat_loop()),
+            asyncio.create_task(runtime._sweep_loop()),
+        ]
+        return runtime
+
+    async def _heartbeat_loop(self) -> None:
+        hostname, pid = socket.gethostname(), os.getpid()
+        while True:
+            try:
+                async with unit_of_work(self.services.session_factory) as session:
+                    await WorkerRepository(session).beat(
+                        self.config.worker_id, hostname, pid, datetime.now(UTC)
+                    )
+            except Exception as error:
+                logger.warning("worker heartbeat failed: %s", error)
+            await asyncio.sleep(self.settings.worker_heartbeat_seconds)
+
+    async def sweep_once(self) -> int:
+        now = datetime.now(UTC)
+        async with unit_of_work(self.services.session_factory) as session:
+            stale = await CalculationRepository(session).list_stale(
+                running_stale_before=now - self.config.stale_after,
+                queued_before=now - QUEUED_RESEND_AFTER,
+            )
+            await WorkerRepository(session).prune(now, timedelta(hours=1))
+        queue = DramatiqJobQueue(self.broker)
+        for calculation_id in stale:
+            logger.warning(
+                "re-sending calculation %s (worker gone or message lost)", calculation_id
+            )
+            await queue.enqueue(calculation_id)
+        return len(stale)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            try:
+                await self.sweep_once()
+            except Exception as error:
+                logger.warning("stale-run sweep failed: %s", error)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            async with unit_of_work(self.services.session_factory) as session:
+                await WorkerRepository(session).remove(self.config.worker_id)
+        self.executor.shutdown(wait=False)
+        await self.services.session_factory.kw["bind"].dispose()
+        await self.redis.aclose()
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def current_runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not started (is the WorkerLifecycle middleware on?)")
+    return _runtime
+
+
+class WorkerLifecycle(Middleware):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def after_process_boot(self, broker: Any) -> None:
+        started = time.perf_counter()
+        warm_up_all()
+        logger.info("kernels ready in %.2f s", time.perf_counter() - started)
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        global _runtime
+        loop_thread = get_event_loop_thread()
+        assert loop_thread is not None
+        _runtime = loop_thread.run_coroutine(WorkerRuntime.create(self.settings, broker))
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        global _runtime
+        loop_thread = get_event_loop_thread()
+        if _runtime is not None and loop_thread is not None:
+            with contextlib.suppress(Exception):
+                loop_thread.run_coroutine(_runtime.close())
+        _runtime = None

@@ -1,0 +1,106 @@
+"""Job queues: Dramatiq on Redis for production, in-process for the embedded mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import dramatiq
+
+from services.container import Infrastructure
+from workers.broker import QUEUE_NAME, CrunchRedisBroker
+from workers.runner import RunnerConfig, TransientError, fail_exhausted, run_calculation
+
+logger = logging.getLogger("crunchql.queue")
+ACTOR_NAME = "calculation.run"
+
+
+class DramatiqJobQueue:
+    """Sends ``calculation.run`` messages; the API never imports the actor itself."""
+
+    def __init__(self, broker: CrunchRedisBroker) -> None:
+        self.broker = broker
+
+    def send(self, calculation_id: uuid.UUID) -> None:
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=QUEUE_NAME,
+            actor_name=ACTOR_NAME,
+            args=(str(calculation_id),),
+            kwargs={},
+            options={},
+        )
+        self.broker.enqueue(message)
+        self.broker.wake()
+
+    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+        await asyncio.to_thread(self.send, calculation_id)
+
+
+class EmbeddedJobQueue:
+    """Runs calculations as tasks of the API's own event loop, kernels in one thread.
+
+    One kernel thread: numba's default threading layer must not run two parallel
+    regions at once, and each kernel already uses every core.
+    """
+
+    def __init__(
+        self,
+        services: Infrastructure,
+        config: RunnerConfig,
+        *,
+        concurrency: int = 4,
+        max_retries: int = 3,
+    ) -> None:
+        self.services = services
+        self.config = config
+        self.max_retries = max_retries
+        self._slots = asyncio.Semaphore(concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crunchql-kernel")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+        self._spawn(calculation_id, take_over=False)
+
+    def _spawn(self, calculation_id: uuid.UUID, *, take_over: bool) -> None:
+        task = asyncio.create_task(self._run(calculation_id, take_over))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, calculation_id: uuid.UUID, take_over: bool) -> None:
+        async with self._slots:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    await run_calculation(
+                        self.services,
+                        self.config,
+                        calculation_id,
+                        self._executor,
+                        take_over=take_over or attempt > 0,
+                    )
+                    return
+                except TransientError as error:
+                    logger.warning("calculation %s: transient error: %s", calculation_id, error)
+                    await asyncio.sleep(min(2**attempt, 15))
+                except Exception:
+                    logger.exception("calculation %s: runner crashed", calculation_id)
+                    break
+            with contextlib.suppress(Exception):
+                await fail_exhausted(
+                    self.services, calculation_id, "Gave up after repeated infrastructure errors."
+                )
+
+    async def recover(self, calculation_ids: list[uuid.UUID]) -> None:
+        """After a restart: every QUEUED or RUNNING row belongs to this single process."""
+        for calculation_id in calculation_ids:
+            self._spawn(calculation_id, take_over=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._executor.shutdown(wait=False, cancel_futures=True)
