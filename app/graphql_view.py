@@ -1,30 +1,42 @@
-"""Strawberry's ASGI view, adapted to the contract.
+"""Strawberry's ASGI view, adapted to the contract and to GraphQL over HTTP.
 
 - the context carries the services, the client address and the caller's token claims
   (HTTP ``Authorization`` header; WebSocket ``connection_init`` payload);
 - a bad token in ``connection_init`` closes the socket with 4403; no token is allowed
   and protected fields then answer UNAUTHENTICATED;
-- a malformed request is a 400 with a JSON ``errors`` array, never plain text;
-- ``application/graphql-response+json`` is spoken when the client accepts it;
+- every answer is JSON, never plain text: a malformed request (bad JSON, no query,
+  parameters of the wrong type) is a 400 with an ``errors`` array, a POST that is not
+  ``application/json`` a 415, an ``Accept`` header we cannot satisfy a 406, a mutation
+  over GET a 405 (``Allow: POST``), a body over the size limit a 413, and a fault in
+  the view itself a 500 INTERNAL_SERVER_ERROR without detail;
+- ``application/graphql-response+json`` is spoken when the client prefers it; under it
+  a request refused before execution (no ``data`` entry) is a 400;
+- every GraphQL error carries an ``extensions.code`` from the contract;
 - browsers get our own GraphiQL page with its assets served from the package.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
-from cross_web import HTTPException
-from starlette.requests import Request
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.graphiql import content_security_policy, graphiql_html
 from core.errors import CrunchError, ErrorCode
@@ -32,8 +44,36 @@ from core.logging import log_context
 from resolvers.context import Context
 from services.container import Services
 
+logger = logging.getLogger("crunchql.graphql")
+
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 APPLICATION_JSON = "application/json"
+MASKED_MESSAGE = "Internal server error."
+# Operation types per HTTP method: subscriptions are served over WebSocket only.
+ALLOWED_OPERATIONS = {
+    "GET": frozenset({OperationType.QUERY}),
+    "POST": frozenset({OperationType.QUERY, OperationType.MUTATION}),
+}
+
+
+class ViewError(HTTPException):
+    """An HTTP-level refusal, answered with a JSON ``errors`` body."""
+
+    def __init__(
+        self,
+        status_code: int,
+        reason: str,
+        *,
+        headers: dict[str, str] | None = None,
+        json_only: bool = False,
+    ) -> None:
+        super().__init__(status_code, reason)
+        self.headers = headers or {}
+        self.json_only = json_only  # 406: the client's Accept cannot be honoured anyway
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 def bearer_token(value: object) -> str | None:
@@ -49,27 +89,68 @@ def client_address(connection: Request | WebSocket) -> str:
     return connection.client.host if connection.client else "unknown"
 
 
-def wants_graphql_response_json(accept: str) -> bool:
-    """True when the client lists application/graphql-response+json before application/json."""
-    if not accept:
-        return False
-    ranked: list[tuple[float, int, str]] = []
+def _media_ranges(accept: str) -> list[tuple[str, float, int]]:
+    """The media ranges of an Accept header as (range, quality, position)."""
+    ranges: list[tuple[str, float, int]] = []
     for index, part in enumerate(accept.split(",")):
         media, *params = (item.strip() for item in part.split(";"))
+        if not media:
+            continue
         quality = 1.0
         for param in params:
-            if param.startswith("q="):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
                 try:
-                    quality = float(param[2:])
+                    quality = min(max(float(value), 0.0), 1.0)
                 except ValueError:
                     quality = 0.0
-        ranked.append((-quality, index, media.lower()))
-    for _, _, media in sorted(ranked):
-        if media == GRAPHQL_RESPONSE_JSON:
-            return True
-        if media in (APPLICATION_JSON, "application/*", "*/*"):
-            return False
-    return False
+        ranges.append((media.lower(), quality, index))
+    return ranges
+
+
+def _acceptance(media_type: str, ranges: list[tuple[str, float, int]]) -> tuple[float, int]:
+    """(quality, position) of the most specific range matching ``media_type``; q=0 if none."""
+    main = media_type.split("/")[0]
+    best: tuple[int, float, int] = (-1, 0.0, 0)
+    for media, quality, index in ranges:
+        if media == media_type:
+            specificity = 2
+        elif media == f"{main}/*":
+            specificity = 1
+        elif media == "*/*":
+            specificity = 0
+        else:
+            continue
+        if specificity > best[0]:
+            best = (specificity, quality, index)
+    return best[1], best[2]
+
+
+def negotiate_media_type(accept: str | None) -> str | None:
+    """The response media type for an Accept header, None when neither JSON type is
+    acceptable. No (or an empty) Accept header means application/json; on a tie the
+    type the client listed first wins, and wildcards alone mean application/json."""
+    if accept is None or not accept.strip():
+        return APPLICATION_JSON
+    ranges = _media_ranges(accept)
+    graphql_q, graphql_at = _acceptance(GRAPHQL_RESPONSE_JSON, ranges)
+    json_q, json_at = _acceptance(APPLICATION_JSON, ranges)
+    if graphql_q <= 0 and json_q <= 0:
+        return None
+    if graphql_q > json_q or (graphql_q == json_q and graphql_at < json_at):
+        return GRAPHQL_RESPONSE_JSON
+    return APPLICATION_JSON
+
+
+def wants_graphql_response_json(accept: str) -> bool:
+    """True when the client prefers application/graphql-response+json to application/json."""
+    return negotiate_media_type(accept) == GRAPHQL_RESPONSE_JSON
+
+
+def accepts_html(accept: str | None) -> bool:
+    if not accept:
+        return False
+    return _acceptance("text/html", _media_ranges(accept))[0] > 0
 
 
 def error_body(message: str, code: ErrorCode = ErrorCode.BAD_USER_INPUT) -> dict[str, Any]:
@@ -97,6 +178,8 @@ class CrunchGraphQL(GraphQL[Context, None]):
         self.max_request_bytes = max_request_bytes
         self._page = graphiql_html(endpoint="/graphql", assets_prefix="/graphiql-assets")
         self._page_csp = content_security_policy(self._page)
+
+    # ---- context and authentication -------------------------------------------
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -140,31 +223,161 @@ class CrunchGraphQL(GraphQL[Context, None]):
             headers={"Content-Security-Policy": self._page_csp, "Cache-Control": "no-cache"},
         )
 
+    # ---- the HTTP edge ------------------------------------------------------------
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        request = Request(scope, receive=receive)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
-            response: Response = JSONResponse(
-                error_body(f"Request body is larger than {self.max_request_bytes} bytes."),
-                status_code=413,
+        request = Request(scope, receive=self._limited(receive))
+        try:
+            response = await self._respond(request)
+        except ViewError as error:
+            media_type = APPLICATION_JSON if error.json_only else self._media_type(request)
+            response = self._error_response(error, media_type)
+        except HTTPException as error:
+            response = self._error_response(error, self._media_type(request))
+        except BodyTooLarge:
+            response = self._error_response(
+                HTTPException(413, f"Request body is larger than {self.max_request_bytes} bytes."),
+                self._media_type(request),
             )
-        else:
-            try:
-                response = await self.run(request)
-            except HTTPException as error:
-                response = JSONResponse(
-                    error_body(error.reason),
-                    status_code=error.status_code,
-                    media_type=self._media_type(request),
-                )
+        except ClientDisconnect:
+            return
+        except Exception:
+            request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:64]
+            logger.exception("unexpected error answering an HTTP request (request %s)", request_id)
+            body = error_body(MASKED_MESSAGE, ErrorCode.INTERNAL_SERVER_ERROR)
+            body["errors"][0]["extensions"]["requestId"] = request_id
+            response = JSONResponse(body, status_code=500, media_type=self._media_type(request))
         await response(scope, receive, send)
 
+    async def _respond(self, request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise BodyTooLarge
+        if request.method not in ("GET", "POST"):
+            raise ViewError(
+                405, "GraphQL is served over GET and POST.", headers={"Allow": "GET, POST"}
+            )
+        accept = request.headers.get("accept")
+        if negotiate_media_type(accept) is None and not (
+            request.method == "GET" and "query" not in request.query_params and accepts_html(accept)
+        ):
+            raise ViewError(
+                406,
+                f"Not acceptable: this endpoint answers {GRAPHQL_RESPONSE_JSON} or "
+                f"{APPLICATION_JSON}.",
+                json_only=True,
+            )
+        return await self.run(request)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Counts the body as it streams in (chunked requests declare no length)."""
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_request_bytes:
+                    raise BodyTooLarge
+            return message
+
+        return limited_receive
+
+    @staticmethod
+    def _error_response(error: HTTPException, media_type: str) -> Response:
+        headers = getattr(error, "headers", None) or {}
+        return JSONResponse(
+            error_body(error.reason),
+            status_code=error.status_code,
+            media_type=media_type,
+            headers=headers,
+        )
+
     def _media_type(self, request: Request) -> str:
-        accept = request.headers.get("accept", "")
-        return GRAPHQL_RESPONSE_JSON if wants_graphql_response_json(accept) else APPLICATION_JSON
+        return negotiate_media_type(request.headers.get("accept")) or APPLICATION_JSON
+
+    # ---- request parsing ------------------------------------------------------------
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return self.decode_json(data)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, nesting
+            raise HTTPException(400, "Unable to parse request body as JSON") from error
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        if request.method == "POST":
+            header = request.content_type
+            content_type = parse_content_type(header)[0] if header else ""
+            if content_type != APPLICATION_JSON:
+                problem = f"Unsupported Content-Type {header!r}" if header else "No Content-Type"
+                raise ViewError(415, f"{problem}: send the request as {APPLICATION_JSON}.")
+            body = self.parse_json(await request.get_body())
+            if not isinstance(body, dict | list):
+                raise HTTPException(400, "The request body must be a JSON object.")
+            if isinstance(body, list) and not all(isinstance(item, dict) for item in body):
+                raise HTTPException(400, "Each operation of a batch must be a JSON object.")
+        try:
+            data = await super().parse_http_body(request)
+        except json.JSONDecodeError as error:
+            raise HTTPException(400, "Unable to parse request body as JSON") from error
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item.operation_name, str | None):
+                raise HTTPException(
+                    400,
+                    "The GraphQL operation's `operationName` must be a string or null, "
+                    "if provided.",
+                )
+        return data
+
+    # ---- execution ----------------------------------------------------------------------
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        method = request_adapter.method
+        try:
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=ALLOWED_OPERATIONS.get(method, frozenset()),
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as error:
+            raise HTTPException(400, error.as_http_error_reason()) from error
+        except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(
+                    400,
+                    "Subscriptions are served over WebSocket (graphql-transport-ws) at /graphql.",
+                ) from error
+            # GraphQL over HTTP: a mutation over GET is 405, with the method that works.
+            raise ViewError(
+                405, "Mutations are not allowed over GET: use POST.", headers={"Allow": "POST"}
+            ) from error
+        except MissingQueryError as error:
+            raise HTTPException(400, "No GraphQL query found in the request") from error
+
+    # ---- responses ------------------------------------------------------------------------
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = await super().get_sub_response(request)
+        sub_response.crunch_request = request  # type: ignore[attr-defined]
+        return sub_response
 
     def create_response(
         self,
@@ -173,7 +386,7 @@ class CrunchGraphQL(GraphQL[Context, None]):
     ) -> Response:
         response = super().create_response(response_data, sub_response)
         request: Request | None = getattr(sub_response, "crunch_request", None)
-        if request is not None and wants_graphql_response_json(request.headers.get("accept", "")):
+        if request is not None and self._media_type(request) == GRAPHQL_RESPONSE_JSON:
             response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
             # GraphQL over HTTP: a response without data (the request never reached
             # execution) is a 4xx under this media type.
@@ -181,17 +394,38 @@ class CrunchGraphQL(GraphQL[Context, None]):
                 response.status_code = 400
         return response
 
-    async def get_sub_response(self, request: Request | WebSocket) -> Response:
-        sub_response = await super().get_sub_response(request)
-        sub_response.crunch_request = request  # type: ignore[attr-defined]
-        return sub_response
-
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
+        if result.errors:
+            request_id = (log_context.get() or {}).get("request_id", "")
+            result.errors = [_with_contract_code(error, request_id) for error in result.errors]
         processed = await super().process_result(request, result)
         # A request refused before execution (syntax, validation, limits) has no
         # "data" entry at all, as the GraphQL spec asks.
         if result.data is None and result.errors and all(e.path is None for e in result.errors):
-            processed.pop("data", None)  # type: ignore[misc]
+            processed.pop("data", None)
         return processed
+
+
+def _with_contract_code(error: GraphQLError, request_id: str) -> GraphQLError:
+    """Backstop for errors that reached the view without a contract code (Strawberry's
+    ParserCache raises syntax and token-limit errors outside the error-masking
+    extension): refusals of the document are BAD_USER_INPUT, anything else is masked."""
+    extensions = error.extensions or {}
+    if extensions.get("code"):
+        return error
+    original = error.original_error
+    if isinstance(original, CrunchError):
+        error.extensions = {**extensions, **original.extensions, "code": original.code.value}
+        return error
+    if original is None or isinstance(original, GraphQLError):
+        error.extensions = {**extensions, "code": ErrorCode.BAD_USER_INPUT.value}
+        return error
+    logger.error("unexpected error outside execution (request %s)", request_id, exc_info=original)
+    return GraphQLError(
+        MASKED_MESSAGE,
+        nodes=error.nodes,
+        path=error.path,
+        extensions={"code": ErrorCode.INTERNAL_SERVER_ERROR.value, "requestId": request_id},
+    )

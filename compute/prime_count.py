@@ -7,14 +7,16 @@ multiples of 2, 3 and 5 never take space, and one byte covers 30 numbers.
 
 * Pre-sieving: every segment starts as a copy of a periodic pattern from which the
   multiples of 7, 11, 13 and 17 are already removed (period 7*11*13*17 = 17017 bytes).
-* Sieving: each prime ``19 <= p <= sqrt(x)`` clears, for each of the eight residues
-  ``m`` coprime to 30, the multiples ``p * (30 t + m)``. These all fall on one bit
-  ``j`` (the residue of ``p m`` mod 30) in bytes ``(p m) // 30 + t p``: eight strided
-  loops with stride ``p`` per prime and segment, starting at ``p**2``.
-* Segments of ``SEGMENT_BYTES`` (32 KiB, L1-sized, 983040 numbers) are grouped into
-  blocks of ``BLOCK_SEGMENTS`` segments. A block is the unit of parallel work: it
-  computes ``k0 mod p`` for every sieving prime once and carries it from segment to
-  segment with one add and compare.
+* Sieving: the multiples of a prime ``19 <= p <= sqrt(x)`` that the wheel keeps are
+  ``p (30 s + WHEEL[w])``; for fixed ``w`` they all fall on one bit (that of
+  ``p WHEEL[w] mod 30``) of the bytes ``p s + (p WHEEL[w]) // 30``. Primes up to
+  ``LARGE_PRIME_BYTES`` run eight tight loops of stride ``p`` per segment, one per
+  ``w``; larger primes, which hit a segment only a few times, walk their multiples
+  in increasing order (one loop, one exit per segment). Crossing off starts at ``p**2``.
+* Segments of ``SEGMENT_BYTES`` (128 KiB, L2-sized, 3.9 million numbers) are grouped
+  into blocks of ``BLOCK_SEGMENTS`` segments. A block is the unit of parallel work:
+  it finds every sieving prime's first multiple once and carries the positions from
+  segment to segment.
 * Counting: a SWAR popcount over the segment seen as uint64 words, after clearing
   the bit of 1 and the bits above ``x``; the primes 2 .. 17 are added separately.
 
@@ -41,16 +43,19 @@ from compute.random import check_int
 
 # ---- tunables (to move to compute/config.py) ---------------------------------------------
 #
-# Cost model: ~0.3 ns per number sieved per core at 10**10 (measured, see the report in the
-# module's tests), growing slowly (log log x) with x. MAX_PRIME_LIMIT = 10**10 takes ~2 s on
-# 2 cores.
+# Cost model: ~0.5 ns per number sieved per core near 10**10 (less below: the work per
+# number grows like log log x), so MAX_PRIME_LIMIT = 10**10 takes ~3 s on 2 cores of an
+# Intel Xeon with numba 0.68.
 
 MAX_PRIME_LIMIT = 10**10
 """Largest accepted ``limit`` (the contract's bound)."""
-SEGMENT_BYTES = 256 * 1024
-"""Sieve bytes per segment (30 numbers each): 32 KiB fits the L1 data cache."""
-BLOCK_SEGMENTS = 2
-"""Segments per block, the unit of parallel work (16 * 32 KiB * 30 = 15.7 million numbers)."""
+SEGMENT_BYTES = 128 * 1024
+"""Sieve bytes per segment (30 numbers each): 128 KiB sits in the L2 cache (2 MiB per core).
+Measured at 10**10 on a noisy 2-core VM: 32 KiB ~0.6-0.9, 128 KiB ~0.5-0.7 ns per number."""
+BLOCK_SEGMENTS = 4
+"""Segments per block, the unit of parallel work (4 * 128 KiB * 30 = 15.7 million numbers)."""
+LARGE_PRIME_BYTES = SEGMENT_BYTES // 4
+"""Primes above this walk their multiples in order instead of eight strided loops."""
 PRIME_CHUNK_BLOCKS = 24
 """Blocks per chunk (one ``step``): 3.8 * 10**8 numbers, ~60-120 ms on 2 cores."""
 PRIME_TIME_LIMIT_SECONDS = 120.0
@@ -145,20 +150,36 @@ def _count_block(limit, primes, pattern, first_byte, n_bytes):
     n_active = 0
     while n_active < primes.size and primes[n_active] ** 2 < 30 * end:
         n_active += 1
-    # nxt[t, w]: the next byte (relative to first_byte) where prime t clears bit masks[t, w]
-    nxt = np.empty((n_active, 8), dtype=np.int32)
+    n_small = 0
+    while n_small < n_active and primes[n_small] <= LARGE_PRIME_BYTES:
+        n_small += 1
+    # The multiples p m, m = 30 s + WHEEL[w], lie in byte p s + offs[t, w] at bit
+    # masks[t, w]. Small primes: nxt[t, w] is the next byte (relative to first_byte) of
+    # the class w. Large primes: nxt[t, 0] is p s and nxt[t, 1] is w of the next multiple.
+    offs = np.empty((n_active, 8), dtype=np.int32)
     masks = np.empty((n_active, 8), dtype=np.uint8)
+    nxt = np.empty((n_active, 8), dtype=np.int64)
     for t in range(n_active):
         p = primes[t]
         base = max(first_byte, p * p // 30)  # start in the byte of p**2
-        base_mod = base % p
         for w in range(8):
-            pm = p * WHEEL[w]  # the multiples p (30 s + WHEEL[w]) lie in bytes pm // 30 + s p
-            i = pm // 30 - base_mod
-            if i < 0:
-                i += p
-            nxt[t, w] = base - first_byte + i
+            pm = p * WHEEL[w]
+            offs[t, w] = pm // 30
             masks[t, w] = 255 ^ (1 << _BIT_OF_RESIDUE[pm % 30])
+        s = base // p
+        if t < n_small:
+            for w in range(8):
+                i = s * p + offs[t, w]
+                nxt[t, w] = (i if i >= base else i + p) - first_byte
+        else:
+            w = 0
+            while w < 8 and s * p + offs[t, w] < base:
+                w += 1
+            if w == 8:
+                s += 1
+                w = 0
+            nxt[t, 0] = s * p - first_byte
+            nxt[t, 1] = w
     total = 0
     k_lo = first_byte
     while k_lo < end:
@@ -168,7 +189,7 @@ def _count_block(limit, primes, pattern, first_byte, n_bytes):
         seg[:n] = pattern[off : off + n]
         seg[n : n + 8] = 0
         hi = 30 * (k_lo + n)  # every number of the segment is below hi
-        for t in range(n_active):
+        for t in range(n_small):
             p = primes[t]
             if p * p >= hi:
                 break
@@ -179,6 +200,23 @@ def _count_block(limit, primes, pattern, first_byte, n_bytes):
                     seg[i] &= mask
                     i += p
                 nxt[t, w] = i + rel
+        for t in range(n_small, n_active):
+            p = primes[t]
+            if p * p >= hi:
+                break
+            b = nxt[t, 0] - rel
+            w = nxt[t, 1]
+            while True:
+                i = b + offs[t, w]
+                if i >= n:
+                    break
+                seg[i] &= masks[t, w]
+                w += 1
+                if w == 8:
+                    w = 0
+                    b += p
+            nxt[t, 0] = b + rel
+            nxt[t, 1] = w
         if k_lo == 0:
             seg[0] &= np.uint8(254)  # 1 is not prime
         if k_lo + n == last_byte + 1:

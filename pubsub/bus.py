@@ -145,7 +145,7 @@ class RedisEventBus(_FanOut):
     async def _listen(self) -> None:
         delay = 0.05
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(CALCULATION_EVENTS)
                 # Wait for the confirmation, so "connected" means events now flow.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import strawberry
@@ -76,6 +77,8 @@ class CalculationInput:
 
 def to_plain(value: Any) -> Any:
     """A Strawberry input as the contract's JSON: camelCase keys, enums by name, unset dropped."""
+    if isinstance(value, Enum):
+        return value.name
     definition = getattr(type(value), "__strawberry_definition__", None)
     if definition is not None:
         plain: dict[str, Any] = {}
@@ -86,8 +89,6 @@ def to_plain(value: Any) -> Any:
             name = field.graphql_name or _camel(field.python_name)
             plain[name] = to_plain(item)
         return plain
-    if hasattr(value, "value") and hasattr(value, "name") and type(value).__module__ != "builtins":
-        return value.name
     return value
 
 

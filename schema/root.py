@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import strawberry
@@ -23,6 +23,7 @@ from resolvers import calculation as calculation_resolvers
 from resolvers import user as user_resolvers
 from resolvers.context import GraphQLInfo
 from schema.extensions import ContractErrors, OperationName, depth_limit_rule
+from schema.scalars import SCALAR_MAP
 from schema.types import (
     AuthPayload,
     Calculation,
@@ -99,23 +100,28 @@ class SchemaOptions:
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     options = options or SchemaOptions()
-    extensions: list[SchemaExtension | type[SchemaExtension]] = [
-        ContractErrors(),
+    depth_rule = depth_limit_rule(options.max_depth)
+    # Factories: a fresh extension per operation (the parser and validation caches
+    # live at module level, shared by every operation).
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        ContractErrors,
         OperationName,
-        ParserCache(maxsize=1024),
-        ValidationCache(maxsize=1024),
-        MaxTokensLimiter(max_token_count=options.max_tokens),
-        MaxAliasesLimiter(max_alias_count=options.max_aliases),
-        AddValidationRules([depth_limit_rule(options.max_depth)]),
+        lambda: ParserCache(maxsize=1024),
+        lambda: ValidationCache(maxsize=1024),
+        lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
+        lambda: MaxAliasesLimiter(max_alias_count=options.max_aliases),
+        lambda: AddValidationRules([depth_rule]),
     ]
     if not options.introspection:
-        extensions.append(DisableIntrospection())
+        extensions.append(DisableIntrospection)
     return CrunchSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        config=StrawberryConfig(disable_field_suggestions=not options.field_suggestions),
+        config=StrawberryConfig(
+            disable_field_suggestions=not options.field_suggestions, scalar_map=SCALAR_MAP
+        ),
     )
 
 

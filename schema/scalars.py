@@ -35,8 +35,9 @@ def parse_big_int_literal(node: ValueNode, _variables: Any = None) -> int:
     raise ValueError("BigInt must be an integer: a number or a string of digits.")
 
 
-BigInt = strawberry.scalar(
-    NewType("BigInt", int),
+BigInt = NewType("BigInt", int)
+
+BIG_INT_SCALAR = strawberry.scalar(
     name="BigInt",
     description="Integer beyond 32 bits; a JSON number when it fits 2^53, else a string.",
     serialize=serialize_big_int,
@@ -44,4 +45,7 @@ BigInt = strawberry.scalar(
     parse_literal=parse_big_int_literal,
 )
 
-__all__ = ["JSON", "BigInt"]
+# Registered with the schema through StrawberryConfig.scalar_map.
+SCALAR_MAP = {BigInt: BIG_INT_SCALAR}
+
+__all__ = ["JSON", "SCALAR_MAP", "BigInt"]

@@ -52,7 +52,7 @@ def require_service(name: str, url: str, default_port: int) -> None:
     pytest.skip(f"!!! {message}: skipping — these tests run in CI, start {name} to run them here")
 
 
-def test_settings(**overrides: Any) -> Settings:
+def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "environment": "development",
         "jwt_secret": "test-secret-" + "x" * 40,
@@ -90,6 +90,13 @@ async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+@pytest.fixture
+async def empty_sqlite_url(sqlite_url: str) -> str:
+    """The embedded database, emptied for this test."""
+    await truncate(sqlite_url)
+    return sqlite_url
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     require_service("Redis", REDIS_URL, 6379)
@@ -108,11 +115,16 @@ async def truncate(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """Each test that takes it runs on both backends, starting from empty tables."""
+def any_database_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_url")
-    await truncate(url)
-    yield url
+    return url
+
+
+@pytest.fixture
+async def database_url(any_database_url: str) -> str:
+    """Each test that takes it runs on both backends, starting from empty tables."""
+    await truncate(any_database_url)
+    return any_database_url
 
 
 async def flush_redis(url: str) -> None:
@@ -180,7 +192,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[Any, GraphQLCli
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[GraphQLClient]:
     """The embedded app (in-process queue and bus) on each database backend."""
-    async with running_app(test_settings(database_url=database_url)) as (_app, graphql):
+    async with running_app(make_settings(database_url=database_url)) as (_app, graphql):
         yield graphql
 
 

@@ -1,0 +1,448 @@
+"""The Mandelbrot set by escape time, rendered to a PNG.
+
+For the pixel ``(i, j)`` (column ``i`` of ``width``, row ``j`` of ``height``, row 0 at
+the top) the point is the pixel centre::
+
+    c = x + i y,   x = xMin + (i + 1/2) (xMax - xMin) / width
+                   y = yMax - (j + 1/2) (yMax - yMin) / height
+
+(computed about the window's centre, which is the same in exact arithmetic and makes a
+window symmetric about the real axis give exactly mirrored rows). With ``z_0 = 0`` and
+``z_{n+1} = z_n**2 + c`` the escape count is the smallest ``n`` in
+``0 .. maxIterations - 1`` with ``|z_{n+1}| > 2``, or ``maxIterations`` when there is
+none ("inside"). Points of the main cardioid and of the period-2 disc are inside by a
+closed-form test and skip the iteration; the count is the same.
+
+Counts are stored as ``uint32`` (``height``, ``width``) arrays. Rows are independent, so
+the image is the same for any number of threads or bands. The colour map sends inside
+to black and an escape count ``n`` to a smooth cosine gradient of 255 colours indexed by
+``log(1 + n) / log(1 + maxIterations)``; the PNG is 8-bit palette ("P") mode, so it
+holds one byte per pixel before compression.
+
+Entry points: :data:`KIND` (validate/start/warm_up for the runner),
+:func:`escape_counts` (parallel or serial numba), :func:`render_png`, and for benchmarks
+:func:`escape_counts_numpy` and :func:`escape_counts_python`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+from PIL import Image
+
+from compute.base import JSONDict, Kind, ParameterError
+from compute.random import check_int
+
+# ---- tunables (to move to compute/config.py) ---------------------------------------------
+#
+# Cost model: the work is pixels x iterations actually run. One iteration is a chain of
+# dependent multiply, subtract and add (~12 cycles of latency), ~4 ns on one core of the
+# 2-core Xeon VM, so ~5 * 10**8 iterations/s on 2 cores (measured 3.9 s for 512 x 512 x 2000
+# inside a period-3 bulb on a loaded machine). Escaped pixels stop early and cardioid/bulb
+# pixels cost nothing (1024 x 1024 x 1000 over the default window: ~0.1 s), so the bound
+# below is the worst case: a window inside the set but off the cardioid and the 2-bulb.
+
+MAX_SIDE = 4096
+"""Largest width and height (the contract's bound)."""
+MAX_ITERATIONS = 100_000
+MAX_PIXEL_ITERATIONS = 2**35
+"""Upper bound of width * height * maxIterations, 3.4 * 10**10 (e.g. 4096 x 4096 x 2048 or
+1024 x 1024 x 32768): at most ~70 s on 2 idle cores, a few minutes on loaded ones."""
+DEFAULT_WINDOW = (-2.5, 1.0, -1.25, 1.25)
+"""(xMin, xMax, yMin, yMax) when the input leaves them out."""
+MAX_ABS_COORDINATE = 1e6
+"""Window corners must lie within this; the set lies in |c| <= 2 anyway."""
+MANDEL_CHUNK_ITERATIONS = 5 * 10**7
+"""Worst-case iterations per chunk (one band of rows, at least 2 rows): <= ~100 ms on 2
+cores unless a single row costs more (4096 x 100000 iterations: ~0.8 s for 2 rows)."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level for the PNG. Palette images are one byte per pixel, so the largest image
+(4096 x 4096) is 16.8 MB before compression and at most ~17 MB as PNG even for noise
+(~22 MB in base64); typical renders compress 5-20x (the default view at 4096 x 4096 x 500:
+0.9 MB of PNG). Level 1 keeps the encoding step (the job's last) under ~1 s."""
+MANDEL_TIME_LIMIT_SECONDS = 600.0
+
+
+# ---- kernels -------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _escape_count(cx, cy, max_iter):
+    """Escape count of ``c = cx + i cy`` (see the module docstring)."""
+    # main cardioid and period-2 disc: inside, no need to iterate
+    xq = cx - 0.25
+    q = xq * xq + cy * cy
+    if q * (q + xq) <= 0.25 * cy * cy or (cx + 1.0) * (cx + 1.0) + cy * cy <= 0.0625:
+        return max_iter
+    x = 0.0
+    y = 0.0
+    for n in range(max_iter):
+        x, y = x * x - y * y + cx, 2.0 * x * y + cy
+        if x * x + y * y > 4.0:
+            return n
+    return max_iter
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _escape_rows_parallel(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):
+    height, width = out.shape
+    for j in prange(row_lo, row_hi):
+        cy = y_c + (0.5 * height - j - 0.5) * dy
+        for i in range(width):
+            out[j, i] = _escape_count(x_c + (i + 0.5 - 0.5 * width) * dx, cy, max_iter)
+
+
+@njit(cache=True, nogil=True)
+def _escape_rows_serial(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):
+    height, width = out.shape
+    for j in range(row_lo, row_hi):
+        cy = y_c + (0.5 * height - j - 0.5) * dy
+        for i in range(width):
+            out[j, i] = _escape_count(x_c + (i + 0.5 - 0.5 * width) * dx, cy, max_iter)
+
+
+# ---- wrappers --------------------------------------------------------------------------------
+
+
+def _geometry(
+    width: int, height: int, window: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """(x_c, y_c, dx, dy): the window's centre and the pixel size."""
+    x_min, x_max, y_min, y_max = window
+    return (
+        0.5 * (x_min + x_max),
+        0.5 * (y_min + y_max),
+        (x_max - x_min) / width,
+        (y_max - y_min) / height,
+    )
+
+
+def pixel_centres(
+    width: int, height: int, window: tuple[float, float, float, float] = DEFAULT_WINDOW
+) -> tuple[np.ndarray, np.ndarray]:
+    """The real parts of the columns and the imaginary parts of the rows.
+
+    Returns
+    -------
+    (cx, cy) : tuple of np.ndarray
+        float64, shapes ``(width,)`` and ``(height,)``:
+        ``cx[i] = x_c + (i + 1/2 - width/2) dx``, ``cy[j] = y_c + (height/2 - j - 1/2) dy``
+        with the window centre ``(x_c, y_c)`` and pixel size ``(dx, dy)``, bitwise as the
+        kernels compute them.
+    """
+    x_c, y_c, dx, dy = _geometry(width, height, window)
+    cx = x_c + (np.arange(width) + 0.5 - 0.5 * width) * dx
+    cy = y_c + (0.5 * height - np.arange(height) - 0.5) * dy
+    return cx, cy
+
+
+def escape_counts(
+    width: int,
+    height: int,
+    max_iter: int,
+    window: tuple[float, float, float, float] = DEFAULT_WINDOW,
+    parallel: bool = True,
+) -> np.ndarray:
+    """Escape counts of every pixel, rows spread over numba's threads.
+
+    Parameters
+    ----------
+    width, height : int
+        Image size in pixels, >= 1.
+    max_iter : int
+        Iteration cap, >= 1.
+    window : tuple of float
+        ``(xMin, xMax, yMin, yMax)`` of the complex plane.
+    parallel : bool
+        Rows over all threads (default) or on the calling thread.
+
+    Returns
+    -------
+    np.ndarray
+        uint32, shape ``(height, width)``, row 0 at the top: the smallest ``n < max_iter``
+        with ``|z_{n+1}| > 2`` (``z_0 = 0``, ``z_{n+1} = z_n**2 + c``), else ``max_iter``.
+    """
+    out = np.empty((height, width), dtype=np.uint32)
+    kernel = _escape_rows_parallel if parallel else _escape_rows_serial
+    kernel(out, 0, height, max_iter, *_geometry(width, height, window))
+    return out
+
+
+def escape_counts_numpy(
+    width: int,
+    height: int,
+    max_iter: int,
+    window: tuple[float, float, float, float] = DEFAULT_WINDOW,
+) -> np.ndarray:
+    """:func:`escape_counts` vectorised with NumPy: all pixels step together.
+
+    Each iteration updates only the pixels still bounded (compressed index set), so the
+    cost is the same pixels x iterations as the kernel plus NumPy's per-call overhead.
+    Same floating-point operations in the same order, so the same counts.
+
+    Returns
+    -------
+    np.ndarray
+        uint32, shape ``(height, width)``.
+    """
+    cx_row, cy_col = pixel_centres(width, height, window)
+    cx = np.broadcast_to(cx_row, (height, width)).ravel()
+    cy = np.broadcast_to(cy_col[:, None], (height, width)).ravel()
+    counts = np.full(cx.size, max_iter, dtype=np.uint32)
+    xq = cx - 0.25
+    q = xq * xq + cy * cy
+    inside = (q * (q + xq) <= 0.25 * cy * cy) | ((cx + 1.0) * (cx + 1.0) + cy * cy <= 0.0625)
+    idx = np.flatnonzero(~inside)
+    ca, cb = cx[idx], cy[idx]
+    x = np.zeros(idx.size)
+    y = np.zeros(idx.size)
+    for n in range(max_iter):
+        if idx.size == 0:
+            break
+        x, y = x * x - y * y + ca, 2.0 * x * y + cb
+        escaped = x * x + y * y > 4.0
+        counts[idx[escaped]] = n
+        keep = ~escaped
+        idx, ca, cb, x, y = idx[keep], ca[keep], cb[keep], x[keep], y[keep]
+    return counts.reshape(height, width)
+
+
+def escape_counts_python(
+    width: int,
+    height: int,
+    max_iter: int,
+    window: tuple[float, float, float, float] = DEFAULT_WINDOW,
+) -> list[list[int]]:
+    """:func:`escape_counts` in pure Python (~50 ns per iteration: keep images small).
+
+    Returns
+    -------
+    list of list of int
+        ``height`` rows of ``width`` counts, the same values as the kernel.
+    """
+    x_c, y_c, dx, dy = _geometry(width, height, window)
+    rows = []
+    for j in range(height):
+        cy = y_c + (0.5 * height - j - 0.5) * dy
+        row = []
+        for i in range(width):
+            cx = x_c + (i + 0.5 - 0.5 * width) * dx
+            xq = cx - 0.25
+            q = xq * xq + cy * cy
+            count = max_iter
+            if not (q * (q + xq) <= 0.25 * cy * cy or (cx + 1.0) * (cx + 1.0) + cy * cy <= 0.0625):
+                x = y = 0.0
+                for n in range(max_iter):
+                    x, y = x * x - y * y + cx, 2.0 * x * y + cy
+                    if x * x + y * y > 4.0:
+                        count = n
+                        break
+            row.append(count)
+        rows.append(row)
+    return rows
+
+
+def _make_palette() -> bytes:
+    """256 RGB entries: 0 is black (inside), 1..255 a cosine gradient (Quilez's palette)."""
+    t = np.linspace(0.0, 1.0, 255)[:, None]
+    rgb = 0.5 + 0.5 * np.cos(2.0 * np.pi * (t + np.array([0.0, 0.10, 0.20])))
+    colours = np.vstack([np.zeros((1, 3)), rgb])
+    return bytes(np.round(255.0 * colours).astype(np.uint8).ravel())
+
+
+PALETTE = _make_palette()
+"""The PNG palette: 256 RGB triples, 768 bytes."""
+
+
+def colour_indices(counts: np.ndarray, max_iter: int) -> np.ndarray:
+    """Palette indices for escape counts.
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        uint32, any shape, values 0 .. ``max_iter``.
+    max_iter : int
+
+    Returns
+    -------
+    np.ndarray
+        uint8, same shape (through a lookup table of ``max_iter + 1`` entries): 0 where ``counts == max_iter`` (black), else
+        ``1 + floor(254 log(1 + n) / log(1 + max_iter))`` in 1 .. 254.
+    """
+    scale = 254.0 / math.log1p(max_iter)
+    lut = (1.0 + np.floor(np.log1p(np.arange(max_iter + 1.0)) * scale)).astype(np.uint8)
+    lut[max_iter] = 0
+    return lut[counts]
+
+
+def render_png(counts: np.ndarray, max_iter: int) -> bytes:
+    """Encode escape counts as a palette PNG (inside black).
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        uint32, shape ``(height, width)``, from :func:`escape_counts`.
+    max_iter : int
+
+    Returns
+    -------
+    bytes
+        A ``width`` x ``height`` 8-bit palette PNG.
+    """
+    image = Image.fromarray(colour_indices(counts, max_iter))
+    image.putpalette(PALETTE)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def mandelbrot_result(counts: np.ndarray, max_iter: int) -> JSONDict:
+    """The ``MandelbrotResult`` for finished counts.
+
+    Returns
+    -------
+    dict
+        ``width``, ``height`` (int), ``insideFraction`` = (pixels with count ``max_iter``)
+        / (all pixels), ``png`` = base64 (ASCII) of :func:`render_png`.
+    """
+    height, width = counts.shape
+    return {
+        "width": width,
+        "height": height,
+        "insideFraction": float(np.count_nonzero(counts == max_iter) / counts.size),
+        "png": base64.b64encode(render_png(counts, max_iter)).decode("ascii"),
+    }
+
+
+# ---- the kind ----------------------------------------------------------------------------------
+
+
+def _check_float(field: str, value: Any, bound: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ParameterError(field, f"{field} must be a number (got {value!r})")
+    number = float(value)
+    if not -bound <= number <= bound:  # also refuses NaN
+        raise ParameterError(
+            field, f"{field} must be between {-bound:g} and {bound:g} (got {value})"
+        )
+    return number
+
+
+def validate(raw: Mapping[str, Any]) -> JSONDict:
+    """Check a ``MandelbrotInput`` and fill in the default window.
+
+    Parameters
+    ----------
+    raw : mapping
+        ``width``, ``height`` (1 .. 4096), ``maxIterations`` (1 .. 100000), optional
+        ``xMin``, ``xMax``, ``yMin``, ``yMax`` (finite, ``|.| <= 10**6``, ``xMin < xMax``,
+        ``yMin < yMax``); also ``width * height * maxIterations <= 4096**3``.
+
+    Returns
+    -------
+    dict
+        ``{"width", "height", "maxIterations", "xMin", "xMax", "yMin", "yMax"}``.
+
+    Raises
+    ------
+    ParameterError
+        Naming the first offending field.
+    """
+    params: JSONDict = {}
+    for field, high in (
+        ("width", MAX_SIDE),
+        ("height", MAX_SIDE),
+        ("maxIterations", MAX_ITERATIONS),
+    ):
+        if raw.get(field) is None:
+            raise ParameterError(field, f"{field} is required (1 .. {high})")
+        params[field] = check_int(field, raw[field], 1, high)
+    for field, default in zip(("xMin", "xMax", "yMin", "yMax"), DEFAULT_WINDOW, strict=True):
+        value = raw.get(field)
+        params[field] = default if value is None else _check_float(field, value, MAX_ABS_COORDINATE)
+    for low, high in (("xMin", "xMax"), ("yMin", "yMax")):
+        if not params[low] < params[high]:
+            raise ParameterError(
+                high, f"{high} must be greater than {low} (got {params[low]} and {params[high]})"
+            )
+    work = params["width"] * params["height"] * params["maxIterations"]
+    if work > MAX_PIXEL_ITERATIONS:
+        raise ParameterError(
+            "maxIterations",
+            f"width * height * maxIterations must be at most {MAX_PIXEL_ITERATIONS} (got {work})",
+        )
+    return params
+
+
+class MandelbrotJob:
+    """Escape counts band by band, then one last step that encodes the PNG."""
+
+    def __init__(self, params: JSONDict) -> None:
+        self.width = int(params["width"])
+        self.height = int(params["height"])
+        self.max_iter = int(params["maxIterations"])
+        window = (params["xMin"], params["xMax"], params["yMin"], params["yMax"])
+        self.geometry = _geometry(self.width, self.height, window)
+        self.counts = np.empty((self.height, self.width), dtype=np.uint32)
+        self.band = max(2, MANDEL_CHUNK_ITERATIONS // (self.width * self.max_iter))
+        self.next_row = 0
+        self._result: JSONDict | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def progress(self) -> float:
+        # the encoding step counts as one more band
+        if self.done:
+            return 1.0
+        return self.next_row / (self.height + min(self.band, self.height))
+
+    def step(self) -> None:
+        if self.done:
+            return
+        if self.next_row < self.height:
+            row_hi = min(self.height, self.next_row + self.band)
+            _escape_rows_parallel(self.counts, self.next_row, row_hi, self.max_iter, *self.geometry)
+            self.next_row = row_hi
+        else:
+            self._result = mandelbrot_result(self.counts, self.max_iter)
+
+    def partial_result(self) -> JSONDict | None:
+        return None
+
+    def result(self) -> JSONDict:
+        if self._result is None:
+            raise RuntimeError("the job is not done")
+        return self._result
+
+
+def start(params: JSONDict) -> MandelbrotJob:
+    """A :class:`MandelbrotJob` for validated ``params``."""
+    return MandelbrotJob(params)
+
+
+def warm_up() -> None:
+    """Compile or load from cache both row kernels."""
+    escape_counts(4, 4, 8, parallel=True)
+    escape_counts(4, 4, 8, parallel=False)
+
+
+KIND = Kind(
+    name="mandelbrot",
+    description=(
+        "Renders the Mandelbrot set in a window of the complex plane as a PNG by escape time, "
+        "with the share of pixels inside the set."
+    ),
+    validate=validate,
+    start=start,
+    warm_up=warm_up,
+    time_limit_seconds=MANDEL_TIME_LIMIT_SECONDS,
+)

@@ -1,0 +1,193 @@
+"""Auth flows through the real ASGI app, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import GraphQLClient, error_codes, flush_redis, make_settings, running_app
+
+LOGIN = (
+    "mutation($e: String!, $p: String!) { login(email: $e, password: $p) "
+    "{ accessToken refreshToken user { email } } }"
+)
+REFRESH = "mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken refreshToken } }"
+ME = "{ me { id email role createdAt } }"
+
+
+async def test_register_then_me(client: GraphQLClient) -> None:
+    payload = await client.register("Ada@Example.COM ")
+    assert payload["user"]["email"] == "ada@example.com"
+    assert payload["user"]["role"] == "USER"
+    body = await client.execute(ME, token=payload["accessToken"])
+    assert body["data"]["me"]["email"] == "ada@example.com"
+    assert body["data"]["me"]["createdAt"].endswith("+00:00")
+
+
+async def test_login_with_any_casing(client: GraphQLClient) -> None:
+    await client.register("grace@example.com")
+    body = await client.execute(LOGIN, {"e": "  GRACE@example.com", "p": "correct horse battery"})
+    assert body["data"]["login"]["user"]["email"] == "grace@example.com"
+
+
+async def test_duplicate_email_in_any_case_is_a_conflict(client: GraphQLClient) -> None:
+    await client.register("alan@example.com")
+    body = await client.execute(
+        'mutation { register(email: "ALAN@example.com", password: "correct horse battery") '
+        "{ accessToken } }"
+    )
+    assert error_codes(body) == ["CONFLICT"]
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "field"),
+    [
+        ("not-an-email", "correct horse battery", "email"),
+        ("ok@example.com", "short", "password"),
+        ("ok@example.com", "x" * 80, "password"),  # bcrypt's 72-byte limit: not a 500
+    ],
+)
+async def test_bad_registration_input(
+    client: GraphQLClient, email: str, password: str, field: str
+) -> None:
+    body = await client.execute(
+        "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { accessToken } }",
+        {"e": email, "p": password},
+    )
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert body["errors"][0]["extensions"]["field"] == field
+    login = await client.execute(LOGIN, {"e": email, "p": password})
+    assert error_codes(login) == ["UNAUTHENTICATED"]  # nothing was stored
+
+
+async def test_failed_login_does_not_reveal_whether_the_email_exists(
+    client: GraphQLClient,
+) -> None:
+    await client.register("known@example.com")
+    wrong = await client.execute(LOGIN, {"e": "known@example.com", "p": "wrong password!"})
+    unknown = await client.execute(LOGIN, {"e": "nobody@example.com", "p": "wrong password!"})
+    assert error_codes(wrong) == error_codes(unknown) == ["UNAUTHENTICATED"]
+    assert wrong["errors"][0]["message"] == unknown["errors"][0]["message"]
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(client: GraphQLClient) -> None:
+    first = await client.register()
+    rotated = (await client.execute(REFRESH, {"t": first["refreshToken"]}))["data"]["refreshToken"]
+    assert rotated["refreshToken"] != first["refreshToken"]
+    # The rotated token works once…
+    again = (await client.execute(REFRESH, {"t": rotated["refreshToken"]}))["data"]["refreshToken"]
+    # …and presenting the first one again is theft: the whole family goes.
+    reuse = await client.execute(REFRESH, {"t": first["refreshToken"]})
+    assert error_codes(reuse) == ["UNAUTHENTICATED"]
+    assert "revoked" in reuse["errors"][0]["message"]
+    revoked = await client.execute(REFRESH, {"t": again["refreshToken"]})
+    assert error_codes(revoked) == ["UNAUTHENTICATED"]
+
+
+async def test_garbage_refresh_token(client: GraphQLClient) -> None:
+    body = await client.execute(REFRESH, {"t": "not-a-token"})
+    assert error_codes(body) == ["UNAUTHENTICATED"]
+
+
+@pytest.mark.parametrize("token", [None, "garbage", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."])
+async def test_protected_fields_need_a_valid_token(
+    client: GraphQLClient, token: str | None
+) -> None:
+    body = await client.execute(ME, token=token)
+    assert error_codes(body) == ["UNAUTHENTICATED"]
+    assert body["data"] is None
+
+
+async def test_malformed_authorization_header(client: GraphQLClient) -> None:
+    body = await client.execute(ME, headers={"Authorization": "Basic abc"})
+    assert error_codes(body) == ["UNAUTHENTICATED"]
+
+
+async def test_typename_needs_no_token(client: GraphQLClient) -> None:
+    body = await client.execute("{ __typename }")
+    assert body == {"data": {"__typename": "Query"}}
+
+
+async def test_a_login_does_not_stall_other_requests(empty_sqlite_url: str) -> None:
+    """bcrypt at cost 12 takes ~0.2 s: it must run off the event loop."""
+    async with running_app(make_settings(database_url=empty_sqlite_url, bcrypt_rounds=12)) as (
+        _,
+        client,
+    ):
+        await client.register("slow@example.com")
+        login = asyncio.create_task(
+            client.execute(LOGIN, {"e": "slow@example.com", "p": "correct horse battery"})
+        )
+        await asyncio.sleep(0)  # let the login reach bcrypt
+        started = time.perf_counter()
+        quick = await client.execute("{ __typename }")
+        quick_seconds = time.perf_counter() - started
+        login_body = await login
+        login_seconds = time.perf_counter() - started
+        assert quick == {"data": {"__typename": "Query"}}
+        assert "errors" not in login_body
+        assert quick_seconds < login_seconds / 2, (quick_seconds, login_seconds)
+
+
+async def _limited_client(url: str, redis: str | None, **limits: Any) -> Any:
+    return running_app(make_settings(database_url=url, redis_url=redis, rate_limits=True, **limits))
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_login_is_rate_limited_per_account(
+    empty_sqlite_url: str, backend: str, request: pytest.FixtureRequest
+) -> None:
+    redis = request.getfixturevalue("redis_url") if backend == "redis" else None
+    if redis:
+        await flush_redis(redis)
+    async with await _limited_client(empty_sqlite_url, redis, login_attempts_per_account=3) as (
+        _,
+        client,
+    ):
+        await client.register("target@example.com")
+        codes = []
+        for _ in range(5):
+            body = await client.execute(LOGIN, {"e": "target@example.com", "p": "wrong password!"})
+            codes.append(error_codes(body)[0])
+        assert codes == ["UNAUTHENTICATED"] * 3 + ["RATE_LIMITED"] * 2
+    if redis:
+        await flush_redis(redis)
+
+
+async def test_aliases_cannot_pack_logins_past_the_limit(empty_sqlite_url: str) -> None:
+    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_account=3) as (
+        _,
+        client,
+    ):
+        await client.register("packed@example.com")
+        fields = " ".join(
+            f'a{i}: login(email: "packed@example.com", password: "correct horse battery") '
+            "{ accessToken }"
+            for i in range(8)
+        )
+        body = await client.execute(f"mutation {{ {fields} }}")
+        # Every alias is one attempt: the fourth is refused (and stops the operation).
+        assert error_codes(body) == ["RATE_LIMITED"]
+        assert body["errors"][0]["path"] == ["a3"]
+        single = await client.execute(
+            LOGIN, {"e": "packed@example.com", "p": "correct horse battery"}
+        )
+        assert error_codes(single) == ["RATE_LIMITED"]
+
+
+async def test_register_is_rate_limited_per_address(empty_sqlite_url: str) -> None:
+    async with await _limited_client(empty_sqlite_url, None, register_attempts_per_address=2) as (
+        _,
+        client,
+    ):
+        await client.register()
+        await client.register()
+        body = await client.execute(
+            'mutation { register(email: "third@example.com", password: "correct horse battery") '
+            "{ accessToken } }"
+        )
+        assert error_codes(body) == ["RATE_LIMITED"]
+        assert body["errors"][0]["extensions"]["retryAfter"] > 0

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from auth.passwords import PasswordHasher, check_password_policy
+from core.errors import BadUserInputError
+
+
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        ("short", "at least 10"),
+        ("a" * 73, "at most 72 bytes"),
+        ("é" * 40, "at most 72 bytes"),
+        ("aaaaaaaaaaaa", "too simple"),
+        (" " * 12, "too simple"),
+    ],
+)
+def test_policy_refuses_with_a_clear_message(password: str, reason: str) -> None:
+    with pytest.raises(BadUserInputError, match=reason):
+        check_password_policy(password)
+
+
+def test_policy_accepts_a_reasonable_password() -> None:
+    check_password_policy("correct horse battery")
+
+
+async def test_default_cost_is_twelve() -> None:
+    hashed = await PasswordHasher().hash("correct horse battery")
+    assert hashed.startswith("$2b$12$")
+
+
+async def test_verify_matches_only_the_right_password() -> None:
+    hasher = PasswordHasher(rounds=4)
+    hashed = await hasher.hash("correct horse battery")
+    assert await hasher.verify("correct horse battery", hashed)
+    assert not await hasher.verify("wrong horse battery", hashed)
+    assert not await hasher.verify("x" * 100, hashed)  # over bcrypt's limit: no exception
+    assert not await hasher.verify("correct horse battery", None)
+
+
+async def test_hashing_does_not_block_the_event_loop() -> None:
+    hasher = PasswordHasher(rounds=12)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    await hasher.hash("correct horse battery")
+    elapsed = time.perf_counter() - started
+    task.cancel()
+    # With bcrypt on the loop the ticker would not run at all during the hash.
+    assert ticks >= max(3, int(elapsed / 0.005 * 0.3)), (ticks, elapsed)

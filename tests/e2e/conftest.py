@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import flush_redis, truncate
+from tests.e2e.processes import (
+    ServiceProcess,
+    service_env,
+    start_api,
+    start_worker,
+    wait_healthy,
+    wait_ready,
+)
+
+
+@dataclass
+class Stack:
+    """PostgreSQL + Redis + one Uvicorn API + worker processes, as in production."""
+
+    database_url: str
+    redis_url: str
+    log_dir: Path
+    api: ServiceProcess
+    base: str
+    workers: list[ServiceProcess] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return service_env(self.database_url, self.redis_url)
+
+    def add_worker(self) -> ServiceProcess:
+        worker = start_worker(self.env(), self.log_dir)
+        self.workers.append(worker)
+        return worker
+
+    def dump_logs(self) -> str:
+        return "\n".join(
+            f"===== {p.name} =====\n{p.log()[-6000:]}" for p in [self.api, *self.workers]
+        )
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    await truncate(postgres_url)
+    await flush_redis(redis_url)
+    log_dir = tmp_path_factory.mktemp("e2e-logs")
+    env = service_env(postgres_url, redis_url)
+    api, base = start_api(env, log_dir)
+    result = Stack(postgres_url, redis_url, log_dir, api, base)
+    try:
+        await wait_healthy(base, api)
+        worker = result.add_worker()
+        await wait_ready(base, worker)
+        yield result
+    finally:
+        for process in [*result.workers, api]:
+            process.stop()
+        await flush_redis(redis_url)

@@ -1,0 +1,240 @@
+"""Calculations end to end on the production path: PostgreSQL, Redis, a real Uvicorn,
+a real `crunchql worker`, and a graphql-transport-ws client."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.e2e.processes import HttpGraphQL, collect_updates, wait_until, ws_session
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+
+def black_scholes(s: float, k: float, r: float, sigma: float, t: float, call: bool) -> float:
+    d1 = (math.log(s / k) + (r + sigma**2 / 2) * t) / (sigma * math.sqrt(t))
+    d2 = d1 - sigma * math.sqrt(t)
+    n = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    if call:
+        return s * n(d1) - k * math.exp(-r * t) * n(d2)
+    return k * math.exp(-r * t) * n(-d2) - s * n(-d1)
+
+
+async def client(stack: Stack) -> HttpGraphQL:
+    graphql = HttpGraphQL(stack.base)
+    await graphql.register()
+    return graphql
+
+
+def assert_progress_never_decreases(events: list[dict[str, Any]]) -> None:
+    progress = [event["progress"] for event in events]
+    assert progress == sorted(progress), progress
+
+
+async def test_monte_carlo_pi_streams_progress_to_the_result(stack: Stack) -> None:
+    graphql = await client(stack)
+    submitted = await graphql.submit({"monteCarloPi": {"samples": 400_000_000, "seed": 7}})
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"])
+    assert errors == [], stack.dump_logs()
+    assert events[-1]["status"] == "SUCCEEDED", events[-1]
+    assert_progress_never_decreases(events)
+    running = [e for e in events if e["status"] == "RUNNING" and 0 < e["progress"] < 1]
+    assert len(running) >= 2, f"expected live progress, got {[e['progress'] for e in events]}"
+    assert any(e["partialResult"] for e in running)  # the running estimate, for a live chart
+    result = events[-1]["result"]
+    assert events[-1]["progress"] == 1.0
+    assert result["samples"] == 400_000_000
+    assert abs(result["estimate"] - math.pi) < 5 * result["standardError"]
+    # Same input, same seed: the very same number.
+    again = await graphql.submit({"monteCarloPi": submitted["input"]})
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events2, _ = await collect_updates(socket_, again["id"])
+    assert events2[-1]["result"]["estimate"] == result["estimate"]
+    await graphql.close()
+
+
+@pytest.mark.parametrize(
+    ("spot", "strike", "rate", "vol", "maturity"),
+    [(100, 100, 0.05, 0.2, 1.0), (42, 40, 0.1, 0.2, 0.5), (100, 130, 0.01, 0.35, 2.0)],
+)
+async def test_european_options_match_black_scholes_and_parity(
+    stack: Stack, spot: float, strike: float, rate: float, vol: float, maturity: float
+) -> None:
+    graphql = await client(stack)
+    prices = {}
+    for option_type in ("CALL", "PUT"):
+        submitted = await graphql.submit(
+            {
+                "optionPricing": {
+                    "spot": spot,
+                    "strike": strike,
+                    "rate": rate,
+                    "volatility": vol,
+                    "maturity": maturity,
+                    "optionType": option_type,
+                    "style": "EUROPEAN",
+                    "paths": 400_000,
+                    "seed": 11,
+                }
+            }
+        )
+        async with ws_session(stack.base, graphql.token) as socket_:
+            events, errors = await collect_updates(socket_, submitted["id"])
+        assert errors == []
+        result = events[-1]["result"]
+        exact = black_scholes(spot, strike, rate, vol, maturity, option_type == "CALL")
+        assert result["analyticPrice"] == pytest.approx(exact, rel=1e-9)
+        assert abs(result["price"] - exact) < 4 * result["standardError"], (result, exact)
+        assert (
+            result["confidenceLow"] < exact < result["confidenceHigh"]
+            or abs(result["price"] - exact) < 4 * result["standardError"]
+        )
+        prices[option_type] = result
+    parity = spot - strike * math.exp(-rate * maturity)
+    difference = prices["CALL"]["price"] - prices["PUT"]["price"]
+    combined = math.hypot(prices["CALL"]["standardError"], prices["PUT"]["standardError"])
+    assert abs(difference - parity) < 5 * combined
+    await graphql.close()
+
+
+async def test_subscription_to_a_finished_calculation_yields_once(stack: Stack) -> None:
+    graphql = await client(stack)
+    submitted = await graphql.submit({"monteCarloPi": {"samples": 1000, "seed": 1}})
+    await wait_until(
+        lambda: _status_is(graphql, submitted["id"], "SUCCEEDED"), 30, "tiny job to finish"
+    )
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"])
+    assert errors == [] and len(events) == 1 and events[0]["status"] == "SUCCEEDED"
+    await graphql.close()
+
+
+async def _status_is(graphql: HttpGraphQL, calculation_id: str, status: str) -> bool:
+    return (await graphql.get(calculation_id))["status"] == status
+
+
+async def test_another_users_calculation_is_invisible(stack: Stack) -> None:
+    alice, mallory = await client(stack), await client(stack)
+    submitted = await alice.submit({"monteCarloPi": {"samples": 1000}})
+    assert await mallory.get(submitted["id"]) is None
+    cancel = await mallory.execute(
+        "mutation($id: ID!) { cancelCalculation(id: $id) { id } }", {"id": submitted["id"]}
+    )
+    assert cancel["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    async with ws_session(stack.base, mallory.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"], timeout=20)
+    assert events == [] and errors[0]["extensions"]["code"] == "NOT_FOUND"
+    listing = await mallory.execute("{ calculations { edges { node { id } } } }")
+    assert listing["data"]["calculations"]["edges"] == []
+    await alice.close()
+    await mallory.close()
+
+
+async def test_cancel_a_running_calculation(stack: Stack) -> None:
+    graphql = await client(stack)
+    submitted = await graphql.submit({"monteCarloPi": {"samples": 10_000_000_000, "seed": 3}})
+    async with ws_session(stack.base, graphql.token) as socket_:
+        updates = asyncio.create_task(collect_updates(socket_, submitted["id"], timeout=60))
+        await wait_until(
+            lambda: _progress_above(graphql, submitted["id"], 0.0), 60, "the job to make progress"
+        )
+        started = time.monotonic()
+        body = await graphql.execute(
+            "mutation($id: ID!) { cancelCalculation(id: $id) { status } }", {"id": submitted["id"]}
+        )
+        assert body["data"]["cancelCalculation"]["status"] == "CANCELLED"
+        events, errors = await updates
+    assert events[-1]["status"] == "CANCELLED" and errors == []
+    # The worker notices at its next chunk boundary and stops writing progress.
+    progress_then = (await graphql.get(submitted["id"]))["progress"]
+    await asyncio.sleep(1.5)
+    assert (await graphql.get(submitted["id"]))["progress"] == progress_then
+    assert time.monotonic() - started < 5
+    again = await graphql.execute(
+        "mutation($id: ID!) { cancelCalculation(id: $id) { status } }", {"id": submitted["id"]}
+    )
+    assert again["errors"][0]["extensions"]["code"] == "CONFLICT"
+    # The worker is free again: a new job runs to completion.
+    quick = await graphql.submit({"monteCarloPi": {"samples": 10_000}})
+    await wait_until(lambda: _status_is(graphql, quick["id"], "SUCCEEDED"), 30, "next job")
+    await graphql.close()
+
+
+async def _progress_above(graphql: HttpGraphQL, calculation_id: str, floor: float) -> bool:
+    calc = await graphql.get(calculation_id)
+    return calc["status"] == "RUNNING" and calc["progress"] > floor
+
+
+async def test_killed_worker_job_is_finished_by_another(stack: Stack) -> None:
+    graphql = await client(stack)
+    # Park the running worker's job: SIGKILL it mid-run, bring up a new worker.
+    submitted = await graphql.submit({"monteCarloPi": {"samples": 3_000_000_000, "seed": 5}})
+    await wait_until(
+        lambda: _progress_above(graphql, submitted["id"], 0.05), 60, "the job to be under way"
+    )
+    for worker in list(stack.workers):
+        worker.kill(signal.SIGKILL)
+        worker.stop()
+        stack.workers.remove(worker)
+    stack.add_worker()
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"], timeout=180)
+    assert errors == [], stack.dump_logs()
+    final = events[-1]
+    assert final["status"] == "SUCCEEDED", stack.dump_logs()
+    assert final["attempts"] >= 2
+    assert_progress_never_decreases(events)
+    assert abs(final["result"]["estimate"] - math.pi) < 5 * final["result"]["standardError"]
+    await graphql.close()
+
+
+async def test_bad_input_is_refused_and_nothing_is_queued(stack: Stack) -> None:
+    graphql = await client(stack)
+    cases = [
+        {"monteCarloPi": {"samples": 0}},
+        {"monteCarloPi": {"samples": "100000000000"}},
+        {
+            "optionPricing": {
+                "spot": 100,
+                "strike": 100,
+                "rate": 0.05,
+                "volatility": -0.2,
+                "maturity": 1,
+                "optionType": "CALL",
+                "style": "EUROPEAN",
+                "paths": 10,
+            }
+        },
+        {
+            "optionPricing": {
+                "spot": 100,
+                "strike": 100,
+                "rate": 0.05,
+                "volatility": 0.2,
+                "maturity": 1,
+                "optionType": "CALL",
+                "style": "EUROPEAN",
+                "paths": 0,
+            }
+        },
+    ]
+    for case in cases:
+        body = await graphql.execute(
+            "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }", {"i": case}
+        )
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+    both = await graphql.execute(
+        "mutation { submitCalculation(input: {monteCarloPi: {samples: 5}, "
+        "primeCount: {limit: 5}}) { id } }"
+    )
+    assert both["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    listing = await graphql.execute("{ calculations { edges { node { id } } } }")
+    assert listing["data"]["calculations"]["edges"] == []
+    await graphql.close()
