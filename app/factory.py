@@ -19,6 +19,7 @@ from app.health import healthz, readyz
 from app.runtime import start_runtime
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from observability.metrics import MetricsMiddleware, metrics_endpoint
 from schema.root import SchemaOptions, build_schema
 
 logger = logging.getLogger("crunchql.app")
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 max_tokens=settings.max_tokens,
                 introspection=settings.introspection_enabled,
                 field_suggestions=not settings.is_production,
+                metrics=settings.metrics,
             )
         )
         app.state.runtime = runtime
@@ -81,6 +83,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 max_age=600,
             )
         )
+    if settings.metrics:
+        middleware.insert(0, Middleware(MetricsMiddleware))  # outermost: sees every request
     return Starlette(
         routes=[
             Route("/graphql", graphql_endpoint, methods=["GET", "POST"]),
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             Mount("/graphiql-assets", StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *([Route("/metrics", metrics_endpoint)] if settings.metrics else []),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
         default=None, repr=False, validation_alias=AliasChoices("SENTRY_DSN")
     )
     metrics: bool = True
+    worker_metrics_port: int = Field(default=9100, ge=1, le=65535)
 
     @field_validator("cors_origins", "allowed_ws_origins", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ import strawberry
 from compute.catalog import KINDS
 from core.errors import BadUserInputError
 from db.models import CalculationStatus as ModelStatus
+from observability.metrics import record_submitted, tracking_subscription
 from resolvers.context import GraphQLInfo, current_user
 from schema.inputs import CalculationInput, selected_kind
 from schema.types import (
@@ -68,6 +69,7 @@ async def submit_calculation(info: GraphQLInfo, input: CalculationInput) -> Calc
             "Set exactly one field of CalculationInput.", field="input"
         ) from None
     row = await calculations.submit(info.context.services, user, kind, raw)
+    record_submitted(row.kind)
     return Calculation.from_model(row)
 
 
@@ -81,5 +83,6 @@ async def calculation_updates(
     id: strawberry.ID,
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
-    async for row, overrides in calculations.watch(info.context.services, user, id):
-        yield Calculation.from_model(row, overrides)
+    with tracking_subscription():
+        async for row, overrides in calculations.watch(info.context.services, user, id):
+            yield Calculation.from_model(row, overrides)

@@ -19,6 +19,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
+from observability.metrics import GraphQLMetrics
 from resolvers import calculation as calculation_resolvers
 from resolvers import user as user_resolvers
 from resolvers.context import GraphQLInfo
@@ -96,6 +97,7 @@ class SchemaOptions:
     max_tokens: int = 450
     introspection: bool = True
     field_suggestions: bool = True
+    metrics: bool = False
 
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
@@ -114,6 +116,9 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     ]
     if not options.introspection:
         extensions.append(DisableIntrospection)
+    if options.metrics:
+        # Outside ContractErrors, so it sees the final error codes.
+        extensions.insert(0, GraphQLMetrics)
     return CrunchSchema(
         query=Query,
         mutation=Mutation,

@@ -23,6 +23,7 @@ from compute.catalog import warm_up_all
 from core.settings import Settings
 from db.engine import create_engine, create_session_factory, unit_of_work
 from db.repositories import CalculationRepository, WorkerRepository
+from observability.metrics import start_worker_metrics_server
 from pubsub.bus import RedisEventBus
 from services.container import RunnerServices
 from workers.broker import CrunchRedisBroker
@@ -138,6 +139,8 @@ class WorkerLifecycle(Middleware):
         self.settings = settings
 
     def after_process_boot(self, broker: Any) -> None:
+        if self.settings.metrics:
+            start_worker_metrics_server(self.settings.worker_metrics_port)
         started = time.perf_counter()
         warm_up_all()
         logger.info("kernels ready in %.2f s", time.perf_counter() - started)

@@ -9,6 +9,7 @@ from dramatiq.middleware import CurrentMessage
 
 from core.logging import configure_logging
 from core.settings import get_settings
+from observability.metrics import record_finished
 from workers.broker import QUEUE_NAME, create_broker
 from workers.lifecycle import WorkerLifecycle, current_runtime
 from workers.queues import ACTOR_NAME
@@ -43,7 +44,9 @@ async def run(calculation_id: str) -> None:
     except ValueError:
         return  # not ours to run; a retry would not help
     try:
-        await run_calculation(runtime.services, runtime.config, parsed, runtime.executor)
+        stats = await run_calculation(runtime.services, runtime.config, parsed, runtime.executor)
+        if stats.kind:
+            record_finished(stats.kind, stats.outcome, stats.seconds)
     except TransientError:
         message = CurrentMessage.get_current_message()
         retries = message.options.get("retries", 0) if message else 0

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dramatiq
 
+from observability.metrics import record_finished
 from services.container import Infrastructure
 from workers.broker import QUEUE_NAME, CrunchRedisBroker
 from workers.runner import RunnerConfig, TransientError, fail_exhausted, run_calculation
@@ -73,13 +74,15 @@ class EmbeddedJobQueue:
         async with self._slots:
             for attempt in range(self.max_retries + 1):
                 try:
-                    await run_calculation(
+                    stats = await run_calculation(
                         self.services,
                         self.config,
                         calculation_id,
                         self._executor,
                         take_over=take_over or attempt > 0,
                     )
+                    if stats.kind:
+                        record_finished(stats.kind, stats.outcome, stats.seconds)
                     return
                 except TransientError as error:
                     logger.warning("calculation %s: transient error: %s", calculation_id, error)

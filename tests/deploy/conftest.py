@@ -52,8 +52,8 @@ def setting_env_names() -> dict[str, str]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name app.metrics exposes (counter x -> x_total, histograms ...)."""
-    from app import metrics
+    """Every series name observability.metrics exposes (counter x -> x_total, histograms ...)."""
+    from observability import metrics
 
     suffixes = {
         "counter": ("_total", "_created"),

@@ -1,4 +1,4 @@
-"""app/metrics.py: the ASGI middleware, the GraphQL extension, the endpoint, and the
+"""observability/metrics.py: the ASGI middleware, the GraphQL extension, the endpoint, and the
 multi-process exposition."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from app import metrics
+from observability import metrics
 from core.errors import BadUserInputError
 from schema.extensions import ContractErrors
 from tests.deploy.conftest import ROOT
@@ -257,13 +257,13 @@ def run_python(code: str, env: dict[str, str]) -> str:
 def test_multiprocess_exposition(tmp_path: Path) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     child = """
-        from app import metrics
+        from observability import metrics
         metrics.record_submitted("mandelbrot")
         metrics.subscription_started()  # exits without ending: must not count after exit
     """
     parent = f"""
         import subprocess, sys, urllib.request
-        from app import metrics
+        from observability import metrics
         metrics.record_submitted("mandelbrot")
         metrics.WEBSOCKETS_OPEN.inc()
         import textwrap
