@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 max_aliases=settings.max_aliases,
                 max_tokens=settings.max_tokens,
                 introspection=settings.introspection_enabled,
-                field_suggestions=not settings.is_production,
+                # Suggestions reveal the schema: only where introspection does too.
+                field_suggestions=settings.introspection_enabled and not settings.is_production,
                 metrics=settings.metrics,
             )
         )
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         middleware.insert(0, Middleware(MetricsMiddleware))  # outermost: sees every request
     return Starlette(
         routes=[
-            Route("/graphql", graphql_endpoint, methods=["GET", "POST"]),
+            Route("/graphql", graphql_endpoint),  # the view answers every method itself
             WebSocketRoute("/graphql", graphql_endpoint),
             Mount("/graphiql-assets", StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"),
             Route("/healthz", healthz),

@@ -51,6 +51,10 @@ CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
 """-ffp-contract=off: GNU C fuses a*b + c into an FMA by default, numba does not; the
 references must round like the kernels to give the same counts."""
 
+FASTMATH_BUILDS = ("n_body",)
+"""Also built with -ffast-math, as an informational row: what reassociation (vectorised
+reductions) would buy; it changes the last bits, so it is checked to a tolerance only."""
+
 KIND_MODULES = {
     "monteCarloPi": "compute.monte_carlo_pi",
     "optionPricing": "compute.option_pricing",
@@ -68,7 +72,7 @@ class Mismatch(Exception):
     """Two variants disagree on the result."""
 
 
-# ---- variants and problems -------------------------------------------------------------------
+# ---- variants and problems ----------------------------------------------------------------
 
 
 @dataclass
@@ -120,13 +124,14 @@ def close(rel: float) -> Callable[[Any, Any], bool]:
         a_t = a if isinstance(a, tuple | list) else (a,)
         b_t = b if isinstance(b, tuple | list) else (b,)
         return len(a_t) == len(b_t) and all(
-            math.isclose(float(x), float(y), rel_tol=rel, abs_tol=rel) for x, y in zip(a_t, b_t)
+            math.isclose(float(x), float(y), rel_tol=rel, abs_tol=rel)
+            for x, y in zip(a_t, b_t, strict=True)
         )
 
     return same
 
 
-# ---- native programs ---------------------------------------------------------------------------
+# ---- native programs ----------------------------------------------------------------------
 
 
 def build_c(names: Sequence[str]) -> dict[str, Path]:
@@ -143,6 +148,11 @@ def build_c(names: Sequence[str]) -> dict[str, Path]:
         exe = BUILD_DIR / name
         subprocess.run([gcc, *CFLAGS, str(src), "-o", str(exe), "-lm"], check=True)
         out[name] = exe
+        if name in FASTMATH_BUILDS:
+            fast = BUILD_DIR / f"{name}_fastmath"
+            flags = [*CFLAGS[:-1], "-ffast-math"]
+            subprocess.run([gcc, *flags, str(src), "-o", str(fast), "-lm"], check=True)
+            out[f"{name}_fastmath"] = fast
     return out
 
 
@@ -176,7 +186,7 @@ def c_runner(exe: Path, args: Sequence[Any], threads: int) -> Callable[[], tuple
     return run
 
 
-# ---- the kinds -----------------------------------------------------------------------------------
+# ---- the kinds ----------------------------------------------------------------------------
 
 
 def _import(kind: str) -> Any:
@@ -196,7 +206,7 @@ def _sci(n: float) -> str:
     """``200000000`` -> ``2*10^8``."""
     if n <= 0:
         return str(n)
-    exp = int(math.floor(math.log10(n)))
+    exp = math.floor(math.log10(n))
     mant = n / 10**exp
     if abs(mant - round(mant)) < 1e-9:
         mant_s = str(round(mant))
@@ -379,12 +389,12 @@ def problems_prime(quick: bool, threads: int, exes: dict[str, Path]) -> list[Pro
             Variant(
                 "NumPy (odd-only sieve, whole range)",
                 1,
-                lambda: timed(m.count_primes_numpy, min(lim_np, limit)),
+                lambda lim=min(lim_np, limit): timed(m.count_primes_numpy, lim),
                 note=_scaled_note(f"limit {_sci(lim_np)}", limit / lim_np, LOGLOG)
                 if lim_np < limit
                 else "",
                 scale=limit / min(lim_np, limit),
-                reference=lambda: known[min(lim_np, limit)],
+                reference=lambda lim=min(lim_np, limit): known[lim],
             ),
             Variant(
                 "pure Python (odd-only sieve)",
@@ -486,15 +496,255 @@ def problems_mandel(quick: bool, threads: int, exes: dict[str, Path]) -> list[Pr
     ]
 
 
+def _advance_python(
+    pos: list[list[float]], vel: list[list[float]], mu: list[float], dt: float, steps: int
+) -> None:
+    """The Benchmarks Game's ``advance`` in pure Python, operation for operation like
+    ``n_body._advance_symplectic_euler`` (the same bits)."""
+    n = len(mu)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    for _ in range(steps):
+        for i, j in pairs:
+            pi_, pj, vi, vj = pos[i], pos[j], vel[i], vel[j]
+            dx = pi_[0] - pj[0]
+            dy = pi_[1] - pj[1]
+            dz = pi_[2] - pj[2]
+            d2 = dx * dx + dy * dy + dz * dz
+            mag = dt / (d2 * math.sqrt(d2))
+            mj = mu[j] * mag
+            vi[0] -= dx * mj
+            vi[1] -= dy * mj
+            vi[2] -= dz * mj
+            mi = mu[i] * mag
+            vj[0] += dx * mi
+            vj[1] += dy * mi
+            vj[2] += dz * mi
+        for p, v in zip(pos, vel, strict=True):
+            p[0] += dt * v[0]
+            p[1] += dt * v[1]
+            p[2] += dt * v[2]
+
+
+def problems_nbody(quick: bool, threads: int, exes: dict[str, Path]) -> list[Problem]:
+    import numpy as np
+
+    m = _import("nBody")
+    _need(
+        m,
+        "solar_system",
+        "random_cluster",
+        "advance_symplectic_euler",
+        "simulate",
+        "simulate_numpy",
+        "simulate_python",
+        "energy",
+        "SOFTENING",
+    )
+    out = []
+
+    def c_state(
+        mode: int,
+        pos: Any,
+        vel: Any,
+        mu: Any,
+        steps: int,
+        dt: float,
+        eps2: float,
+        tag: str,
+        nt: int,
+        soft: float,
+        exe: str = "n_body",
+    ) -> Callable[[], tuple[Any, float]]:
+        BUILD_DIR.mkdir(exist_ok=True)
+        path = BUILD_DIR / f"n_body_{tag}.bin"
+        path.write_bytes(
+            np.concatenate([np.ravel(pos), np.ravel(vel), np.ravel(mu)]).astype("<f8").tobytes()
+        )
+        run = c_runner(exes[exe], (mode, mu.size, steps, repr(dt), repr(eps2), path), nt)
+
+        def go() -> tuple[Any, float]:
+            flat, secs = run()
+            state = np.array(flat).reshape(2, mu.size, 3)
+            return m.energy(state[0], state[1], mu, soft), secs
+
+        return go
+
+    def solar_problem() -> Problem:
+        # -- SOLAR_SYSTEM: the Benchmarks Game problem (serial kernel: 5 bodies) --
+        s_steps = 10**4 if quick else 10**6
+        steps_py = 10**3 if quick else 10**5
+        dt = 0.01
+        s_pos, s_vel, s_mu = m.solar_system()
+
+        def euler(n_steps: int) -> tuple[float, float]:
+            return timed(
+                m.advance_symplectic_euler,
+                s_pos,
+                s_vel,
+                s_mu,
+                n_steps,
+                dt,
+                post=lambda st: m.energy(st[0], st[1], s_mu, 0.0),
+            )
+
+        def euler_py(n_steps: int) -> tuple[float, float]:
+            p_l, v_l, mu_l = s_pos.tolist(), s_vel.tolist(), s_mu.tolist()
+            _, secs = timed(_advance_python, p_l, v_l, mu_l, dt, n_steps)
+            return m.energy(np.array(p_l), np.array(v_l), s_mu, 0.0), secs
+
+        variants = [
+            Variant(
+                "numba (the job's kernel, serial)",
+                1,
+                lambda: euler(s_steps),
+                note="no parallel kernel: 10 pairs per step are too few to share out",
+            ),
+            Variant(
+                "pure Python (Benchmarks Game loop)",
+                1,
+                lambda: euler_py(steps_py),
+                note=_scaled_note(f"{_sci(steps_py)} steps", s_steps / steps_py),
+                scale=s_steps / steps_py,
+                reference=lambda: euler(steps_py)[0],
+            ),
+        ]
+        if "n_body" in exes:
+            variants.append(
+                Variant(
+                    "C reference (gcc, serial like the kernel)",
+                    1,
+                    c_state(0, s_pos, s_vel, s_mu, s_steps, dt, 0.0, "solar", 1, 0.0),
+                )
+            )
+        solar = Problem(
+            "nBody",
+            f"nBody SOLAR_SYSTEM: 5 bodies, {_sci(s_steps)} steps of dt = {dt} "
+            "(symplectic Euler; result: final energy)",
+            variants,
+            close(1e-12),
+            show=lambda e: repr(e),
+        )
+        solar.notes.append(
+            "ratio column: relative to the job's serial numba kernel (there is no parallel one). "
+            "The Benchmarks Game size, 5*10^7 steps, is 50x this: too long for this run; "
+            "the time is linear in steps."
+        )
+        solar.notes.append("NumPy: not run; 5 bodies are far too few to vectorise over.")
+        return solar
+
+    def cluster_problem() -> Problem:
+        # -- RANDOM_CLUSTER: all pairs, leapfrog, bodies over threads --
+        bodies, steps = (300, 3) if quick else (2000, 20)
+        steps_np = 1 if quick else 4
+        bodies_py, steps_py = (60, 1) if quick else (300, 2)
+        dt, seed, soft = 1e-3, 1, m.SOFTENING
+        pos, vel, mu = m.random_cluster(bodies, seed)
+        pos_py, vel_py, mu_py = m.random_cluster(bodies_py, seed)
+        work = bodies**2 * (steps + 1)  # pair interactions, with the initial accelerations
+
+        def leap(fn: Callable[..., Any], p: Any, v: Any, w: Any, n_steps: int, **kw: Any) -> Any:
+            return timed(
+                fn,
+                p,
+                v,
+                w,
+                n_steps,
+                dt,
+                soft,
+                post=lambda st: m.energy(st[0], st[1], w, soft),
+                **kw,
+            )
+
+        variants = [
+            Variant(
+                "numba parallel",
+                threads,
+                lambda: leap(m.simulate, pos, vel, mu, steps, parallel=True),
+            ),
+            Variant(
+                "numba serial", 1, lambda: leap(m.simulate, pos, vel, mu, steps, parallel=False)
+            ),
+            Variant(
+                "NumPy (all pairs, n x n x 3 arrays)",
+                1,
+                lambda: leap(m.simulate_numpy, pos, vel, mu, steps_np),
+                note=_scaled_note(f"{steps_np} steps", (steps + 1) / (steps_np + 1))
+                if steps_np != steps
+                else "",
+                scale=(steps + 1) / (steps_np + 1),
+                reference=lambda: leap(m.simulate, pos, vel, mu, steps_np, parallel=True)[0],
+            ),
+            Variant(
+                "pure Python",
+                1,
+                lambda: leap(m.simulate_python, pos_py, vel_py, mu_py, steps_py),
+                note=_scaled_note(
+                    f"{bodies_py} bodies x {steps_py} steps (a different cluster)",
+                    work / (bodies_py**2 * (steps_py + 1)),
+                    "time per pair interaction",
+                ),
+                scale=work / (bodies_py**2 * (steps_py + 1)),
+                reference=lambda: leap(m.simulate, pos_py, vel_py, mu_py, steps_py, parallel=True)[
+                    0
+                ],
+            ),
+        ]
+        if "n_body" in exes:
+            for name, nt in (("C reference (gcc, OpenMP)", threads), ("C reference, 1 thread", 1)):
+                variants.append(
+                    Variant(
+                        name,
+                        nt,
+                        c_state(1, pos, vel, mu, steps, dt, soft**2, f"cluster{nt}", nt, soft),
+                    )
+                )
+        if "n_body_fastmath" in exes:
+            variants.append(
+                Variant(
+                    "C, -ffast-math (informational)",
+                    threads,
+                    c_state(
+                        1,
+                        pos,
+                        vel,
+                        mu,
+                        steps,
+                        dt,
+                        soft**2,
+                        "clusterfm",
+                        threads,
+                        soft,
+                        "n_body_fastmath",
+                    ),
+                    note="reassociates the j-sums, so they vectorise; not bitwise, checked to "
+                    "1e-11 relative. What numba's fastmath=True (reassoc) could reach",
+                )
+            )
+        return Problem(
+            "nBody",
+            f"nBody RANDOM_CLUSTER: {bodies} bodies x {steps} steps of dt = {dt}, seed {seed} "
+            f"({_sci(work)} pair interactions; kick-drift-kick leapfrog, softening {soft}; "
+            "result: final energy)",
+            variants,
+            close(1e-11),
+            show=lambda e: repr(e),
+        )
+
+    out.append(solar_problem())
+    out.append(cluster_problem())
+    return out
+
+
 PROBLEM_BUILDERS: dict[str, Callable[[bool, int, dict[str, Path]], list[Problem]]] = {
     "monteCarloPi": problems_pi,
     "optionPricing": problems_option,
     "primeCount": problems_prime,
     "mandelbrot": problems_mandel,
+    "nBody": problems_nbody,
 }
 
 
-# ---- running -------------------------------------------------------------------------------------
+# ---- running ------------------------------------------------------------------------------
 
 
 def verify(problem: Problem) -> list[str]:
@@ -561,7 +811,7 @@ def table(problem: Problem) -> list[str]:
     return lines
 
 
-# ---- compile times ---------------------------------------------------------------------------------
+# ---- compile times ------------------------------------------------------------------------
 
 _COMPILE_SCRIPT = """
 import importlib, json, sys, time
@@ -594,7 +844,7 @@ def compile_times(kind: str) -> tuple[dict[str, float], dict[str, float]]:
     return out[0], out[1]
 
 
-# ---- machine -----------------------------------------------------------------------------------------
+# ---- machine ------------------------------------------------------------------------------
 
 
 def machine_line() -> str:
@@ -639,7 +889,30 @@ def machine_line() -> str:
     )
 
 
-# ---- main ----------------------------------------------------------------------------------------------
+def tree_line() -> str:
+    """The commit and which kernel modules differ from it (the tree is edited concurrently)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "compute"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "code: not a git checkout"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return f"code: commit {head}; compute/ changes not committed: {', '.join(changed) or 'none'}"
+
+
+# ---- main ---------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,11 +942,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numba
 
     threads = numba.get_num_threads()
+    shown_args = list(argv if argv is not None else sys.argv[1:])
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     print(f"# crunchql kernel benchmarks ({'quick' if args.quick else 'full'}), {started}")
-    print(
-        f"command: python -m benchmarks.kernels {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
-    )
+    print(f"command: python -m benchmarks.kernels {' '.join(shown_args)}".rstrip())
     exes = build_c(["monte_carlo_pi", "option_pricing", "mandelbrot", "n_body"])
     if not exes:
         print("note: gcc not found: the C references are skipped")
@@ -742,6 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     print()
     print(machine_line())
+    print(tree_line())
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2))
     return 1 if failed else 0

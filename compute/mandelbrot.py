@@ -272,8 +272,9 @@ def colour_indices(counts: np.ndarray, max_iter: int) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        uint8, same shape (through a lookup table of ``max_iter + 1`` entries): 0 where ``counts == max_iter`` (black), else
-        ``1 + floor(254 log(1 + n) / log(1 + max_iter))`` in 1 .. 254.
+        uint8, same shape, through a lookup table of ``max_iter + 1`` entries: 0 where
+        ``counts == max_iter`` (black), else ``1 + floor(254 log(1 + n) / log(1 + max_iter))``
+        in 1 .. 254.
     """
     scale = 254.0 / math.log1p(max_iter)
     lut = (1.0 + np.floor(np.log1p(np.arange(max_iter + 1.0)) * scale)).astype(np.uint8)

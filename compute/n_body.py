@@ -537,7 +537,9 @@ def _check_dt(value: Any) -> float:
         raise ParameterError("dt", f"dt must be a number (got {value!r})")
     dt = float(value)
     if not 0.0 < dt <= MAX_DT:  # also refuses NaN
-        raise ParameterError("dt", f"dt must be greater than 0 and at most {MAX_DT:g} (got {value})")
+        raise ParameterError(
+            "dt", f"dt must be greater than 0 and at most {MAX_DT:g} (got {value})"
+        )
     return dt
 
 
@@ -565,7 +567,9 @@ def validate(raw: Mapping[str, Any]) -> JSONDict:
     preset = raw.get("preset")
     preset = getattr(preset, "name", preset)  # an enum member or its name
     if preset not in PRESETS:
-        raise ParameterError("preset", f"preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+        raise ParameterError(
+            "preset", f"preset must be one of {', '.join(PRESETS)} (got {preset!r})"
+        )
     if raw.get("steps") is None:
         raise ParameterError("steps", f"steps is required (1 .. {MAX_STEPS})")
     steps = check_int("steps", raw["steps"], 1, MAX_STEPS)

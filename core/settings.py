@@ -70,8 +70,7 @@ class Settings(BaseSettings):
     introspection: bool | None = None  # None: on in development, off in production
     max_query_depth: int = Field(default=15, ge=1)
     max_aliases: int = Field(default=50, ge=1)
-    max_tokens: int = Field(default=5000, ge=100)
-    max_directives: int = Field(default=50, ge=1)
+    max_tokens: int = Field(default=450, ge=100)
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
 
     rate_limits: bool = True

@@ -17,7 +17,7 @@ from graphql import (
     ValidationContext,
     ValidationRule,
 )
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension
 
 from core.errors import CrunchError, ErrorCode
 
@@ -135,6 +135,22 @@ def depth_limit_rule(max_depth: int) -> type[ValidationRule]:
                 )
 
     return DepthLimitRule
+
+
+class ContractParserCache(ParserCache):
+    """ParserCache parses in ``on_parse``, outside Strawberry's own error handling, so
+    syntax and token-limit errors would skip ContractErrors and carry no code. On a
+    failure leave the document unset: Strawberry parses again inside its handler."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        try:
+            context.graphql_document = self.cached_parse_document(
+                context.query, **context.parse_options
+            )
+        except GraphQLError:
+            context.graphql_document = None
+        yield
 
 
 class OperationName(SchemaExtension):

@@ -23,7 +23,7 @@ from observability.metrics import GraphQLMetrics
 from resolvers import calculation as calculation_resolvers
 from resolvers import user as user_resolvers
 from resolvers.context import GraphQLInfo
-from schema.extensions import ContractErrors, OperationName, depth_limit_rule
+from schema.extensions import ContractErrors, ContractParserCache, OperationName, depth_limit_rule
 from schema.scalars import SCALAR_MAP
 from schema.types import (
     AuthPayload,
@@ -108,7 +108,7 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         ContractErrors,
         OperationName,
-        lambda: ParserCache(maxsize=1024),
+        lambda: ContractParserCache(maxsize=1024),
         lambda: ValidationCache(maxsize=1024),
         lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
         lambda: MaxAliasesLimiter(max_alias_count=options.max_aliases),

@@ -60,6 +60,7 @@ class WorkerRuntime:
             ),
             config=RunnerConfig(
                 worker_id=worker_id,
+                requeue=DramatiqJobQueue(broker).enqueue,
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
@@ -155,6 +156,9 @@ class WorkerLifecycle(Middleware):
         global _runtime
         loop_thread = get_event_loop_thread()
         if _runtime is not None and loop_thread is not None:
+            # Running jobs hand their calculation back at the next chunk boundary
+            # instead of holding shutdown up (or being killed mid-run).
+            loop_thread.loop.call_soon_threadsafe(_runtime.config.stopping.set)
             with contextlib.suppress(Exception):
                 loop_thread.run_coroutine(_runtime.close())
         _runtime = None

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,10 @@ class RunnerConfig:
     publish_interval: float = 0.1
     write_interval: float = 0.5
     stale_after: timedelta = timedelta(seconds=30)
+    # Set when the process is shutting down: a run stops at its next chunk boundary,
+    # hands the calculation back (QUEUED) and asks for it to be queued again.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    requeue: Callable[[uuid.UUID], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -159,6 +164,12 @@ async def _execute(
                     error=f"Time limit of {kind.time_limit_seconds:.0f} s exceeded "
                     f"at {max(floor, job.progress):.0%}.",
                 )
+            if config.stopping.is_set():
+                await release(services, config, calculation.id)
+                if config.requeue is not None:
+                    await config.requeue(calculation.id)
+                logger.info("calculation %s handed back: this worker is stopping", key)
+                return "released"
             await loop.run_in_executor(executor, job.step)
             progress = max(floor, job.progress)
             clock = time.monotonic()
@@ -236,19 +247,9 @@ async def release(
 ) -> None:
     """Hand a run back (RUNNING → QUEUED) after a transient failure, so a retry can claim
     it at once. Best effort: if it fails, the stale-run sweeper recovers it."""
-    from sqlalchemy import update
-
     try:
         async with unit_of_work(services.session_factory) as session:
-            await session.execute(
-                update(Calculation)
-                .where(
-                    Calculation.id == calculation_id,
-                    Calculation.status == CalculationStatus.RUNNING.value,
-                    Calculation.worker_id == config.worker_id,
-                )
-                .values(status=CalculationStatus.QUEUED.value, worker_id=None)
-            )
+            await CalculationRepository(session).release(calculation_id, config.worker_id)
     except Exception as error:
         logger.warning("could not release %s: %s", calculation_id, error)
 

@@ -168,6 +168,16 @@ class CalculationRepository:
             values["partial_result"] = None
         return await self._update_returning(calculation_id, self._owned_run(worker_id), values)
 
+    async def release(self, calculation_id: uuid.UUID, worker_id: str) -> bool:
+        """RUNNING → QUEUED for a run this worker owns (shutdown, transient failure)."""
+        result = await self.session.execute(
+            update(Calculation)
+            .where(Calculation.id == calculation_id, self._owned_run(worker_id))
+            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
     async def fail_unclaimed(
         self, calculation_id: uuid.UUID, *, error: str, now: datetime
     ) -> Calculation | None:

@@ -151,11 +151,6 @@ async def test_suggestions_off_in_the_schema_option() -> None:
     assert result.errors and "Did you mean" in result.errors[0].message
 
 
-@pytest.mark.xfail(
-    reason="app/factory.py ties field suggestions to the environment only; with "
-    "introspection off they still reveal field names (patch in the audit report)",
-    strict=False,
-)
 async def test_no_suggestions_when_introspection_is_off(closed: httpx.AsyncClient) -> None:
     body = refused(await post(closed, "{ calculationKind }"))
     assert "Did you mean" not in json.dumps(body)
@@ -277,11 +272,6 @@ async def test_standard_introspection_fits_the_token_limit(
     assert "errors" not in body and body["data"]["__schema"]
 
 
-@pytest.mark.xfail(
-    reason="core/settings.py defaults max_tokens to 5000, which admits 500 repeated "
-    "__typename (patch in the audit report)",
-    strict=False,
-)
 async def test_default_token_limit_refuses_field_duplication(http: httpx.AsyncClient) -> None:
     refused(await post(http, "query cop { " + "__typename " * 500 + "}"), "tokens")
 

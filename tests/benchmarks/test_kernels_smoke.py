@@ -1,4 +1,4 @@
-"""Smoke test of the kernel benchmark: ``python -m benchmarks.kernels --quick --kinds monteCarloPi``.
+"""Smoke test: ``python -m benchmarks.kernels --quick --kinds monteCarloPi``.
 
 Runs the real script in a subprocess (it builds the C reference with gcc, runs every
 variant and prints the table) and checks that the table is printed and that the C

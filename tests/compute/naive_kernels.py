@@ -64,7 +64,10 @@ def lucy_prime_count(n: int) -> int:
 def naive_escape_counts(
     width: int, height: int, max_iter: int, window: tuple[float, float, float, float]
 ) -> list[list[int]]:
-    """Escape counts by plain iteration (no cardioid test), pixel centres about the window centre."""
+    """Escape counts by plain iteration (no cardioid test).
+
+    Pixel centres are written about the window's centre, as the kernel does.
+    """
     x_min, x_max, y_min, y_max = window
     x_c, y_c = (x_min + x_max) / 2, (y_min + y_max) / 2
     dx, dy = (x_max - x_min) / width, (y_max - y_min) / height

@@ -238,3 +238,32 @@ async def test_bad_input_is_refused_and_nothing_is_queued(stack: Stack) -> None:
     listing = await graphql.execute("{ calculations { edges { node { id } } } }")
     assert listing["data"]["calculations"]["edges"] == []
     await graphql.close()
+
+
+async def test_redis_connections_dropped_mid_job(stack: Stack) -> None:
+    """Every Redis connection (the API's subscriber, the worker's broker and publisher)
+    is cut while a job runs: all reconnect and the subscriber still gets the result."""
+    from redis.asyncio import Redis
+
+    graphql = await client(stack)
+    submitted = await graphql.submit({"monteCarloPi": {"samples": 2_000_000_000, "seed": 9}})
+    redis = Redis.from_url(stack.redis_url)
+    async with ws_session(stack.base, graphql.token) as socket_:
+        updates = asyncio.create_task(collect_updates(socket_, submitted["id"], timeout=120))
+        await wait_until(
+            lambda: _progress_above(graphql, submitted["id"], 0.05), 60, "the job to be under way"
+        )
+        killed = await redis.client_kill_filter(_type="pubsub")
+        killed += await redis.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 2
+        events, errors = await updates
+    await redis.aclose()
+    assert errors == [], stack.dump_logs()
+    assert events[-1]["status"] == "SUCCEEDED", stack.dump_logs()
+    assert_progress_never_decreases(events)
+    # And the path still works for the next job.
+    quick = await graphql.submit({"monteCarloPi": {"samples": 10_000}})
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events, _ = await collect_updates(socket_, quick["id"], timeout=60)
+    assert events[-1]["status"] == "SUCCEEDED"
+    await graphql.close()

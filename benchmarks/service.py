@@ -1,0 +1,307 @@
+"""Service benchmarks on the production path (PostgreSQL + Redis + Uvicorn + worker).
+
+    python -m benchmarks.service [--jobs 300] [--throughput-seconds 10] [--concurrency 32]
+
+Prints one table:
+- latency from `submitCalculation` to the terminal event at a WebSocket client, for a
+  tiny calculation, one job at a time (p50 / p99 over --jobs jobs);
+- calculations per second through the whole path (HTTP submit → queue → worker →
+  PostgreSQL → Redis pub/sub → WebSocket), tiny jobs, --concurrency clients;
+- authenticated `{ me { id email } }` requests per second against a bare Strawberry
+  `{ hello }` app served the same way, side by side (ratio);
+- Redis connections held by the API with many open subscriptions, and memory per
+  open subscription.
+
+Needs PostgreSQL and Redis (TEST_DATABASE_URL / TEST_REDIS_URL as for the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.settings import normalise_database_url
+from db.migrate import upgrade_async
+from tests.e2e.processes import (
+    HttpGraphQL,
+    ServiceProcess,
+    free_port,
+    service_env,
+    start_api,
+    start_worker,
+    wait_healthy,
+    wait_ready,
+)
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TINY = {"monteCarloPi": {"samples": 1000, "seed": 1}}
+SUBSCRIBE = "subscription($id: ID!) { calculationUpdates(id: $id) { status } }"
+
+BARE_APP = '''
+import strawberry
+from strawberry.asgi import GraphQL
+from strawberry.extensions import ParserCache, ValidationCache
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def hello(self) -> str:
+        return "world"
+
+app = GraphQL(strawberry.Schema(Query, extensions=[lambda: ParserCache(maxsize=1024),
+                                                   lambda: ValidationCache(maxsize=1024)]))
+'''
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def fresh_database() -> str:
+    admin_url = normalise_database_url(PG_URL)
+    name = f"crunchql_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    await upgrade_async(url)
+    return url
+
+
+async def drop_database(url: str) -> None:
+    admin = create_async_engine(normalise_database_url(PG_URL), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+class Subscriber:
+    """One graphql-transport-ws connection multiplexing many subscriptions."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token = base, token
+        self.waiters: dict[str, asyncio.Future[float]] = {}
+        self.counter = 0
+
+    async def __aenter__(self) -> Subscriber:
+        self.socket = await websockets.connect(
+            f"ws://{self.base}/graphql", subprotocols=["graphql-transport-ws"], max_queue=None
+        )
+        await self.socket.send(json.dumps(
+            {"type": "connection_init", "payload": {"Authorization": f"Bearer {self.token}"}}
+        ))
+        assert json.loads(await self.socket.recv())["type"] == "connection_ack"
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reader.cancel()
+        await self.socket.close()
+
+    async def _read(self) -> None:
+        async for raw in self.socket:
+            message = json.loads(raw)
+            if message["type"] == "next":
+                status = message["payload"]["data"]["calculationUpdates"]["status"]
+                future = self.waiters.get(message["id"])
+                if future and not future.done() and status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                    future.set_result(time.perf_counter())
+
+    async def watch(self, calculation_id: str) -> asyncio.Future[float]:
+        self.counter += 1
+        op_id = str(self.counter)
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters[op_id] = future
+        await self.socket.send(json.dumps({"id": op_id, "type": "subscribe", "payload": {
+            "query": SUBSCRIBE, "variables": {"id": calculation_id}}}))
+        return future
+
+
+async def submit(http: httpx.AsyncClient, url: str, token: str) -> str:
+    response = await http.post(url, json={
+        "query": "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }",
+        "variables": {"i": TINY}}, headers={"Authorization": f"Bearer {token}"})
+    return str(response.json()["data"]["submitCalculation"]["id"])
+
+
+async def latency(base: str, token: str, jobs: int) -> list[float]:
+    """Submit → terminal event at the client, one job at a time (idle worker)."""
+    samples = []
+    async with httpx.AsyncClient() as http, Subscriber(base, token) as subscriber:
+        url = f"http://{base}/graphql"
+        for index in range(jobs + 20):
+            started = time.perf_counter()
+            calculation_id = await submit(http, url, token)
+            done = await subscriber.watch(calculation_id)
+            finished = await asyncio.wait_for(done, 30)
+            if index >= 20:  # warm-up
+                samples.append((finished - started) * 1000)
+    return samples
+
+
+async def throughput(base: str, token: str, seconds: float, concurrency: int) -> float:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http, \
+            Subscriber(base, token) as subscriber:
+        url = f"http://{base}/graphql"
+        completed = 0
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal completed
+            while time.perf_counter() < deadline:
+                calculation_id = await submit(http, url, token)
+                await asyncio.wait_for(await subscriber.watch(calculation_id), 60)
+                completed += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return completed / (time.perf_counter() - started)
+
+
+async def requests_per_second(url: str, body: dict[str, Any], headers: dict[str, str],
+                              seconds: float, concurrency: int = 16) -> float:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http:
+        count = 0
+        deadline = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                response = await http.post(url, json=body, headers=headers)
+                assert response.status_code == 200 and "errors" not in response.json()
+                count += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return count / (time.perf_counter() - started)
+
+
+async def subscription_footprint(base: str, token: str, api: ServiceProcess, count: int) -> tuple[int, float]:
+    """Open `count` subscriptions on QUEUED calculations; Redis connections and RSS per one."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+
+    def rss_kib() -> int:
+        for line in Path(f"/proc/{api.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    async with httpx.AsyncClient() as http:
+        url = f"http://{base}/graphql"
+        ids = [await submit(http, url, token) for _ in range(count)]
+    before = rss_kib()
+    sockets = []
+    for start in range(0, count, 100):
+        subscriber = Subscriber(base, token)
+        await subscriber.__aenter__()
+        sockets.append(subscriber)
+        for calculation_id in ids[start:start + 100]:
+            await subscriber.watch(calculation_id)
+    await asyncio.sleep(2)  # let the server settle its buffers before reading RSS
+    after = rss_kib()
+    clients = await redis.client_list()
+    pubsub_connections = sum(1 for c in clients if int(c.get("sub", 0)) > 0 or int(c.get("psub", 0)) > 0)
+    for subscriber in sockets:
+        await subscriber.__aexit__()
+    await redis.aclose()
+    return pubsub_connections, (after - before) / count
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--throughput-seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--subscriptions", type=int, default=1000)
+    args = parser.parse_args()
+
+    database_url = await fresh_database()
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+    await redis.flushdb()
+    log_dir = Path(tempfile.mkdtemp(prefix="crunchql-bench-"))
+    env = service_env(database_url, REDIS_URL, CRUNCHQL_LOG_LEVEL="WARNING", CRUNCHQL_METRICS="false")
+    api, base = start_api(env, log_dir)
+    worker = start_worker(env, log_dir, threads=8)
+    bare_port = free_port()
+    (log_dir / "bare_app.py").write_text(BARE_APP)
+    bare = ServiceProcess("bare", [sys.executable, "-m", "uvicorn", "--app-dir", str(log_dir),
+                                   "bare_app:app", "--port", str(bare_port), "--log-level", "warning"],
+                          env, log_dir)
+    rows: list[tuple[str, str, str]] = []
+    try:
+        await wait_healthy(base, api)
+        await wait_ready(base, worker)
+        graphql = HttpGraphQL(base)
+        token = await graphql.register()
+        await graphql.close()
+
+        samples = await latency(base, token, args.jobs)
+        rows.append(("submit → terminal event, tiny job (p50)", f"{statistics.median(samples):.1f} ms",
+                     f"{args.jobs} jobs, one at a time, target ≤ 10 ms"))
+        rows.append(("submit → terminal event, tiny job (p99)", f"{percentile(samples, 99):.1f} ms",
+                     "target ≤ 30 ms"))
+        rate = await throughput(base, token, args.throughput_seconds, args.concurrency)
+        rows.append(("tiny calculations per second, whole path", f"{rate:.0f} /s",
+                     f"{args.concurrency} concurrent clients, 1 API + 1 worker process, target ≥ 500"))
+
+        me = {"query": "{ me { id email } }"}
+        hello = {"query": "{ hello }"}
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):
+                try:
+                    await http.post(f"http://127.0.0.1:{bare_port}/", json=hello)
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+        me_rates, hello_rates = [], []
+        for _ in range(3):  # interleaved, medians
+            me_rates.append(await requests_per_second(f"http://{base}/graphql", me,
+                                                      {"Authorization": f"Bearer {token}"}, 3))
+            hello_rates.append(await requests_per_second(f"http://127.0.0.1:{bare_port}/", hello, {}, 3))
+        me_rate, hello_rate = statistics.median(me_rates), statistics.median(hello_rates)
+        rows.append(("authenticated { me { id email } }", f"{me_rate:.0f} req/s",
+                     f"ratio to bare Strawberry {{ hello }} ({hello_rate:.0f} req/s): "
+                     f"{me_rate / hello_rate:.2f} (target ≥ 0.5)"))
+        connections, per_subscription = await subscription_footprint(base, token, api, args.subscriptions)
+        rows.append(("Redis pub/sub connections of the API", str(connections),
+                     f"with {args.subscriptions} open subscriptions (target: 1)"))
+        rows.append(("memory per open subscription", f"{per_subscription:.1f} KiB",
+                     "API process RSS growth / subscriptions (target ≤ 45 KiB)"))
+    finally:
+        for process in (worker, api, bare):
+            process.stop()
+        await redis.flushdb()
+        await redis.aclose()
+        await drop_database(database_url)
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\ncrunchql service benchmark — {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} cores")
+    print(f"{'measure'.ljust(width)} | {'value':>12} | note")
+    print(f"{'-' * width}-|-{'-' * 12}-|-----")
+    for name, value, note in rows:
+        print(f"{name.ljust(width)} | {value:>12} | {note}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
