@@ -52,7 +52,7 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TINY = {"monteCarloPi": {"samples": 1000, "seed": 1}}
 SUBSCRIBE = "subscription($id: ID!) { calculationUpdates(id: $id) { status } }"
 
-BARE_APP = '''
+BARE_APP = """
 import strawberry
 from strawberry.asgi import GraphQL
 from strawberry.extensions import ParserCache, ValidationCache
@@ -65,12 +65,12 @@ class Query:
 
 app = GraphQL(strawberry.Schema(Query, extensions=[lambda: ParserCache(maxsize=1024),
                                                    lambda: ValidationCache(maxsize=1024)]))
-'''
+"""
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def fresh_database() -> str:
@@ -88,7 +88,9 @@ async def fresh_database() -> str:
 async def drop_database(url: str) -> None:
     admin = create_async_engine(normalise_database_url(PG_URL), isolation_level="AUTOCOMMIT")
     async with admin.connect() as connection:
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        await connection.execute(
+            text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        )
     await admin.dispose()
 
 
@@ -104,9 +106,11 @@ class Subscriber:
         self.socket = await websockets.connect(
             f"ws://{self.base}/graphql", subprotocols=["graphql-transport-ws"], max_queue=None
         )
-        await self.socket.send(json.dumps(
-            {"type": "connection_init", "payload": {"Authorization": f"Bearer {self.token}"}}
-        ))
+        await self.socket.send(
+            json.dumps(
+                {"type": "connection_init", "payload": {"Authorization": f"Bearer {self.token}"}}
+            )
+        )
         assert json.loads(await self.socket.recv())["type"] == "connection_ack"
         self.reader = asyncio.create_task(self._read())
         return self
@@ -129,15 +133,27 @@ class Subscriber:
         op_id = str(self.counter)
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.waiters[op_id] = future
-        await self.socket.send(json.dumps({"id": op_id, "type": "subscribe", "payload": {
-            "query": SUBSCRIBE, "variables": {"id": calculation_id}}}))
+        await self.socket.send(
+            json.dumps(
+                {
+                    "id": op_id,
+                    "type": "subscribe",
+                    "payload": {"query": SUBSCRIBE, "variables": {"id": calculation_id}},
+                }
+            )
+        )
         return future
 
 
 async def submit(http: httpx.AsyncClient, url: str, token: str) -> str:
-    response = await http.post(url, json={
-        "query": "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }",
-        "variables": {"i": TINY}}, headers={"Authorization": f"Bearer {token}"})
+    response = await http.post(
+        url,
+        json={
+            "query": "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }",
+            "variables": {"i": TINY},
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
     return str(response.json()["data"]["submitCalculation"]["id"])
 
 
@@ -157,8 +173,10 @@ async def latency(base: str, token: str, jobs: int) -> list[float]:
 
 
 async def throughput(base: str, token: str, seconds: float, concurrency: int) -> float:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http, \
-            Subscriber(base, token) as subscriber:
+    async with (
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http,
+        Subscriber(base, token) as subscriber,
+    ):
         url = f"http://{base}/graphql"
         completed = 0
         deadline = time.perf_counter() + seconds
@@ -175,8 +193,9 @@ async def throughput(base: str, token: str, seconds: float, concurrency: int) ->
         return completed / (time.perf_counter() - started)
 
 
-async def requests_per_second(url: str, body: dict[str, Any], headers: dict[str, str],
-                              seconds: float, concurrency: int = 16) -> float:
+async def requests_per_second(
+    url: str, body: dict[str, Any], headers: dict[str, str], seconds: float, concurrency: int = 16
+) -> float:
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http:
         count = 0
         deadline = time.perf_counter() + seconds
@@ -193,7 +212,9 @@ async def requests_per_second(url: str, body: dict[str, Any], headers: dict[str,
         return count / (time.perf_counter() - started)
 
 
-async def subscription_footprint(base: str, token: str, api: ServiceProcess, count: int) -> tuple[int, float]:
+async def subscription_footprint(
+    base: str, token: str, api: ServiceProcess, count: int
+) -> tuple[int, float]:
     """Open `count` subscriptions on QUEUED calculations; Redis connections and RSS per one."""
     from redis.asyncio import Redis
 
@@ -214,12 +235,14 @@ async def subscription_footprint(base: str, token: str, api: ServiceProcess, cou
         subscriber = Subscriber(base, token)
         await subscriber.__aenter__()
         sockets.append(subscriber)
-        for calculation_id in ids[start:start + 100]:
+        for calculation_id in ids[start : start + 100]:
             await subscriber.watch(calculation_id)
     await asyncio.sleep(2)  # let the server settle its buffers before reading RSS
     after = rss_kib()
     clients = await redis.client_list()
-    pubsub_connections = sum(1 for c in clients if int(c.get("sub", 0)) > 0 or int(c.get("psub", 0)) > 0)
+    pubsub_connections = sum(
+        1 for c in clients if int(c.get("sub", 0)) > 0 or int(c.get("psub", 0)) > 0
+    )
     for subscriber in sockets:
         await subscriber.__aexit__()
     await redis.aclose()
@@ -227,7 +250,9 @@ async def subscription_footprint(base: str, token: str, api: ServiceProcess, cou
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -240,14 +265,30 @@ async def main() -> None:
     redis = Redis.from_url(REDIS_URL)
     await redis.flushdb()
     log_dir = Path(tempfile.mkdtemp(prefix="crunchql-bench-"))
-    env = service_env(database_url, REDIS_URL, CRUNCHQL_LOG_LEVEL="WARNING", CRUNCHQL_METRICS="false")
+    env = service_env(
+        database_url, REDIS_URL, CRUNCHQL_LOG_LEVEL="WARNING", CRUNCHQL_METRICS="false"
+    )
     api, base = start_api(env, log_dir)
     worker = start_worker(env, log_dir, threads=8)
     bare_port = free_port()
     (log_dir / "bare_app.py").write_text(BARE_APP)
-    bare = ServiceProcess("bare", [sys.executable, "-m", "uvicorn", "--app-dir", str(log_dir),
-                                   "bare_app:app", "--port", str(bare_port), "--log-level", "warning"],
-                          env, log_dir)
+    bare = ServiceProcess(
+        "bare",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(log_dir),
+            "bare_app:app",
+            "--port",
+            str(bare_port),
+            "--log-level",
+            "warning",
+        ],
+        env,
+        log_dir,
+    )
     rows: list[tuple[str, str, str]] = []
     try:
         await wait_healthy(base, api)
@@ -257,13 +298,28 @@ async def main() -> None:
         await graphql.close()
 
         samples = await latency(base, token, args.jobs)
-        rows.append(("submit → terminal event, tiny job (p50)", f"{statistics.median(samples):.1f} ms",
-                     f"{args.jobs} jobs, one at a time, target ≤ 10 ms"))
-        rows.append(("submit → terminal event, tiny job (p99)", f"{percentile(samples, 99):.1f} ms",
-                     "target ≤ 30 ms"))
+        rows.append(
+            (
+                "submit → terminal event, tiny job (p50)",
+                f"{statistics.median(samples):.1f} ms",
+                f"{args.jobs} jobs, one at a time, target ≤ 10 ms",
+            )
+        )
+        rows.append(
+            (
+                "submit → terminal event, tiny job (p99)",
+                f"{percentile(samples, 99):.1f} ms",
+                "target ≤ 30 ms",
+            )
+        )
         rate = await throughput(base, token, args.throughput_seconds, args.concurrency)
-        rows.append(("tiny calculations per second, whole path", f"{rate:.0f} /s",
-                     f"{args.concurrency} concurrent clients, 1 API + 1 worker process, target ≥ 500"))
+        rows.append(
+            (
+                "tiny calculations per second, whole path",
+                f"{rate:.0f} /s",
+                f"{args.concurrency} concurrent clients, 1 API + 1 worker process, target ≥ 500",
+            )
+        )
 
         me = {"query": "{ me { id email } }"}
         hello = {"query": "{ hello }"}
@@ -276,18 +332,40 @@ async def main() -> None:
                     await asyncio.sleep(0.1)
         me_rates, hello_rates = [], []
         for _ in range(3):  # interleaved, medians
-            me_rates.append(await requests_per_second(f"http://{base}/graphql", me,
-                                                      {"Authorization": f"Bearer {token}"}, 3))
-            hello_rates.append(await requests_per_second(f"http://127.0.0.1:{bare_port}/", hello, {}, 3))
+            me_rates.append(
+                await requests_per_second(
+                    f"http://{base}/graphql", me, {"Authorization": f"Bearer {token}"}, 3
+                )
+            )
+            hello_rates.append(
+                await requests_per_second(f"http://127.0.0.1:{bare_port}/", hello, {}, 3)
+            )
         me_rate, hello_rate = statistics.median(me_rates), statistics.median(hello_rates)
-        rows.append(("authenticated { me { id email } }", f"{me_rate:.0f} req/s",
-                     f"ratio to bare Strawberry {{ hello }} ({hello_rate:.0f} req/s): "
-                     f"{me_rate / hello_rate:.2f} (target ≥ 0.5)"))
-        connections, per_subscription = await subscription_footprint(base, token, api, args.subscriptions)
-        rows.append(("Redis pub/sub connections of the API", str(connections),
-                     f"with {args.subscriptions} open subscriptions (target: 1)"))
-        rows.append(("memory per open subscription", f"{per_subscription:.1f} KiB",
-                     "API process RSS growth / subscriptions (target ≤ 45 KiB)"))
+        rows.append(
+            (
+                "authenticated { me { id email } }",
+                f"{me_rate:.0f} req/s",
+                f"ratio to bare Strawberry {{ hello }} ({hello_rate:.0f} req/s): "
+                f"{me_rate / hello_rate:.2f} (target ≥ 0.5)",
+            )
+        )
+        connections, per_subscription = await subscription_footprint(
+            base, token, api, args.subscriptions
+        )
+        rows.append(
+            (
+                "Redis pub/sub connections of the API",
+                str(connections),
+                f"with {args.subscriptions} open subscriptions (target: 1)",
+            )
+        )
+        rows.append(
+            (
+                "memory per open subscription",
+                f"{per_subscription:.1f} KiB",
+                "API process RSS growth / subscriptions (target ≤ 45 KiB)",
+            )
+        )
     finally:
         for process in (worker, api, bare):
             process.stop()
@@ -296,7 +374,9 @@ async def main() -> None:
         await drop_database(database_url)
 
     width = max(len(r[0]) for r in rows)
-    print(f"\ncrunchql service benchmark — {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} cores")
+    print(
+        f"\ncrunchql service benchmark — {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} cores"
+    )
     print(f"{'measure'.ljust(width)} | {'value':>12} | note")
     print(f"{'-' * width}-|-{'-' * 12}-|-----")
     for name, value, note in rows:

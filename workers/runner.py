@@ -12,8 +12,8 @@ import asyncio
 import logging
 import time
 import uuid
-from concurrent.futures import Executor
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any

@@ -93,7 +93,7 @@ async def test_out_of_bounds_input_is_refused_and_not_stored(
 @pytest.mark.parametrize(
     "raw",
     [
-        '{monteCarloPi: {samples: 10}, primeCount: {limit: 10}}',  # two kinds
+        "{monteCarloPi: {samples: 10}, primeCount: {limit: 10}}",  # two kinds
         "{}",  # none
         "{monteCarloPi: {samples: 1.5}}",  # not an integer
         '{monteCarloPi: {samples: "12ab"}}',
@@ -127,9 +127,7 @@ async def test_unknown_or_malformed_ids(client: GraphQLClient) -> None:
 
 
 @pytest.fixture
-async def queued_client(
-    database_url: str, redis_url: str
-) -> Any:
+async def queued_client(database_url: str, redis_url: str) -> Any:
     """The Redis-queue app with no worker: submitted calculations stay QUEUED."""
     await flush_redis(redis_url)
     settings = make_settings(database_url=database_url, redis_url=redis_url)
@@ -179,7 +177,8 @@ async def test_cancelled_while_queued_never_runs(queued_client: Any) -> None:
     engine = create_engine(url)
     services = RunnerServices(create_session_factory(engine), InProcessEventBus())
     stats = await run_calculation(
-        services, RunnerConfig(worker_id="test", stale_after=timedelta(seconds=30)),
+        services,
+        RunnerConfig(worker_id="test", stale_after=timedelta(seconds=30)),
         uuid.UUID(submitted["id"]),
     )
     await engine.dispose()
@@ -196,7 +195,9 @@ async def test_active_calculations_per_user_are_limited(database_url: str, redis
     await truncate(database_url)
     await flush_redis(redis_url)
     settings = make_settings(
-        database_url=database_url, redis_url=redis_url, rate_limits=True,
+        database_url=database_url,
+        redis_url=redis_url,
+        rate_limits=True,
         max_active_calculations=3,
     )
     async with running_app(settings) as (_app, client):
@@ -207,6 +208,8 @@ async def test_active_calculations_per_user_are_limited(database_url: str, redis
         assert error_codes(refused) == ["RATE_LIMITED"]
         # Another user is not affected.
         other = (await client.register())["accessToken"]
-        accepted = await client.execute(SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}}, token=other)
+        accepted = await client.execute(
+            SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}}, token=other
+        )
         assert "errors" not in accepted
     await flush_redis(redis_url)

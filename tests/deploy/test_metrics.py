@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from observability import metrics
 from core.errors import BadUserInputError
+from observability import metrics
 from schema.extensions import ContractErrors
 from tests.deploy.conftest import ROOT
 

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-async def embedded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Path, dict[str, str]]]:
+async def embedded(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[str, Path, dict[str, str]]]:
     directory = tmp_path_factory.mktemp("embedded")
     url = f"sqlite+aiosqlite:///{directory / 'crunchql.sqlite3'}"
     await upgrade_async(url)
@@ -87,14 +89,23 @@ async def test_legacy_graphql_ws_protocol(embedded: tuple[str, Path, dict[str, s
     token = await graphql.register()
     submitted = await graphql.submit({"monteCarloPi": {"samples": 1000, "seed": 2}})
     async with websockets.connect(f"ws://{base}/graphql", subprotocols=["graphql-ws"]) as socket_:
-        await socket_.send(json.dumps(
-            {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
-        ))
+        await socket_.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+        )
         assert json.loads(await socket_.recv())["type"] == "connection_ack"
-        await socket_.send(json.dumps({"id": "1", "type": "start", "payload": {
-            "query": "subscription($id: ID!) { calculationUpdates(id: $id) { status } }",
-            "variables": {"id": submitted["id"]},
-        }}))
+        await socket_.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "start",
+                    "payload": {
+                        "query": "subscription($id: ID!) "
+                        "{ calculationUpdates(id: $id) { status } }",
+                        "variables": {"id": submitted["id"]},
+                    },
+                }
+            )
+        )
         statuses = []
         while True:
             message = json.loads(await socket_.recv())
