@@ -20,6 +20,7 @@ from db.engine import create_engine, create_session_factory, unit_of_work
 from db.migrate import upgrade_async
 from db.repositories import CalculationRepository
 from pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
+from pubsub.redis_client import create_redis
 from services.container import JobQueue, Limits, RunnerServices, Services
 from workers.broker import create_broker
 from workers.queues import DramatiqJobQueue, EmbeddedJobQueue
@@ -72,7 +73,7 @@ async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> R
     bus: EventBus
     rate_limiter: RateLimiter
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+        redis = create_redis(settings.redis_url)
         bus = RedisEventBus(redis)
         rate_limiter = RedisRateLimiter(redis)
     else:

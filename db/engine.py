@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 AfterCommit = Callable[[], Awaitable[None]]
+logger = logging.getLogger("crunchql.db")
 
 
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
@@ -72,4 +74,10 @@ async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterat
             raise
         callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
     for callback in callbacks:
-        await callback()
+        try:
+            await callback()
+        except Exception:
+            # The transaction stands: a lost message or event is recovered (workers
+            # re-send unclaimed calculations, subscribers re-read), so the caller
+            # must not be told that what was stored failed.
+            logger.warning("after-commit callback failed", exc_info=True)

@@ -25,14 +25,15 @@ from db.engine import create_engine, create_session_factory, unit_of_work
 from db.repositories import CalculationRepository, WorkerRepository
 from observability.metrics import start_worker_metrics_server
 from pubsub.bus import RedisEventBus
+from pubsub.redis_client import create_redis
 from services.container import RunnerServices
-from workers.broker import CrunchRedisBroker
+from workers.broker import QUEUE_NAME, CrunchRedisBroker
 from workers.queues import DramatiqJobQueue
 from workers.runner import RunnerConfig
 
 logger = logging.getLogger("crunchql.worker")
 SWEEP_INTERVAL_SECONDS = 5.0
-QUEUED_RESEND_AFTER = timedelta(minutes=5)
+QUEUED_RESEND_AFTER = timedelta(seconds=60)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class WorkerRuntime:
     @classmethod
     async def create(cls, settings: Settings, broker: CrunchRedisBroker) -> WorkerRuntime:
         engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
-        redis = Redis.from_url(settings.redis_url or "", health_check_interval=10)
+        redis = create_redis(settings.redis_url or "")
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         runtime = cls(
             settings=settings,
@@ -89,20 +90,24 @@ class WorkerRuntime:
             await asyncio.sleep(self.settings.worker_heartbeat_seconds)
 
     async def sweep_once(self) -> int:
+        """Re-send what no message will run: runs whose worker died, and calculations
+        still QUEUED a minute after submission while the broker queue is empty (their
+        message was lost: Redis restarted, or the enqueue after commit failed).
+        Duplicates are harmless: a claim is conditional."""
         now = datetime.now(UTC)
         async with unit_of_work(self.services.session_factory) as session:
-            stale = await CalculationRepository(session).list_stale(
-                running_stale_before=now - self.config.stale_after,
-                queued_before=now - QUEUED_RESEND_AFTER,
-            )
+            repo = CalculationRepository(session)
+            resend = await repo.list_stale_runs(stale_before=now - self.config.stale_after)
+            if await asyncio.to_thread(self.broker.do_qsize, QUEUE_NAME) == 0:
+                resend += await repo.list_waiting(created_before=now - QUEUED_RESEND_AFTER)
             await WorkerRepository(session).prune(now, timedelta(hours=1))
         queue = DramatiqJobQueue(self.broker)
-        for calculation_id in stale:
+        for calculation_id in resend:
             logger.warning(
                 "re-sending calculation %s (worker gone or message lost)", calculation_id
             )
             await queue.enqueue(calculation_id)
-        return len(stale)
+        return len(resend)
 
     async def _sweep_loop(self) -> None:
         while True:

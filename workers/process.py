@@ -13,7 +13,13 @@ from observability.metrics import record_finished
 from workers.broker import QUEUE_NAME, create_broker
 from workers.lifecycle import WorkerLifecycle, current_runtime
 from workers.queues import ACTOR_NAME
-from workers.runner import TransientError, fail_exhausted, release, run_calculation
+from workers.runner import (
+    TransientError,
+    fail_exhausted,
+    is_transient,
+    release,
+    run_calculation,
+)
 
 settings = get_settings()
 configure_logging(settings)
@@ -47,7 +53,9 @@ async def run(calculation_id: str) -> None:
         stats = await run_calculation(runtime.services, runtime.config, parsed, runtime.executor)
         if stats.kind:
             record_finished(stats.kind, stats.outcome, stats.seconds)
-    except TransientError:
+    except Exception as error:
+        if not isinstance(error, TransientError) and not is_transient(error):
+            raise
         message = CurrentMessage.get_current_message()
         retries = message.options.get("retries", 0) if message else 0
         if retries >= settings.job_max_retries:
@@ -56,4 +64,4 @@ async def run(calculation_id: str) -> None:
             )
             return
         await release(runtime.services, runtime.config, parsed)
-        raise
+        raise TransientError(str(error)) from error

@@ -13,7 +13,13 @@ import dramatiq
 from observability.metrics import record_finished
 from services.container import Infrastructure
 from workers.broker import QUEUE_NAME, CrunchRedisBroker
-from workers.runner import RunnerConfig, TransientError, fail_exhausted, run_calculation
+from workers.runner import (
+    RunnerConfig,
+    TransientError,
+    fail_exhausted,
+    is_transient,
+    run_calculation,
+)
 
 logger = logging.getLogger("crunchql.queue")
 ACTOR_NAME = "calculation.run"
@@ -84,12 +90,12 @@ class EmbeddedJobQueue:
                     if stats.kind:
                         record_finished(stats.kind, stats.outcome, stats.seconds)
                     return
-                except TransientError as error:
+                except Exception as error:
+                    if not isinstance(error, TransientError) and not is_transient(error):
+                        logger.exception("calculation %s: runner crashed", calculation_id)
+                        break
                     logger.warning("calculation %s: transient error: %s", calculation_id, error)
                     await asyncio.sleep(min(2**attempt, 15))
-                except Exception:
-                    logger.exception("calculation %s: runner crashed", calculation_id)
-                    break
             with contextlib.suppress(Exception):
                 await fail_exhausted(
                     self.services, calculation_id, "Gave up after repeated infrastructure errors."

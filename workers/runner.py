@@ -58,6 +58,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _announce(services: Infrastructure, calculation: Calculation) -> None:
+    try:
+        await publish_status(services, calculation)
+    except Exception as error:  # the row is saved; subscribers re-read it when idle
+        logger.warning("could not publish a status change: %s", error)
+
+
 async def _publish(bus: EventBus, event: dict[str, Any]) -> None:
     try:
         await bus.publish(event["id"], event)
@@ -74,6 +81,11 @@ async def run_calculation(
     take_over: bool = False,
 ) -> RunStats:
     stats = RunStats()
+    if config.stopping.is_set():
+        # Shutting down: leave the calculation for another worker, untouched.
+        if config.requeue is not None:
+            await config.requeue(calculation_id)
+        return stats
     factory = services.session_factory
     now = _now()
     stale_before = now if take_over else now - config.stale_after
@@ -84,7 +96,7 @@ async def run_calculation(
     if calculation is None:
         return stats  # finished, cancelled, or alive on another worker
     stats.kind = calculation.kind
-    await publish_status(services, calculation)
+    await _announce(services, calculation)
     started = time.monotonic()
     try:
         stats.outcome = await _execute(services, config, calculation, executor)
@@ -115,7 +127,7 @@ async def _finish(
         )
     if row is None:
         return "cancelled"  # cancelled (or taken over) while we ran: nothing to store
-    await publish_status(services, row)
+    await _announce(services, row)
     return status.value.lower()
 
 
@@ -217,7 +229,7 @@ async def _execute(
     except TransientError:
         raise
     except Exception as error:
-        if _is_transient(error):
+        if is_transient(error):
             raise TransientError(str(error)) from error
         logger.exception("kernel of %s failed", key)
         return await _finish(
@@ -233,7 +245,8 @@ async def _execute(
     )
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
+    """Infrastructure trouble worth a retry (never an error in the input or a kernel)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -261,4 +274,4 @@ async def fail_exhausted(services: Infrastructure, calculation_id: uuid.UUID, re
             calculation_id, error=reason, now=_now()
         )
     if row is not None:
-        await publish_status(services, row)
+        await _announce(services, row)

@@ -205,27 +205,26 @@ class CalculationRepository:
             },
         )
 
-    async def list_stale(
-        self, *, running_stale_before: datetime, queued_before: datetime, limit: int = 500
-    ) -> list[uuid.UUID]:
-        """Runs whose worker stopped beating, and queued rows waiting suspiciously long
-        (their message may have been lost with a Redis restart)."""
+    async def list_stale_runs(self, *, stale_before: datetime, limit: int = 500) -> list[uuid.UUID]:
+        """Runs whose worker stopped beating (killed, frozen, cut off)."""
         statement = (
             select(Calculation.id)
             .where(
-                or_(
-                    and_(
-                        Calculation.status == CalculationStatus.RUNNING.value,
-                        or_(
-                            Calculation.heartbeat_at.is_(None),
-                            Calculation.heartbeat_at < running_stale_before,
-                        ),
-                    ),
-                    and_(
-                        Calculation.status == CalculationStatus.QUEUED.value,
-                        Calculation.created_at < queued_before,
-                    ),
-                )
+                Calculation.status == CalculationStatus.RUNNING.value,
+                or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
+            )
+            .order_by(Calculation.created_at)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
+    async def list_waiting(self, *, created_before: datetime, limit: int = 500) -> list[uuid.UUID]:
+        """QUEUED rows older than ``created_before``, oldest first."""
+        statement = (
+            select(Calculation.id)
+            .where(
+                Calculation.status == CalculationStatus.QUEUED.value,
+                Calculation.created_at < created_before,
             )
             .order_by(Calculation.created_at)
             .limit(limit)

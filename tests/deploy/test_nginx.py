@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.deploy.conftest import DEPLOY
+from tests.e2e.nginx import local_config, nginx_binary
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CONF = DEPLOY / "nginx" / "nginx.conf"
 
 
@@ -75,41 +71,9 @@ def test_limits_and_headers() -> None:
     assert "return 404;" in block(source, "location = /metrics")
 
 
-def nginx_version(binary: str) -> tuple[int, ...]:
-    output = subprocess.run([binary, "-v"], capture_output=True, text=True, check=True).stderr
-    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", output)
-    assert match, output
-    return tuple(int(part) for part in match.groups())
-
-
 def test_nginx_accepts_the_config(tmp_path: Path) -> None:
-    binary = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-    )
-    if binary is None:
-        if IN_CI:
-            pytest.fail("nginx is not installed: CI=true requires it (apt-get install nginx)")
-        pytest.skip("!!! nginx is not installed: skipping `nginx -t` (runs in CI)")
-    openssl = shutil.which("openssl")
-    assert openssl, "openssl is needed to make a test certificate"
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost",
-            "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.crt"),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    source = text().replace("/tmp/", f"{tmp_path}/")  # pid and temp files
-    source = source.replace("/etc/nginx/certs/", f"{certs}/")
-    source = source.replace("server api:8000", "server 127.0.0.1:8000")  # no compose DNS here
-    if nginx_version(binary) < (1, 25, 1):
-        source = source.replace("http2 on;", "")  # the directive is newer than this nginx
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(source, "utf-8")
+    binary = nginx_binary()
+    conf = local_config(binary, tmp_path, upstreams=["127.0.0.1:8000"])
     result = subprocess.run(
         [binary, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)],
         capture_output=True,

@@ -147,7 +147,7 @@ async def wait_ready(
 
 
 class HttpGraphQL:
-    def __init__(self, base: str, scheme: str = "http", verify: bool = True) -> None:
+    def __init__(self, base: str, scheme: str = "http", verify: Any = True) -> None:
         self.url = f"{scheme}://{base}/graphql"
         self.http = httpx.AsyncClient(timeout=30, verify=verify)
         self.token: str | None = None
