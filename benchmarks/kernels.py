@@ -103,6 +103,50 @@ class Problem:
     same: Callable[[Any, Any], bool]
     show: Callable[[Any], str] = str
     notes: list[str] = field(default_factory=list)
+    target: float = 1.1
+    """The issue's target: numba (first variant) at most this many times the native one."""
+
+
+NATIVE_PREFIXES = ("C reference (gcc", "primesieve.count_primes")
+
+
+def native_pair(problem: Problem) -> tuple[Variant | None, Variant | None]:
+    """(the native reference on all threads, its one-thread run) if present and timed."""
+    natives = [v for v in problem.variants if v.name.startswith(NATIVE_PREFIXES) and v.times]
+    multi = next((v for v in natives if "1 thread" not in v.name), None)
+    single = next((v for v in natives if "1 thread" in v.name), None)
+    return multi, single
+
+
+def targets_table(problems: Sequence[Problem]) -> list[str]:
+    """numba vs the native reference: median and best-of-n ratios against the target."""
+    lines = [
+        "| problem | numba / native, median | numba / native, best of n "
+        "| serial / 1-thread native, median | target | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in problems:
+        base = p.variants[0]
+        multi, single = native_pair(p)
+        if multi is None or not base.times:
+            continue
+        med = statistics.median(base.times) / statistics.median(multi.times)
+        best = min(base.times) / min(multi.times)
+        serial = next((v for v in p.variants if v.name == "numba serial" and v.times), None)
+        ser = (
+            f"{statistics.median(serial.times) / statistics.median(single.times):.2f}"
+            if serial is not None and single is not None
+            else "-"
+        )
+        if med <= p.target:
+            verdict = "met"
+        elif best <= p.target:
+            verdict = "met on best-of-n only (noisy medians)"
+        else:
+            verdict = "MISSED"
+        name = p.title.split(" (result")[0]
+        lines.append(f"| {name} | {med:.2f} | {best:.2f} | {ser} | {p.target:g} | {verdict} |")
+    return lines
 
 
 def timed(
@@ -416,10 +460,11 @@ def problems_prime(quick: bool, threads: int, exes: dict[str, Path]) -> list[Pro
             )
             variants.append(Variant("primesieve.count_primes, 1 thread", 1, ps_run(limit, 1)))
         problem = Problem(
-            "primeCount",
-            f"primeCount: pi({_sci(limit)}) (result: prime count)",
-            variants,
-            exact,
+            target=3.0,
+            kind="primeCount",
+            title=f"primeCount: pi({_sci(limit)}) (result: prime count)",
+            variants=variants,
+            same=exact,
         )
         if primesieve is None:
             problem.notes.append(
@@ -993,6 +1038,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ],
             }
         )
+    timed_problems = [p for p in problems if p.variants[0].times]
+    if timed_problems:
+        print("\n## numba against the native references (targets from the issue)\n")
+        for line in targets_table(timed_problems):
+            print(line)
     if not args.no_compile:
         print("\n## numba compile time (import + KIND.warm_up() in a fresh process)\n")
         print("| kind | empty NUMBA_CACHE_DIR (compile) | same cache dir (cached load) | note |")

@@ -163,9 +163,15 @@ class RedisEventBus(_FanOut):
                 delay = 0.05
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
-                    if message is None or message["type"] != "message":
+                    if message is None:
                         continue
-                    self._on_message(message["data"])
+                    if message["type"] == "message":
+                        self._on_message(message["data"])
+                    elif message["type"] == "subscribe":
+                        # redis-py reconnected under us and subscribed again: events
+                        # published in between are lost, so subscribers re-read.
+                        logger.warning("event bus reconnected to Redis; resyncing subscribers")
+                        self.resync_all()
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError, RedisError) as error:

@@ -1,0 +1,249 @@
+"""The runner on each database with the in-process bus: claims, progress, failures,
+cancellation, shutdown hand-back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from compute.base import Kind
+from compute.catalog import KINDS
+from db.engine import create_engine, create_session_factory, unit_of_work
+from db.models import Calculation, CalculationStatus, User
+from db.repositories import CalculationRepository
+from pubsub.bus import InProcessEventBus
+from services.container import RunnerServices
+from workers.runner import RunnerConfig, run_calculation
+
+
+@dataclass
+class Recorder:
+    """Collects every event the runner publishes for one calculation."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def services(database_url: str) -> AsyncIterator[RunnerServices]:
+    engine = create_engine(database_url)
+    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
+    await engine.dispose()
+
+
+def config(**overrides: Any) -> RunnerConfig:
+    values: dict[str, Any] = {
+        "worker_id": f"test-{uuid.uuid4().hex[:6]}",
+        "publish_interval": 0.0,
+        "write_interval": 0.0,
+    }
+    values.update(overrides)
+    return RunnerConfig(**values)
+
+
+async def make_calculation(
+    services: RunnerServices, kind: str = "monteCarloPi", raw: Mapping[str, Any] | None = None
+) -> uuid.UUID:
+    params = (
+        KINDS[kind].validate(raw or {"samples": 300_000_000, "seed": 3})
+        if kind in KINDS
+        else dict(raw or {})
+    )
+    async with unit_of_work(services.session_factory) as session:
+        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
+        session.add(user)
+        await session.flush()
+        calculation = Calculation(owner_id=user.id, kind=kind, input=params)
+        session.add(calculation)
+        await session.flush()
+        return calculation.id
+
+
+async def load(services: RunnerServices, calculation_id: uuid.UUID) -> Calculation:
+    async with unit_of_work(services.session_factory) as session:
+        row = await CalculationRepository(session).get(calculation_id)
+    assert row is not None
+    return row
+
+
+async def run_watching(
+    services: RunnerServices, calculation_id: uuid.UUID, cfg: RunnerConfig
+) -> tuple[str, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    async with services.bus.subscribe(str(calculation_id)) as subscription:
+        stats = await run_calculation(services, cfg, calculation_id)
+        while (event := await subscription.get(timeout=0.05)) is not None:
+            events.append(event)
+    return stats.outcome, events
+
+
+async def test_a_run_publishes_status_progress_and_the_terminal_event(
+    services: RunnerServices,
+) -> None:
+    calculation_id = await make_calculation(services)
+    outcome, events = await run_watching(services, calculation_id, config())
+    assert outcome == "succeeded"
+    assert events[0]["status"] == "RUNNING" and events[0]["reload"]
+    progress = [e for e in events if not e.get("reload")]
+    assert len(progress) >= 2
+    values = [e["progress"] for e in progress]
+    assert values == sorted(values) and all(0 < v < 1 for v in values)
+    assert all(e["partialResult"]["standardError"] > 0 for e in progress)
+    versions = [e["version"] for e in events]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    assert events[-1]["terminal"] and events[-1]["status"] == "SUCCEEDED"
+    row = await load(services, calculation_id)
+    assert row.status == "SUCCEEDED" and row.progress == 1.0 and row.attempts == 1
+    assert row.result is not None and row.result["samples"] == 300_000_000
+    assert row.started_at is not None and row.finished_at is not None
+
+
+async def test_a_duplicate_message_does_nothing(services: RunnerServices) -> None:
+    calculation_id = await make_calculation(services, raw={"samples": 1000, "seed": 1})
+    assert (await run_calculation(services, config(), calculation_id)).outcome == "succeeded"
+    finished = await load(services, calculation_id)
+    assert (await run_calculation(services, config(), calculation_id)).outcome == "skipped"
+    again = await load(services, calculation_id)
+    assert again.attempts == 1 and again.finished_at == finished.finished_at
+
+
+async def _mark_running(
+    services: RunnerServices, calculation_id: uuid.UUID, heartbeat: datetime
+) -> None:
+    async with unit_of_work(services.session_factory) as session:
+        await session.execute(
+            update(Calculation)
+            .where(Calculation.id == calculation_id)
+            .values(status="RUNNING", worker_id="elsewhere", heartbeat_at=heartbeat, attempts=1,
+                    progress=0.4)
+        )  # fmt: skip
+
+
+async def test_a_run_alive_elsewhere_is_left_alone(services: RunnerServices) -> None:
+    calculation_id = await make_calculation(services, raw={"samples": 1000, "seed": 1})
+    await _mark_running(services, calculation_id, datetime.now(UTC))
+    assert (await run_calculation(services, config(), calculation_id)).outcome == "skipped"
+    assert (await load(services, calculation_id)).worker_id == "elsewhere"
+
+
+async def test_a_run_whose_worker_died_is_taken_over(services: RunnerServices) -> None:
+    calculation_id = await make_calculation(services, raw={"samples": 50_000_000, "seed": 1})
+    await _mark_running(services, calculation_id, datetime.now(UTC) - timedelta(minutes=5))
+    outcome, events = await run_watching(services, calculation_id, config())
+    assert outcome == "succeeded"
+    row = await load(services, calculation_id)
+    assert row.attempts == 2 and row.status == "SUCCEEDED"
+    # Progress never goes back below what the dead worker had reported.
+    assert all(e["progress"] >= 0.4 for e in events if not e.get("reload"))
+
+
+def fake_kind(name: str, step: Any, *, steps: int = 3, time_limit: float = 60.0) -> Kind:
+    class FakeJob:
+        def __init__(self) -> None:
+            self.count = 0
+
+        @property
+        def done(self) -> bool:
+            return self.count >= steps
+
+        @property
+        def progress(self) -> float:
+            return self.count / steps
+
+        def step(self) -> None:
+            step(self.count)
+            self.count += 1
+
+        def partial_result(self) -> None:
+            return None
+
+        def result(self) -> dict[str, Any]:
+            return {"steps": self.count}
+
+    return Kind(
+        name=name, description="test", validate=dict, start=lambda _p: FakeJob(),
+        warm_up=lambda: None, time_limit_seconds=time_limit,
+    )  # fmt: skip
+
+
+async def test_a_kernel_that_raises_fails_the_calculation_with_its_message(
+    services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(count: int) -> None:
+        if count == 1:
+            raise ZeroDivisionError("the kernel divided by zero")
+
+    monkeypatch.setitem(KINDS, "exploding", fake_kind("exploding", explode))
+    calculation_id = await make_calculation(services, "exploding", {})
+    outcome, events = await run_watching(services, calculation_id, config())
+    assert outcome == "failed"
+    row = await load(services, calculation_id)
+    assert row.status == "FAILED" and "the kernel divided by zero" in (row.error or "")
+    assert events[-1]["terminal"]
+    # The runner keeps serving.
+    other = await make_calculation(services, raw={"samples": 1000, "seed": 2})
+    assert (await run_calculation(services, config(), other)).outcome == "succeeded"
+
+
+async def test_the_time_limit_fails_the_job_between_chunks(
+    services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        KINDS, "slow", fake_kind("slow", lambda _n: __import__("time").sleep(0.2), steps=50,
+                                 time_limit=0.5)
+    )  # fmt: skip
+    calculation_id = await make_calculation(services, "slow", {})
+    assert (await run_calculation(services, config(), calculation_id)).outcome == "failed"
+    row = await load(services, calculation_id)
+    assert row.status == "FAILED" and "Time limit" in (row.error or "")
+
+
+async def test_cancel_stops_the_run_at_a_chunk_boundary(
+    services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def step(_count: int) -> None:
+        loop.call_soon_threadsafe(started.set)
+        __import__("time").sleep(0.05)
+
+    monkeypatch.setitem(KINDS, "long", fake_kind("long", step, steps=1000))
+    calculation_id = await make_calculation(services, "long", {})
+    run = asyncio.create_task(run_calculation(services, config(), calculation_id))
+    await asyncio.wait_for(started.wait(), 10)
+    async with unit_of_work(services.session_factory) as session:
+        assert await CalculationRepository(session).cancel(calculation_id, datetime.now(UTC))
+    stats = await asyncio.wait_for(run, 5)
+    assert stats.outcome == "cancelled"
+    row = await load(services, calculation_id)
+    assert row.status == "CANCELLED" and row.result is None
+
+
+async def test_shutdown_hands_the_calculation_back(
+    services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requeued: list[uuid.UUID] = []
+
+    async def requeue(calculation_id: uuid.UUID) -> None:
+        requeued.append(calculation_id)
+
+    cfg = config(requeue=requeue)
+    monkeypatch.setitem(
+        KINDS, "handback", fake_kind("handback", lambda n: n == 1 and cfg.stopping.set(), steps=10)
+    )
+    calculation_id = await make_calculation(services, "handback", {})
+    assert (await run_calculation(services, cfg, calculation_id)).outcome == "released"
+    row = await load(services, calculation_id)
+    assert row.status == CalculationStatus.QUEUED.value and row.worker_id is None
+    assert requeued == [calculation_id]
+    # A stopping worker does not even claim what it is sent.
+    assert (await run_calculation(services, cfg, calculation_id)).outcome == "skipped"
+    assert requeued == [calculation_id, calculation_id]
+    assert (await run_calculation(services, config(), calculation_id)).outcome == "succeeded"
