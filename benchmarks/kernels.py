@@ -107,7 +107,7 @@ class Problem:
     """The issue's target: numba (first variant) at most this many times the native one."""
 
 
-NATIVE_PREFIXES = ("C reference (gcc", "primesieve.count_primes")
+NATIVE_PREFIXES = ("C reference", "primesieve.count_primes")
 
 
 def native_pair(problem: Problem) -> tuple[Variant | None, Variant | None]:
@@ -144,7 +144,7 @@ def targets_table(problems: Sequence[Problem]) -> list[str]:
             verdict = "met on best-of-n only (noisy medians)"
         else:
             verdict = "MISSED"
-        name = p.title.split(" (result")[0]
+        name = p.title.split(" (")[0]
         lines.append(f"| {name} | {med:.2f} | {best:.2f} | {ser} | {p.target:g} | {verdict} |")
     return lines
 

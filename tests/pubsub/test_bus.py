@@ -31,7 +31,10 @@ async def test_a_slow_subscriber_gets_one_resync_instead_of_a_backlog() -> None:
 
 @pytest.fixture
 async def redis_buses(redis_url: str) -> tuple[RedisEventBus, RedisEventBus]:
-    listener, publisher = RedisEventBus(create_redis(redis_url)), RedisEventBus(create_redis(redis_url))
+    listener, publisher = (
+        RedisEventBus(create_redis(redis_url)),
+        RedisEventBus(create_redis(redis_url)),
+    )
     await listener.start()
     assert listener.connected
     yield listener, publisher  # type: ignore[misc]
