@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -46,16 +47,50 @@ def can_see(user: User, calculation: Calculation) -> bool:
     return calculation.owner_id == user.id or user.role == Role.ADMIN.value
 
 
+SNAPSHOT_RESULT_LIMIT = 64 * 1024  # bigger results (a large PNG) are read from the database
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def status_event(calculation: Calculation) -> Event:
-    """An event that makes subscribers re-read the row (status changes, results)."""
-    return {
+    """A status change, with the row's state so subscribers need not read it back.
+
+    A result too big for pub/sub is left out and the event says ``reload``.
+    """
+    event: Event = {
         "id": str(calculation.id),
         "status": calculation.status,
         "progress": calculation.progress,
         "version": calculation.version,
-        "reload": True,
+        "attempts": calculation.attempts,
+        "error": calculation.error,
+        "startedAt": _iso(calculation.started_at),
+        "finishedAt": _iso(calculation.finished_at),
         "terminal": CalculationStatus(calculation.status).is_terminal,
+        "snapshot": True,
     }
+    if calculation.result is not None:
+        if len(json.dumps(calculation.result)) <= SNAPSHOT_RESULT_LIMIT:
+            event["result"] = calculation.result
+        else:
+            event["reload"] = True
+    return event
+
+
+def apply_snapshot(row: Calculation, event: Event) -> None:
+    """Bring a detached row (the subscriber's own copy) up to a status event."""
+    row.status = str(event["status"])
+    row.progress = float(event["progress"])
+    row.version = int(event["version"])
+    row.attempts = int(event["attempts"])
+    row.error = event.get("error")
+    row.result = event.get("result")
+    row.partial_result = None
+    started, finished = event.get("startedAt"), event.get("finishedAt")
+    row.started_at = datetime.fromisoformat(started) if started else None
+    row.finished_at = datetime.fromisoformat(finished) if finished else None
 
 
 async def publish_status(services: Infrastructure, calculation: Calculation) -> None:
@@ -203,13 +238,25 @@ async def watch(
             event = await subscription.get(timeout=min(IDLE_RECHECK_SECONDS, remaining))
             overrides: dict[str, Any] | None = None
             event_rank = STATUS_RANK.get(str((event or {}).get("status")), -1)
-            if (
+            if event is not None and event.get("snapshot") and not event.get("reload"):
+                # A status change carrying the row's state.
+                # Newer means a later status, a later attempt (a takeover), or a
+                # later version of the same attempt.
+                seen = (state[0], row.attempts, state[2])
+                if (event_rank, int(event["attempts"]), int(event["version"])) <= seen:
+                    continue  # stale or duplicate
+                apply_snapshot(row, event)
+                progress = max(state[1], row.progress)
+                if progress != row.progress:
+                    overrides = {"progress": progress}
+                candidate = (event_rank, progress, row.version)
+            elif (
                 event is None
                 or event.get("resync")
                 or event.get("reload")
                 or event_rank > STATUS_RANK[row.status]
             ):
-                # A quiet spell, a lost connection or a status change: read the truth.
+                # A quiet spell, a lost connection, a big result: read the truth.
                 row = await load()
                 progress = max(state[1], row.progress)  # never report a step back
                 if progress != row.progress:

@@ -71,11 +71,11 @@ class CalculationRepository:
             .where(Calculation.id == calculation_id, condition)
             .values(**values)
             .returning(Calculation)
-            .execution_options(synchronize_session=False)
+            # The returned row is the truth: it overwrites any copy already in the
+            # session, so no second round trip is needed to read it back.
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
-        row = (await self.session.execute(statement)).scalar_one_or_none()
-        if row is not None:
-            await self.session.refresh(row)
+        row: Calculation | None = (await self.session.execute(statement)).scalar_one_or_none()
         return row
 
     async def claim(

@@ -89,8 +89,8 @@ async def test_a_run_publishes_status_progress_and_the_terminal_event(
     calculation_id = await make_calculation(services)
     outcome, events = await run_watching(services, calculation_id, config())
     assert outcome == "succeeded"
-    assert events[0]["status"] == "RUNNING" and events[0]["reload"]
-    progress = [e for e in events if not e.get("reload")]
+    assert events[0]["status"] == "RUNNING" and events[0]["snapshot"]
+    progress = [e for e in events if not e.get("snapshot")]
     assert len(progress) >= 2
     values = [e["progress"] for e in progress]
     assert values == sorted(values) and all(0 < v < 1 for v in values)
@@ -140,7 +140,7 @@ async def test_a_run_whose_worker_died_is_taken_over(services: RunnerServices) -
     row = await load(services, calculation_id)
     assert row.attempts == 2 and row.status == "SUCCEEDED"
     # Progress never goes back below what the dead worker had reported.
-    assert all(e["progress"] >= 0.4 for e in events if not e.get("reload"))
+    assert all(e["progress"] >= 0.4 for e in events if not e.get("snapshot"))
 
 
 def fake_kind(name: str, step: Any, *, steps: int = 3, time_limit: float = 60.0) -> Kind:
