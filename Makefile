@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/crunchql serve
 
+PACKAGES := app auth cli core db observability pubsub resolvers schema services workers
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PACKAGES)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy .
+	$(BIN)/mypy $(PACKAGES)
 
 schema: $(STAMP)
 	$(BIN)/crunchql export-schema -o schema.graphql

@@ -19,6 +19,7 @@ from app.health import healthz, readyz
 from app.runtime import start_runtime
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from observability.errors import init_error_reporting
 from observability.metrics import MetricsMiddleware, metrics_endpoint
 from schema.root import SchemaOptions, build_schema
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     settings = settings or get_settings()
     if configure_logs:
         configure_logging(settings)
+        init_error_reporting(settings, component="api")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

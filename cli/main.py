@@ -69,7 +69,7 @@ def _worker(args: argparse.Namespace) -> int:
         str(args.shutdown_timeout_ms),
     ]
     sys.argv = ["crunchql worker", *argv]
-    return int(dramatiq_main() or 0)
+    return int(dramatiq_main() or 0)  # type: ignore[no-untyped-call]
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -23,12 +24,16 @@ SECRET_KEY = re.compile(r"pass(word)?|secret|token|authorization|api[_-]?key|dsn
 BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+")
 URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
+# GET /graphql?query=...&variables=... can carry anything a client typed: access logs
+# keep the path only.
+QUERY_STRING = re.compile(r"(\s/[^\s?\"]*)\?[^\s\"]+")
 REDACTED = "[redacted]"
 
 
 def redact_text(text: str) -> str:
     text = BEARER.sub(r"\1" + REDACTED, text)
     text = JWT.sub(REDACTED, text)
+    text = QUERY_STRING.sub(r"\1?" + REDACTED, text)
     return URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
 
 
@@ -49,12 +54,16 @@ def _redact(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def redact_processor(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    redacted: dict[str, Any] = _redact(event_dict)
+def redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    redacted: MutableMapping[str, Any] = _redact(dict(event_dict))
     return redacted
 
 
-def add_log_context(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def add_log_context(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key, value in (log_context.get() or {}).items():
         event_dict.setdefault(key, value)
     return event_dict

@@ -183,7 +183,7 @@ class RedisEventBus(_FanOut):
                 delay = min(delay * 2, self.reconnect_max_delay)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     def _on_message(self, data: bytes | str) -> None:
         try:

@@ -102,4 +102,5 @@ def selected_kind(calculation_input: CalculationInput) -> tuple[str, dict[str, A
     plain = to_plain(calculation_input)
     if len(plain) != 1:
         raise ValueError("exactly one kind must be set")
-    return next(iter(plain.items()))
+    name, raw = next(iter(plain.items()))
+    return str(name), dict(raw)

@@ -67,7 +67,7 @@ class Mutation:
 
 @strawberry.type
 class Subscription:
-    @strawberry.subscription(
+    @strawberry.subscription(  # type: ignore[untyped-decorator]
         description="First event: the calculation as it stands now. Then one event per "
         "change (status, progress). Completes after the terminal event."
     )

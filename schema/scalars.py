@@ -8,6 +8,7 @@ from typing import Any, NewType
 import strawberry
 from graphql import IntValueNode, StringValueNode, ValueNode
 from strawberry.scalars import JSON
+from strawberry.types.scalar import ScalarDefinition
 
 MAX_SAFE_INTEGER = 2**53
 _DIGITS = re.compile(r"^-?\d{1,30}$")
@@ -46,6 +47,6 @@ BIG_INT_SCALAR = strawberry.scalar(
 )
 
 # Registered with the schema through StrawberryConfig.scalar_map.
-SCALAR_MAP = {BigInt: BIG_INT_SCALAR}
+SCALAR_MAP: dict[object, ScalarDefinition] = {BigInt: BIG_INT_SCALAR}
 
 __all__ = ["JSON", "SCALAR_MAP", "BigInt"]

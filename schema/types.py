@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Union, cast
 
 import strawberry
 from strawberry.types import Info
@@ -179,7 +180,7 @@ class Calculation:
 
     @classmethod
     def from_model(
-        cls, row: models.Calculation, overrides: dict[str, Any] | None = None
+        cls, row: models.Calculation, overrides: Mapping[str, Any] | None = None
     ) -> Calculation:
         overrides = overrides or {}
         partial = overrides.get("partial_result", row.partial_result)
@@ -189,7 +190,7 @@ class Calculation:
             kind=row.kind,
             status=status,
             progress=float(overrides.get("progress", row.progress)),
-            input=row.input,
+            input=cast(JSON, row.input),
             result=result_from_json(row.kind, row.result),
             partial_result=result_from_json(row.kind, partial)
             if status is CalculationStatus.RUNNING

@@ -63,9 +63,9 @@ class WakeUpConsumer(_RedisConsumer):
                     self.broker.do_qsize(self.queue_name)  # refreshes our heartbeat
                 time.sleep(0.05)
                 return None
-            return super().__next__()
+            return super().__next__()  # type: ignore[no-untyped-call]
         except redis.ConnectionError as error:
-            raise dramatiq.ConnectionClosed(error) from None
+            raise dramatiq.ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
 
 class CrunchRedisBroker(RedisBroker):
@@ -96,7 +96,7 @@ def create_broker(
         AsyncIO(),
         *(extra_middleware or []),
     ]
-    broker = CrunchRedisBroker(
+    broker = CrunchRedisBroker(  # type: ignore[no-untyped-call]
         url=redis_url,
         middleware=middleware,
         namespace="crunchql",

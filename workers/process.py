@@ -9,6 +9,7 @@ from dramatiq.middleware import CurrentMessage
 
 from core.logging import configure_logging
 from core.settings import get_settings
+from observability.errors import init_error_reporting
 from observability.metrics import record_finished
 from workers.broker import QUEUE_NAME, create_broker
 from workers.lifecycle import WorkerLifecycle, current_runtime
@@ -23,6 +24,7 @@ from workers.runner import (
 
 settings = get_settings()
 configure_logging(settings)
+init_error_reporting(settings, component="worker")
 if not settings.redis_url:
     raise SystemExit("crunchql worker needs REDIS_URL (without it, `crunchql serve` runs jobs).")
 

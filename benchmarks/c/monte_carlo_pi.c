@@ -9,7 +9,8 @@
  * Build: gcc -O3 -march=native -fopenmp -ffp-contract=off monte_carlo_pi.c -o monte_carlo_pi
  * (-ffp-contract=off: GNU C contracts x*x + y*y into an FMA by default, which changes the
  * rounding and so a few counts; numba's kernel does not contract.)
- * Usage: monte_carlo_pi SAMPLES SEED   -> prints "result=<count> seconds=<kernel time>"
+ * Usage: monte_carlo_pi SAMPLES SEED
+ * Prints "result=<count> seconds=<kernel wall time> cpu=<CPU time, all threads> threads=<n>".
  */
 #include <omp.h>
 #include <stdint.h>
@@ -56,6 +57,12 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double cpu_now(void) { /* CPU time of all threads of the process */
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s SAMPLES SEED\n", argv[0]);
@@ -65,10 +72,12 @@ int main(int argc, char **argv) {
     uint64_t seed = strtoull(argv[2], NULL, 10);
     volatile int64_t warm = count_inside(BLOCK / 16, seed); /* start the thread pool */
     (void)warm;
+    double c0 = cpu_now();
     double t0 = now();
     int64_t inside = count_inside(samples, seed);
     double t1 = now();
-    printf("result=%lld seconds=%.6f threads=%d\n", (long long)inside, t1 - t0,
+    double c1 = cpu_now();
+    printf("result=%lld seconds=%.6f cpu=%.6f threads=%d\n", (long long)inside, t1 - t0, c1 - c0,
            omp_get_max_threads());
     return 0;
 }
