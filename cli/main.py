@@ -170,7 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    from pydantic import ValidationError
+
+    try:
+        return int(args.handler(args))
+    except ValidationError as error:
+        # Settings refused at start: say what to fix, without a traceback.
+        problems = "\n".join(
+            f"  - {item['msg'].removeprefix('Value error, ')}" for item in error.errors()
+        )
+        print(f"crunchql: the configuration is not valid:\n{problems}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

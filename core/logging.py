@@ -61,6 +61,11 @@ def redact_processor(
     return redacted
 
 
+def bind_log_context(**values: str) -> None:
+    """Add fields (user_id, operation, calculation_id) to every line of this task."""
+    log_context.set({**(log_context.get() or {}), **values})
+
+
 def add_log_context(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:

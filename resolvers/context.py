@@ -13,6 +13,7 @@ from strawberry.types import Info
 
 from auth.tokens import AccessClaims
 from core.errors import CrunchError, UnauthenticatedError
+from core.logging import bind_log_context
 from db.engine import unit_of_work
 from db.models import User
 from db.repositories import UserRepository
@@ -65,4 +66,5 @@ async def current_user(info: GraphQLInfo) -> User:
     user = await context.users_by_id.load(claims.user_id)
     if user is None or not user.is_active:
         raise UnauthenticatedError("The account of this token no longer exists or is disabled.")
+    bind_log_context(user_id=str(user.id))
     return user

@@ -20,6 +20,7 @@ from graphql import (
 from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension
 
 from core.errors import CrunchError, ErrorCode
+from core.logging import bind_log_context
 
 logger = logging.getLogger("crunchql.graphql")
 
@@ -154,10 +155,10 @@ class ContractParserCache(ParserCache):
 
 
 class OperationName(SchemaExtension):
-    """Records the operation name on the context, for logs and metrics."""
+    """Puts the operation name on every log line of the operation."""
 
     def on_execute(self) -> Iterator[None]:
-        context = self.execution_context.context
-        if hasattr(context, "operation_name"):
-            context.operation_name = self.execution_context.operation_name
+        name = self.execution_context.operation_name
+        if name:
+            bind_log_context(operation=name)
         yield

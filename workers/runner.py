@@ -20,6 +20,7 @@ from typing import Any
 
 from compute.base import ParameterError
 from compute.catalog import KINDS
+from core.logging import bind_log_context
 from db.engine import unit_of_work
 from db.models import Calculation, CalculationStatus
 from db.repositories import CalculationRepository
@@ -96,6 +97,7 @@ async def run_calculation(
     if calculation is None:
         return stats  # finished, cancelled, or alive on another worker
     stats.kind = calculation.kind
+    bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
     await _announce(services, calculation)
     started = time.monotonic()
     try:

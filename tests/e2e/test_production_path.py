@@ -267,3 +267,46 @@ async def test_redis_connections_dropped_mid_job(stack: Stack) -> None:
         events, _ = await collect_updates(socket_, quick["id"], timeout=60)
     assert events[-1]["status"] == "SUCCEEDED"
     await graphql.close()
+
+
+async def _run_to_result(stack: Stack, calculation_input: dict[str, Any]) -> dict[str, Any]:
+    graphql = await client(stack)
+    submitted = await graphql.submit(calculation_input)
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"])
+    await graphql.close()
+    assert errors == [], stack.dump_logs()
+    assert events[-1]["status"] == "SUCCEEDED", events[-1]
+    assert_progress_never_decreases(events)
+    result: dict[str, Any] = events[-1]["result"]
+    return result
+
+
+async def test_prime_count_through_a_worker(stack: Stack) -> None:
+    result = await _run_to_result(stack, {"primeCount": {"limit": "1000000000"}})
+    assert result == {"__typename": "PrimeCountResult", "limit": 10**9, "count": 50_847_534}
+
+
+async def test_mandelbrot_through_a_worker(stack: Stack) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    result = await _run_to_result(
+        stack, {"mandelbrot": {"width": 320, "height": 200, "maxIterations": 500}}
+    )
+    image = Image.open(io.BytesIO(base64.b64decode(result["png"])))
+    assert image.size == (320, 200) and (result["width"], result["height"]) == (320, 200)
+    area = result["insideFraction"] * 3.5 * 2.5  # the default window
+    assert abs(area - 1.5066) < 0.05  # coarse grid: the pixel count is within a few %
+
+
+async def test_n_body_through_a_worker(stack: Stack) -> None:
+    result = await _run_to_result(
+        stack, {"nBody": {"preset": "SOLAR_SYSTEM", "steps": 1000, "dt": 0.01}}
+    )
+    # The Computer Language Benchmarks Game's published figures.
+    assert f"{result['initialEnergy']:.9f}" == "-0.169075164"
+    assert f"{result['finalEnergy']:.9f}" == "-0.169087605"
+    assert result["bodies"] == 5 and result["steps"] == 1000
