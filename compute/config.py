@@ -71,3 +71,76 @@ thread. Never changes the result."""
 OPTION_TIME_LIMIT_SECONDS = 600.0
 CONFIDENCE_Z = 1.959963984540054
 """Two-sided 95 % normal quantile, for price +- z * standardError."""
+
+# ---- primeCount -------------------------------------------------------------------------
+#
+# Cost model: ~0.5 ns per number sieved per core near 10**10 (less below: the work per
+# number grows like log log x), so MAX_PRIME_LIMIT = 10**10 takes ~3 s on 2 cores of an
+# Intel Xeon with numba 0.68.
+
+MAX_PRIME_LIMIT = 10**10
+"""Largest accepted ``limit`` (the contract's bound)."""
+SEGMENT_BYTES = 128 * 1024
+"""Sieve bytes per segment (30 numbers each): 128 KiB sits in the L2 cache (2 MiB per core).
+Measured at 10**10 on a noisy 2-core VM: 32 KiB ~0.6-0.9, 128 KiB ~0.5-0.7 ns per number."""
+BLOCK_SEGMENTS = 4
+"""Segments per block, the unit of parallel work (4 * 128 KiB * 30 = 15.7 million numbers)."""
+LARGE_PRIME_BYTES = SEGMENT_BYTES // 4
+"""Primes above this walk their multiples in order instead of eight strided loops."""
+PRIME_CHUNK_BLOCKS = 24
+"""Blocks per chunk (one ``step``): 3.8 * 10**8 numbers, ~60-120 ms on 2 cores."""
+PRIME_TIME_LIMIT_SECONDS = 120.0
+
+# ---- mandelbrot -------------------------------------------------------------------------
+#
+# Cost model: the work is pixels x iterations actually run. One iteration is a chain of
+# dependent multiply, subtract and add (~12 cycles of latency), ~4 ns on one core of the
+# 2-core Xeon VM, so ~5 * 10**8 iterations/s on 2 cores (measured 3.9 s for 512 x 512 x 2000
+# inside a period-3 bulb on a loaded machine). Escaped pixels stop early and cardioid/bulb
+# pixels cost nothing (1024 x 1024 x 1000 over the default window: ~0.1 s), so the bound
+# below is the worst case: a window inside the set but off the cardioid and the 2-bulb.
+
+MAX_SIDE = 4096
+"""Largest width and height (the contract's bound)."""
+MAX_ITERATIONS = 100_000
+MAX_PIXEL_ITERATIONS = 2**35
+"""Upper bound of width * height * maxIterations, 3.4 * 10**10 (e.g. 4096 x 4096 x 2048 or
+1024 x 1024 x 32768): at most ~70 s on 2 idle cores, a few minutes on loaded ones."""
+DEFAULT_WINDOW = (-2.5, 1.0, -1.25, 1.25)
+"""(xMin, xMax, yMin, yMax) when the input leaves them out."""
+MAX_ABS_COORDINATE = 1e6
+"""Window corners must lie within this; the set lies in |c| <= 2 anyway."""
+MANDEL_CHUNK_ITERATIONS = 5 * 10**7
+"""Worst-case iterations per chunk (one band of rows, at least 2 rows): <= ~100 ms on 2
+cores unless a single row costs more (4096 x 100000 iterations: ~0.8 s for 2 rows)."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level for the PNG. Palette images are one byte per pixel, so the largest image
+(4096 x 4096) is 16.8 MB before compression and at most ~17 MB as PNG even for noise
+(~22 MB in base64); typical renders compress 5-20x (the default view at 4096 x 4096 x 500:
+0.9 MB of PNG). Level 1 keeps the encoding step (the job's last) under ~1 s."""
+MANDEL_TIME_LIMIT_SECONDS = 600.0
+
+# ---- nBody ------------------------------------------------------------------------------
+#
+# Cost model: the unit of work is one pair interaction (a body's acceleration from one
+# other body: ~20 flops with a square root and a division), ~5 ns on one core of the 2-core
+# Xeon VM (1000 bodies x 10 steps: 0.042 s parallel, 0.055 s serial on a loaded machine).
+# A leapfrog step costs bodies**2 of them. The bound MAX_BODY_PAIR_STEPS = 2.5 * 10**10
+# (e.g. 5000 bodies x 1000 steps) is ~1-2 minutes on 2 cores.
+
+MAX_BODIES = 5000
+MIN_BODIES = 2
+DEFAULT_BODIES = 1000
+MAX_NBODY_STEPS = 10**6
+"""Most time steps of one run (optionPricing's ``MAX_STEPS`` is another bound)."""
+MAX_DT = 1.0
+"""Largest time step in years (the outer planets' shortest period is ~12 years)."""
+MAX_BODY_PAIR_STEPS = 25 * 10**9
+"""Upper bound of bodies**2 * steps."""
+SOFTENING = 0.05
+"""Plummer softening length eps of RANDOM_CLUSTER in AU, about half the mean distance
+between neighbours at 5000 bodies (0.09 AU); it bounds the force of close encounters."""
+NBODY_CHUNK_PAIRS = 3 * 10**7
+"""Pair interactions per chunk (one ``step`` runs max(1, this // bodies**2) time steps),
+~100 ms on 2 cores."""
+NBODY_TIME_LIMIT_SECONDS = 600.0

@@ -38,27 +38,9 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from compute import config
 from compute.base import JSONDict, Kind, ParameterError
-from compute.random import check_int
-
-# ---- tunables (to move to compute/config.py) ---------------------------------------------
-#
-# Cost model: ~0.5 ns per number sieved per core near 10**10 (less below: the work per
-# number grows like log log x), so MAX_PRIME_LIMIT = 10**10 takes ~3 s on 2 cores of an
-# Intel Xeon with numba 0.68.
-
-MAX_PRIME_LIMIT = 10**10
-"""Largest accepted ``limit`` (the contract's bound)."""
-SEGMENT_BYTES = 128 * 1024
-"""Sieve bytes per segment (30 numbers each): 128 KiB sits in the L2 cache (2 MiB per core).
-Measured at 10**10 on a noisy 2-core VM: 32 KiB ~0.6-0.9, 128 KiB ~0.5-0.7 ns per number."""
-BLOCK_SEGMENTS = 4
-"""Segments per block, the unit of parallel work (4 * 128 KiB * 30 = 15.7 million numbers)."""
-LARGE_PRIME_BYTES = SEGMENT_BYTES // 4
-"""Primes above this walk their multiples in order instead of eight strided loops."""
-PRIME_CHUNK_BLOCKS = 24
-"""Blocks per chunk (one ``step``): 3.8 * 10**8 numbers, ~60-120 ms on 2 cores."""
-PRIME_TIME_LIMIT_SECONDS = 120.0
+from compute.validation import check_int
 
 # ---- the wheel ---------------------------------------------------------------------------
 

@@ -19,8 +19,17 @@ AfterCommit = Callable[[], Awaitable[None]]
 logger = logging.getLogger("crunchql.db")
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite)."""
+def create_engine(
+    url: str, *, pool_size: int = 10, echo: bool = False, synchronous_commit: bool = True
+) -> AsyncEngine:
+    """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+    ``synchronous_commit=False`` lets PostgreSQL acknowledge a commit before its WAL
+    reaches the disk (a crash may lose the last few hundred milliseconds of commits,
+    never corrupt anything). Workers use it: everything they write is recomputed if lost
+    (a lost claim or result leaves a stale run, which is run again, with the same seed).
+    The API keeps it on: an accepted calculation must survive a crash.
+    """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
 
@@ -34,9 +43,11 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
             cursor.close()
 
         return engine
+    server_settings = {} if synchronous_commit else {"synchronous_commit": "off"}
     return create_async_engine(
         url,
         echo=echo,
+        connect_args={"server_settings": server_settings},
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
@@ -54,6 +65,14 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     Used to send a job or publish an event only about rows that really exist.
     """
     session.info.setdefault("after_commit", []).append(callback)
+
+
+@asynccontextmanager
+async def read_only(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for reads alone, in autocommit mode: no BEGIN and COMMIT round trips."""
+    async with factory() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ from strawberry.types import Info
 from auth.tokens import AccessClaims
 from core.errors import CrunchError, UnauthenticatedError
 from core.logging import bind_log_context
-from db.engine import unit_of_work
+from db.engine import read_only
 from db.models import User
 from db.repositories import UserRepository
 from services.container import Services
@@ -24,7 +24,7 @@ def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]
     """Batches ``owner`` look-ups of one request; each batch is one short session."""
 
     async def load(ids: list[uuid.UUID]) -> list[User | None]:
-        async with unit_of_work(services.session_factory) as session:
+        async with read_only(services.session_factory) as session:
             users = await UserRepository(session).list_by_ids(list(set(ids)))
         by_id = {user.id: user for user in users}
         return [by_id.get(user_id) for user_id in ids]

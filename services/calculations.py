@@ -19,7 +19,7 @@ from core.errors import (
     NotFoundError,
     RateLimitedError,
 )
-from db.engine import after_commit, unit_of_work
+from db.engine import after_commit, read_only, unit_of_work
 from db.models import Calculation, CalculationStatus, Role, User
 from db.repositories import CalculationPage, CalculationRepository
 from pubsub.bus import Event
@@ -140,7 +140,7 @@ async def get_visible(services: Services, user: User, raw_id: str) -> Calculatio
     calculation_id = parse_id(raw_id)
     if calculation_id is None:
         return None
-    async with unit_of_work(services.session_factory) as session:
+    async with read_only(services.session_factory) as session:
         calculation = await CalculationRepository(session).get(calculation_id)
     if calculation is None or not can_see(user, calculation):
         return None
@@ -176,7 +176,7 @@ async def list_own(
             f"first must be between 0 and {MAX_PAGE_SIZE} (got {first}).", field="first"
         )
     position = decode_cursor(after) if after else None
-    async with unit_of_work(services.session_factory) as session:
+    async with read_only(services.session_factory) as session:
         return await CalculationRepository(session).list_for_owner(
             user.id, first=first, after=position, status=status
         )
@@ -220,7 +220,7 @@ async def watch(
     deadline = time.monotonic() + services.limits.subscription_max_seconds
 
     async def load() -> Calculation:
-        async with unit_of_work(services.session_factory) as session:
+        async with read_only(services.session_factory) as session:
             row = await CalculationRepository(session).get(calculation_id)
         if row is None or not can_see(user, row):
             raise NotFoundError("Calculation not found.")

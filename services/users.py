@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from auth.passwords import check_password_policy
 from core.errors import BadUserInputError, ConflictError, UnauthenticatedError
-from db.engine import unit_of_work
+from db.engine import read_only, unit_of_work
 from db.models import RefreshToken, Role, User
 from db.repositories import RefreshTokenRepository, UserRepository
 from services.container import Services
@@ -127,6 +127,6 @@ async def refresh(services: Services, refresh_token: str) -> AuthResult:
 
 
 async def get_active_user(services: Services, user_id: uuid.UUID) -> User | None:
-    async with unit_of_work(services.session_factory) as session:
+    async with read_only(services.session_factory) as session:
         user = await UserRepository(session).get_by_id(user_id)
     return user if user is not None and user.is_active else None

@@ -50,7 +50,11 @@ class WorkerRuntime:
 
     @classmethod
     async def create(cls, settings: Settings, broker: CrunchRedisBroker) -> WorkerRuntime:
-        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            synchronous_commit=False,  # all a worker writes is recomputed if lost
+        )
         redis = create_redis(settings.redis_url or "")
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         runtime = cls(

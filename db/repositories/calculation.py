@@ -66,17 +66,18 @@ class CalculationRepository:
     async def _update_returning(
         self, calculation_id: uuid.UUID, condition: Any, values: dict[str, Any]
     ) -> Calculation | None:
+        # A Core UPDATE … RETURNING: one round trip, none of the ORM's bulk-update
+        # bookkeeping (these run on every claim, finish and cancel). The row comes back
+        # as a detached Calculation: a snapshot, not tracked by the session.
+        table = Calculation.__table__
         statement = (
-            update(Calculation)
-            .where(Calculation.id == calculation_id, condition)
+            update(table)
+            .where(table.c.id == calculation_id, condition)
             .values(**values)
-            .returning(Calculation)
-            # The returned row is the truth: it overwrites any copy already in the
-            # session, so no second round trip is needed to read it back.
-            .execution_options(synchronize_session=False, populate_existing=True)
+            .returning(*table.c)
         )
-        row: Calculation | None = (await self.session.execute(statement)).scalar_one_or_none()
-        return row
+        row = (await self.session.execute(statement)).mappings().one_or_none()
+        return Calculation(**row) if row is not None else None
 
     async def claim(
         self, calculation_id: uuid.UUID, worker_id: str, now: datetime, stale_before: datetime
