@@ -36,37 +36,12 @@ import numpy as np
 from numba import njit, prange
 from PIL import Image
 
+from compute import config
 from compute.base import JSONDict, Kind, ParameterError
-from compute.random import check_int
+from compute.validation import check_float, check_int
 
-# ---- tunables (to move to compute/config.py) ---------------------------------------------
-#
-# Cost model: the work is pixels x iterations actually run. One iteration is a chain of
-# dependent multiply, subtract and add (~12 cycles of latency), ~4 ns on one core of the
-# 2-core Xeon VM, so ~5 * 10**8 iterations/s on 2 cores (measured 3.9 s for 512 x 512 x 2000
-# inside a period-3 bulb on a loaded machine). Escaped pixels stop early and cardioid/bulb
-# pixels cost nothing (1024 x 1024 x 1000 over the default window: ~0.1 s), so the bound
-# below is the worst case: a window inside the set but off the cardioid and the 2-bulb.
-
-MAX_SIDE = 4096
-"""Largest width and height (the contract's bound)."""
-MAX_ITERATIONS = 100_000
-MAX_PIXEL_ITERATIONS = 2**35
-"""Upper bound of width * height * maxIterations, 3.4 * 10**10 (e.g. 4096 x 4096 x 2048 or
-1024 x 1024 x 32768): at most ~70 s on 2 idle cores, a few minutes on loaded ones."""
-DEFAULT_WINDOW = (-2.5, 1.0, -1.25, 1.25)
-"""(xMin, xMax, yMin, yMax) when the input leaves them out."""
-MAX_ABS_COORDINATE = 1e6
-"""Window corners must lie within this; the set lies in |c| <= 2 anyway."""
-MANDEL_CHUNK_ITERATIONS = 5 * 10**7
-"""Worst-case iterations per chunk (one band of rows, at least 2 rows): <= ~100 ms on 2
-cores unless a single row costs more (4096 x 100000 iterations: ~0.8 s for 2 rows)."""
-PNG_COMPRESS_LEVEL = 1
-"""zlib level for the PNG. Palette images are one byte per pixel, so the largest image
-(4096 x 4096) is 16.8 MB before compression and at most ~17 MB as PNG even for noise
-(~22 MB in base64); typical renders compress 5-20x (the default view at 4096 x 4096 x 500:
-0.9 MB of PNG). Level 1 keeps the encoding step (the job's last) under ~1 s."""
-MANDEL_TIME_LIMIT_SECONDS = 600.0
+DEFAULT_WINDOW = config.DEFAULT_WINDOW
+"""(xMin, xMax, yMin, yMax) when the input leaves them out (defined in :mod:`compute.config`)."""
 
 
 # ---- kernels -------------------------------------------------------------------------------
@@ -299,7 +274,7 @@ def render_png(counts: np.ndarray, max_iter: int) -> bytes:
     image = Image.fromarray(colour_indices(counts, max_iter))
     image.putpalette(PALETTE)
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+    image.save(buffer, "PNG", optimize=False, compress_level=config.PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
@@ -324,15 +299,7 @@ def mandelbrot_result(counts: np.ndarray, max_iter: int) -> JSONDict:
 # ---- the kind ----------------------------------------------------------------------------------
 
 
-def _check_float(field: str, value: Any, bound: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ParameterError(field, f"{field} must be a number (got {value!r})")
-    number = float(value)
-    if not -bound <= number <= bound:  # also refuses NaN
-        raise ParameterError(
-            field, f"{field} must be between {-bound:g} and {bound:g} (got {value})"
-        )
-    return number
+COORDINATE_RANGE_MESSAGE = "{field} must be between {low:g} and {high:g} (got {value})"
 
 
 def validate(raw: Mapping[str, Any]) -> JSONDict:
@@ -357,26 +324,37 @@ def validate(raw: Mapping[str, Any]) -> JSONDict:
     """
     params: JSONDict = {}
     for field, high in (
-        ("width", MAX_SIDE),
-        ("height", MAX_SIDE),
-        ("maxIterations", MAX_ITERATIONS),
+        ("width", config.MAX_SIDE),
+        ("height", config.MAX_SIDE),
+        ("maxIterations", config.MAX_ITERATIONS),
     ):
         if raw.get(field) is None:
             raise ParameterError(field, f"{field} is required (1 .. {high})")
         params[field] = check_int(field, raw[field], 1, high)
-    for field, default in zip(("xMin", "xMax", "yMin", "yMax"), DEFAULT_WINDOW, strict=True):
+    for field, default in zip(("xMin", "xMax", "yMin", "yMax"), config.DEFAULT_WINDOW, strict=True):
         value = raw.get(field)
-        params[field] = default if value is None else _check_float(field, value, MAX_ABS_COORDINATE)
+        params[field] = (
+            default
+            if value is None
+            else check_float(
+                field,
+                value,
+                -config.MAX_ABS_COORDINATE,
+                config.MAX_ABS_COORDINATE,
+                message=COORDINATE_RANGE_MESSAGE,
+            )
+        )
     for low, high in (("xMin", "xMax"), ("yMin", "yMax")):
         if not params[low] < params[high]:
             raise ParameterError(
                 high, f"{high} must be greater than {low} (got {params[low]} and {params[high]})"
             )
     work = params["width"] * params["height"] * params["maxIterations"]
-    if work > MAX_PIXEL_ITERATIONS:
+    if work > config.MAX_PIXEL_ITERATIONS:
         raise ParameterError(
             "maxIterations",
-            f"width * height * maxIterations must be at most {MAX_PIXEL_ITERATIONS} (got {work})",
+            "width * height * maxIterations must be at most "
+            f"{config.MAX_PIXEL_ITERATIONS} (got {work})",
         )
     return params
 
@@ -391,7 +369,7 @@ class MandelbrotJob:
         window = (params["xMin"], params["xMax"], params["yMin"], params["yMax"])
         self.geometry = _geometry(self.width, self.height, window)
         self.counts = np.empty((self.height, self.width), dtype=np.uint32)
-        self.band = max(2, MANDEL_CHUNK_ITERATIONS // (self.width * self.max_iter))
+        self.band = max(2, config.MANDEL_CHUNK_ITERATIONS // (self.width * self.max_iter))
         self.next_row = 0
         self._result: JSONDict | None = None
 
@@ -445,5 +423,5 @@ KIND = Kind(
     validate=validate,
     start=start,
     warm_up=warm_up,
-    time_limit_seconds=MANDEL_TIME_LIMIT_SECONDS,
+    time_limit_seconds=config.MANDEL_TIME_LIMIT_SECONDS,
 )

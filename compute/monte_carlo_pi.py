@@ -31,14 +31,13 @@ from compute.base import JSONDict, Kind, ParameterError
 from compute.random import (
     TO_UNIT,
     bits_to_unit,
-    check_int,
-    check_seed,
     mix64_np,
     stream_key,
     stream_key_py,
     uint64_at,
     uint64_at_py,
 )
+from compute.validation import check_int, check_seed
 
 BLOCK = config.PI_BLOCK_SAMPLES
 

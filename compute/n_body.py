@@ -41,32 +41,13 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from compute import config
 from compute.base import JSONDict, Kind, ParameterError
-from compute.random import check_int, check_seed, stream_key_py, uniforms_np
+from compute.random import stream_key_py, uniforms_np
+from compute.validation import check_float, check_int, check_seed
 
-# ---- tunables (to move to compute/config.py) ---------------------------------------------
-#
-# Cost model: the unit of work is one pair interaction (a body's acceleration from one
-# other body: ~20 flops with a square root and a division), ~5 ns on one core of the 2-core
-# Xeon VM (1000 bodies x 10 steps: 0.042 s parallel, 0.055 s serial on a loaded machine).
-# A leapfrog step costs bodies**2 of them. The bound MAX_BODY_PAIR_STEPS = 2.5 * 10**10
-# (e.g. 5000 bodies x 1000 steps) is ~1-2 minutes on 2 cores.
-
-MAX_BODIES = 5000
-MIN_BODIES = 2
-DEFAULT_BODIES = 1000
-MAX_STEPS = 10**6
-MAX_DT = 1.0
-"""Largest time step in years (the outer planets' shortest period is ~12 years)."""
-MAX_BODY_PAIR_STEPS = 25 * 10**9
-"""Upper bound of bodies**2 * steps."""
-SOFTENING = 0.05
-"""Plummer softening length eps of RANDOM_CLUSTER in AU, about half the mean distance
-between neighbours at 5000 bodies (0.09 AU); it bounds the force of close encounters."""
-NBODY_CHUNK_PAIRS = 3 * 10**7
-"""Pair interactions per chunk (one ``step`` runs max(1, this // bodies**2) time steps),
-~100 ms on 2 cores."""
-NBODY_TIME_LIMIT_SECONDS = 600.0
+SOFTENING = config.SOFTENING
+"""Plummer softening length eps of RANDOM_CLUSTER in AU (defined in :mod:`compute.config`)."""
 
 PRESETS = ("SOLAR_SYSTEM", "RANDOM_CLUSTER")
 
@@ -127,28 +108,42 @@ def solar_system() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True)
 def _advance_symplectic_euler(pos, vel, mu, dt, steps):
-    """The Benchmarks Game's ``advance``, ``steps`` times, in place (see the module doc)."""
-    n = mu.size
+    """The Benchmarks Game's ``advance``, ``steps`` times, in place (see the module doc).
+
+    ``pos`` and ``vel`` are C-contiguous ``(n, 3)`` arrays, worked on through flat views
+    with unsigned indices: body ``i``'s coordinates are ``3 i .. 3 i + 2``, a compile-time
+    stride (the 2-D form multiplies by the run-time row stride on every access), and
+    numba emits no negative-index wraparound code for unsigned indices. The floating-point
+    operations and their order are those of the game's loop, so the results are bitwise
+    those of the 2-D form.
+    """
+    x = pos.reshape(pos.size)  # views: the updates land in pos and vel
+    v = vel.reshape(vel.size)
+    one = np.uint64(1)
+    two = np.uint64(2)
+    three = np.uint64(3)
+    n = np.uint64(mu.size)
     for _ in range(steps):
         for i in range(n):
-            for j in range(i + 1, n):
-                dx = pos[i, 0] - pos[j, 0]
-                dy = pos[i, 1] - pos[j, 1]
-                dz = pos[i, 2] - pos[j, 2]
+            a = i * three
+            mu_i = mu[i]
+            for j in range(i + one, n):
+                b = j * three
+                dx = x[a] - x[b]
+                dy = x[a + one] - x[b + one]
+                dz = x[a + two] - x[b + two]
                 d2 = dx * dx + dy * dy + dz * dz
                 mag = dt / (d2 * math.sqrt(d2))
                 mj = mu[j] * mag
-                vel[i, 0] -= dx * mj
-                vel[i, 1] -= dy * mj
-                vel[i, 2] -= dz * mj
-                mi = mu[i] * mag
-                vel[j, 0] += dx * mi
-                vel[j, 1] += dy * mi
-                vel[j, 2] += dz * mi
-        for i in range(n):
-            pos[i, 0] += dt * vel[i, 0]
-            pos[i, 1] += dt * vel[i, 1]
-            pos[i, 2] += dt * vel[i, 2]
+                v[a] -= dx * mj
+                v[a + one] -= dy * mj
+                v[a + two] -= dz * mj
+                mi = mu_i * mag
+                v[b] += dx * mi
+                v[b + one] += dy * mi
+                v[b + two] += dz * mi
+        for k in range(n * three):
+            x[k] += dt * v[k]
 
 
 @njit(inline="always")
@@ -289,7 +284,7 @@ def random_cluster(bodies: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     positions -= positions.mean(axis=0)  # equal masses: centre of mass = mean
     velocities -= velocities.mean(axis=0)
     kinetic = 0.5 * float(np.sum(masses * np.einsum("ij,ij->i", velocities, velocities)))
-    potential = energy(positions, np.zeros_like(velocities), masses, SOFTENING)
+    potential = energy(positions, np.zeros_like(velocities), masses, config.SOFTENING)
     velocities *= math.sqrt(-0.5 * potential / kinetic)
     return positions, velocities, masses
 
@@ -502,7 +497,7 @@ def _result(bodies: int, steps: int, e0: float, e1: float) -> JSONDict:
 
 
 def run_preset(
-    preset: str, steps: int, dt: float, bodies: int = DEFAULT_BODIES, seed: int = 0
+    preset: str, steps: int, dt: float, bodies: int = config.DEFAULT_BODIES, seed: int = 0
 ) -> JSONDict:
     """A whole run in one call, as the job does it (parallel kernels).
 
@@ -532,15 +527,7 @@ def run_preset(
 # ---- the kind ----------------------------------------------------------------------------------
 
 
-def _check_dt(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ParameterError("dt", f"dt must be a number (got {value!r})")
-    dt = float(value)
-    if not 0.0 < dt <= MAX_DT:  # also refuses NaN
-        raise ParameterError(
-            "dt", f"dt must be greater than 0 and at most {MAX_DT:g} (got {value})"
-        )
-    return dt
+DT_RANGE_MESSAGE = "{field} must be greater than {low:g} and at most {high:g} (got {value})"
 
 
 def validate(raw: Mapping[str, Any]) -> JSONDict:
@@ -571,28 +558,29 @@ def validate(raw: Mapping[str, Any]) -> JSONDict:
             "preset", f"preset must be one of {', '.join(PRESETS)} (got {preset!r})"
         )
     if raw.get("steps") is None:
-        raise ParameterError("steps", f"steps is required (1 .. {MAX_STEPS})")
-    steps = check_int("steps", raw["steps"], 1, MAX_STEPS)
+        raise ParameterError("steps", f"steps is required (1 .. {config.MAX_NBODY_STEPS})")
+    steps = check_int("steps", raw["steps"], 1, config.MAX_NBODY_STEPS)
     if raw.get("dt") is None:
-        raise ParameterError("dt", f"dt is required (0 < dt <= {MAX_DT:g})")
-    dt = _check_dt(raw["dt"])
+        raise ParameterError("dt", f"dt is required (0 < dt <= {config.MAX_DT:g})")
+    dt = check_float("dt", raw["dt"], 0.0, config.MAX_DT, low_open=True, message=DT_RANGE_MESSAGE)
     if preset == "SOLAR_SYSTEM":
         bodies = len(_PLANETS)
     elif raw.get("bodies") is None:
-        bodies = DEFAULT_BODIES
+        bodies = config.DEFAULT_BODIES
     else:
-        bodies = check_int("bodies", raw["bodies"], MIN_BODIES, MAX_BODIES)
+        bodies = check_int("bodies", raw["bodies"], config.MIN_BODIES, config.MAX_BODIES)
     work = bodies * bodies * steps
-    if work > MAX_BODY_PAIR_STEPS:
+    if work > config.MAX_BODY_PAIR_STEPS:
         raise ParameterError(
-            "steps", f"bodies**2 * steps must be at most {MAX_BODY_PAIR_STEPS} (got {work})"
+            "steps",
+            f"bodies**2 * steps must be at most {config.MAX_BODY_PAIR_STEPS} (got {work})",
         )
     seed = check_seed(raw.get("seed"))
     return {"preset": preset, "bodies": bodies, "steps": steps, "dt": dt, "seed": seed}
 
 
 class NBodyJob:
-    """A run chunk by chunk; a chunk is ``max(1, NBODY_CHUNK_PAIRS // bodies**2)`` steps.
+    """A run chunk by chunk; a chunk is ``max(1, config.NBODY_CHUNK_PAIRS // bodies**2)`` steps.
 
     The leapfrog carries the accelerations from one chunk to the next, so a chunked run
     performs exactly the operations of a one-shot run.
@@ -607,12 +595,12 @@ class NBodyJob:
             self.eps2 = 0.0
         else:
             self.pos, self.vel, self.mu = random_cluster(int(params["bodies"]), int(params["seed"]))
-            self.eps2 = SOFTENING**2
+            self.eps2 = config.SOFTENING**2
             self.acc = np.empty_like(self.pos)
             _accelerations_parallel(self.pos, self.mu, self.eps2, self.acc)
         self.bodies = self.mu.size
         self.initial_energy = float(_energy_parallel(self.pos, self.vel, self.mu, self.eps2))
-        self.chunk = max(1, NBODY_CHUNK_PAIRS // (self.bodies * self.bodies))
+        self.chunk = max(1, config.NBODY_CHUNK_PAIRS // (self.bodies * self.bodies))
         self.steps_done = 0
 
     @property
@@ -666,5 +654,5 @@ KIND = Kind(
     validate=validate,
     start=start,
     warm_up=warm_up,
-    time_limit_seconds=NBODY_TIME_LIMIT_SECONDS,
+    time_limit_seconds=config.NBODY_TIME_LIMIT_SECONDS,
 )

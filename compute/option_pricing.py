@@ -55,14 +55,13 @@ from numba import njit, prange
 from compute import config
 from compute.base import JSONDict, Kind, ParameterError
 from compute.random import (
-    check_int,
-    check_seed,
     normal_at_py,
     normal_pair,
     normals_np,
     stream_key,
     stream_key_py,
 )
+from compute.validation import check_float, check_int, check_seed
 
 N_SUMS = 5
 """Columns of the per-block sums: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY, where
@@ -507,22 +506,13 @@ def price_option_python(params: Mapping[str, Any]) -> JSONDict:
 # ---- validation ------------------------------------------------------------------------------
 
 
-def _check_float(
+def _required_float(
     raw: Mapping[str, Any], field: str, low: float, high: float, *, low_open: bool = True
 ) -> float:
     value = raw.get(field)
     if value is None:
         raise ParameterError(field, f"{field} is required")
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ParameterError(field, f"{field} must be a number (got {value!r})")
-    number = float(value)
-    low_ok = number > low if low_open else number >= low
-    if not (math.isfinite(number) and low_ok and number <= high):
-        bracket = "(" if low_open else "["
-        raise ParameterError(
-            field, f"{field} must be a finite number in {bracket}{low:g}, {high:g}] (got {value!r})"
-        )
-    return number
+    return check_float(field, value, low, high, low_open=low_open)
 
 
 def _check_enum(raw: Mapping[str, Any], field: str, allowed: tuple[str, ...]) -> str:
@@ -557,11 +547,11 @@ def validate(raw: Mapping[str, Any]) -> JSONDict:
     ParameterError
         Naming the first offending field and its allowed range.
     """
-    spot = _check_float(raw, "spot", 0.0, config.MAX_SPOT)
-    strike = _check_float(raw, "strike", 0.0, config.MAX_STRIKE)
-    rate = _check_float(raw, "rate", -config.MAX_ABS_RATE, config.MAX_ABS_RATE, low_open=False)
-    volatility = _check_float(raw, "volatility", 0.0, config.MAX_VOLATILITY)
-    maturity = _check_float(raw, "maturity", 0.0, config.MAX_MATURITY)
+    spot = _required_float(raw, "spot", 0.0, config.MAX_SPOT)
+    strike = _required_float(raw, "strike", 0.0, config.MAX_STRIKE)
+    rate = _required_float(raw, "rate", -config.MAX_ABS_RATE, config.MAX_ABS_RATE, low_open=False)
+    volatility = _required_float(raw, "volatility", 0.0, config.MAX_VOLATILITY)
+    maturity = _required_float(raw, "maturity", 0.0, config.MAX_MATURITY)
     option_type = _check_enum(raw, "optionType", OPTION_TYPES)
     style = _check_enum(raw, "style", OPTION_STYLES)
     if raw.get("paths") is None:

@@ -10,19 +10,22 @@ multiples of 2, 3 and 5 never take space, and one byte covers 30 numbers.
 * Sieving: the multiples of a prime ``19 <= p <= sqrt(x)`` that the wheel keeps are
   ``p (30 s + WHEEL[w])``; for fixed ``w`` they all fall on one bit (that of
   ``p WHEEL[w] mod 30``) of the bytes ``p s + (p WHEEL[w]) // 30``. Primes up to
-  ``LARGE_PRIME_BYTES`` run eight tight loops of stride ``p`` per segment, one per
-  ``w``; larger primes, which hit a segment only a few times, walk their multiples
+  ``config.LARGE_PRIME_BYTES`` run eight tight loops of stride ``p`` per segment, one
+  per ``w``; larger primes, which hit a segment only a few times, walk their multiples
   in increasing order (one loop, one exit per segment). Crossing off starts at ``p**2``.
-* Segments of ``SEGMENT_BYTES`` (128 KiB, L2-sized, 3.9 million numbers) are grouped
-  into blocks of ``BLOCK_SEGMENTS`` segments. A block is the unit of parallel work:
-  it finds every sieving prime's first multiple once and carries the positions from
-  segment to segment.
+* Segments of ``config.SEGMENT_BYTES`` (128 KiB, L2-sized, 3.9 million numbers) are
+  grouped into blocks of ``config.BLOCK_SEGMENTS`` segments. A block is the unit of
+  parallel work: it finds every sieving prime's first multiple once and carries the
+  positions from segment to segment.
 * Counting: a SWAR popcount over the segment seen as uint64 words, after clearing
   the bit of 1 and the bits above ``x``; the primes 2 .. 17 are added separately.
 
 Counts are integers summed per block, so the result is the same for any number of
-threads or chunking. Checked against pi(10**k) for k <= 10 and an independent
-Lucy_Hedgehog count in the tests.
+threads or chunking, and for any segment and block size. The kernels take those sizes as
+an argument (see :func:`_layout`) instead of reading them from :mod:`compute.config` as
+globals: numba would freeze a global into its on-disk cache and not notice an edit of
+``config.py``, while the wrappers here would use the new value. Checked against
+pi(10**k) for k <= 10 and an independent Lucy_Hedgehog count in the tests.
 
 Entry points: :data:`KIND` (validate/start/warm_up for the runner),
 :func:`count_primes` (the whole count at once, parallel or serial), and for benchmarks
@@ -31,6 +34,7 @@ Entry points: :data:`KIND` (validate/start/warm_up for the runner),
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -83,8 +87,8 @@ def _simple_sieve(n):
 def _presieve_pattern(length):
     """Sieve bytes ``0 .. length-1`` with the multiples of 7, 11, 13, 17 (themselves too) cleared.
 
-    Periodic with period 17017 bytes; ``length = period + SEGMENT_BYTES`` lets a
-    segment starting at any byte ``k`` copy ``pattern[k % period:][:SEGMENT_BYTES]``.
+    Periodic with period 17017 bytes; ``length = period + segment_bytes`` lets a
+    segment starting at any byte ``k`` copy ``pattern[k % period:][:segment_bytes]``.
     """
     pattern = np.empty(length, dtype=np.uint8)
     for k in range(length):
@@ -116,24 +120,25 @@ def _popcount_bytes(seg, n):
 
 
 @njit(cache=True, nogil=True)
-def _count_block(limit, primes, pattern, first_byte, n_bytes):
+def _count_block(limit, primes, pattern, first_byte, n_bytes, seg_len, large_prime_bytes):
     """Primes > 17 among the numbers of sieve bytes ``first_byte .. first_byte + n_bytes - 1``.
 
     ``primes`` are the sieving primes 19 .. isqrt(limit); bytes past ``limit // 30`` are
-    skipped, and numbers above ``limit`` in the last byte are not counted.
+    skipped, and numbers above ``limit`` in the last byte are not counted. Segments are
+    ``seg_len`` bytes (``pattern`` holds at least ``17017 + seg_len``); primes above
+    ``large_prime_bytes`` walk their multiples in order.
     """
     last_byte = limit // 30
     end = min(first_byte + n_bytes, last_byte + 1)
     if end <= first_byte:
         return 0
-    seg_len = SEGMENT_BYTES
     seg = np.zeros(seg_len + 8, dtype=np.uint8)
     # the primes that sieve anything in this block: p**2 <= the block's last number
     n_active = 0
     while n_active < primes.size and primes[n_active] ** 2 < 30 * end:
         n_active += 1
     n_small = 0
-    while n_small < n_active and primes[n_small] <= LARGE_PRIME_BYTES:
+    while n_small < n_active and primes[n_small] <= large_prime_bytes:
         n_small += 1
     # The multiples p m, m = 30 s + WHEEL[w], lie in byte p s + offs[t, w] at bit
     # masks[t, w]. Small primes: nxt[t, w] is the next byte (relative to first_byte) of
@@ -175,13 +180,16 @@ def _count_block(limit, primes, pattern, first_byte, n_bytes):
             p = primes[t]
             if p * p >= hi:
                 break
+            up = np.uint64(p)
+            un = np.uint64(n)
             for w in range(8):
-                i = nxt[t, w] - rel
+                # unsigned index: numba then emits no negative-index wraparound code
+                i = np.uint64(nxt[t, w] - rel)  # >= 0: the next multiple is never behind
                 mask = masks[t, w]
-                while i < n:
+                while i < un:
                     seg[i] &= mask
-                    i += p
-                nxt[t, w] = i + rel
+                    i += up
+                nxt[t, w] = np.int64(i) + rel
         for t in range(n_small, n_active):
             p = primes[t]
             if p * p >= hi:
@@ -209,28 +217,69 @@ def _count_block(limit, primes, pattern, first_byte, n_bytes):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _count_blocks_parallel(limit, primes, pattern, first_block, n_blocks):
+def _count_blocks_parallel(limit, primes, pattern, first_block, n_blocks, layout):
+    """Primes > 17 in blocks ``first_block ..`` (``n_blocks`` of them); ``layout`` as
+    :func:`_layout` returns it."""
+    seg_len, block_segments, large_prime_bytes = layout
+    block_bytes = seg_len * block_segments
     counts = np.zeros(n_blocks, dtype=np.int64)
-    block_bytes = SEGMENT_BYTES * BLOCK_SEGMENTS
     for b in prange(n_blocks):
         counts[b] = _count_block(
-            limit, primes, pattern, (first_block + b) * block_bytes, block_bytes
+            limit,
+            primes,
+            pattern,
+            (first_block + b) * block_bytes,
+            block_bytes,
+            seg_len,
+            large_prime_bytes,
         )
     return counts.sum()
 
 
 @njit(cache=True, nogil=True)
-def _count_blocks_serial(limit, primes, pattern, first_block, n_blocks):
+def _count_blocks_serial(limit, primes, pattern, first_block, n_blocks, layout):
+    seg_len, block_segments, large_prime_bytes = layout
+    block_bytes = seg_len * block_segments
     total = 0
-    block_bytes = SEGMENT_BYTES * BLOCK_SEGMENTS
     for b in range(n_blocks):
-        total += _count_block(limit, primes, pattern, (first_block + b) * block_bytes, block_bytes)
+        total += _count_block(
+            limit,
+            primes,
+            pattern,
+            (first_block + b) * block_bytes,
+            block_bytes,
+            seg_len,
+            large_prime_bytes,
+        )
     return total
 
 
 # ---- wrappers --------------------------------------------------------------------------------
 
-_PATTERN = _presieve_pattern(_PATTERN_PERIOD + SEGMENT_BYTES)
+
+def _layout() -> tuple[int, int, int]:
+    """``(SEGMENT_BYTES, BLOCK_SEGMENTS, LARGE_PRIME_BYTES)`` from :mod:`compute.config`,
+    read at call time and handed to the kernels as an argument (see the module docstring)."""
+    return (
+        int(config.SEGMENT_BYTES),
+        int(config.BLOCK_SEGMENTS),
+        int(config.LARGE_PRIME_BYTES),
+    )
+
+
+@functools.cache
+def _pattern(segment_bytes: int) -> np.ndarray:
+    """The pre-sieve pattern for segments of ``segment_bytes`` (built once per size)."""
+    return _presieve_pattern(_PATTERN_PERIOD + segment_bytes)
+
+
+def _count_blocks(
+    limit: int, primes: np.ndarray, first_block: int, n_blocks: int, parallel: bool = True
+) -> int:
+    """Primes > 17 in sieve blocks ``first_block .. first_block + n_blocks - 1``."""
+    layout = _layout()
+    kernel = _count_blocks_parallel if parallel else _count_blocks_serial
+    return int(kernel(limit, primes, _pattern(layout[0]), first_block, n_blocks, layout))
 
 
 def _sieving_primes(limit: int) -> np.ndarray:
@@ -243,7 +292,7 @@ def _small_count(limit: int) -> int:
 
 
 def _total_blocks(limit: int) -> int:
-    block_bytes = SEGMENT_BYTES * BLOCK_SEGMENTS
+    block_bytes = config.SEGMENT_BYTES * config.BLOCK_SEGMENTS
     return limit // 30 // block_bytes + 1
 
 
@@ -265,9 +314,8 @@ def count_primes(limit: int, parallel: bool = True) -> int:
     """
     if limit < 0:
         raise ValueError("limit must be >= 0")
-    kernel = _count_blocks_parallel if parallel else _count_blocks_serial
     primes = _sieving_primes(limit)
-    return _small_count(limit) + int(kernel(limit, primes, _PATTERN, 0, _total_blocks(limit)))
+    return _small_count(limit) + _count_blocks(limit, primes, 0, _total_blocks(limit), parallel)
 
 
 def count_primes_numpy(limit: int) -> int:
@@ -351,12 +399,12 @@ def validate(raw: Mapping[str, Any]) -> JSONDict:
         For a missing, non-integer or out-of-range ``limit``.
     """
     if raw.get("limit") is None:
-        raise ParameterError("limit", f"limit is required (0 .. {MAX_PRIME_LIMIT})")
-    return {"limit": check_int("limit", raw["limit"], 0, MAX_PRIME_LIMIT)}
+        raise ParameterError("limit", f"limit is required (0 .. {config.MAX_PRIME_LIMIT})")
+    return {"limit": check_int("limit", raw["limit"], 0, config.MAX_PRIME_LIMIT)}
 
 
 class PrimeCountJob:
-    """pi(limit) counted chunk by chunk; a chunk is ``PRIME_CHUNK_BLOCKS`` sieve blocks."""
+    """pi(limit) counted chunk by chunk; a chunk is ``config.PRIME_CHUNK_BLOCKS`` sieve blocks."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -376,10 +424,8 @@ class PrimeCountJob:
     def step(self) -> None:
         if self.done:
             return
-        n_blocks = min(PRIME_CHUNK_BLOCKS, self.total_blocks - self.next_block)
-        self.count += int(
-            _count_blocks_parallel(self.limit, self.primes, _PATTERN, self.next_block, n_blocks)
-        )
+        n_blocks = min(config.PRIME_CHUNK_BLOCKS, self.total_blocks - self.next_block)
+        self.count += _count_blocks(self.limit, self.primes, self.next_block, n_blocks)
         self.next_block += n_blocks
 
     def partial_result(self) -> JSONDict | None:
@@ -408,5 +454,5 @@ KIND = Kind(
     validate=validate,
     start=start,
     warm_up=warm_up,
-    time_limit_seconds=PRIME_TIME_LIMIT_SECONDS,
+    time_limit_seconds=config.PRIME_TIME_LIMIT_SECONDS,
 )

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Any
 
 import numpy as np
 from numba import njit
 
-from compute.base import ParameterError
 from compute.config import MAX_SEED
 
 GAMMA = 0x9E3779B97F4A7C15
@@ -285,31 +283,3 @@ def normals_np(key: int, start_pair: int, pairs: int) -> np.ndarray:
 def draw_seed() -> int:
     """A fresh seed in 0 .. MAX_SEED from the OS's entropy source."""
     return secrets.randbelow(MAX_SEED + 1)
-
-
-def check_int(field: str, value: Any, low: int, high: int) -> int:
-    """``value`` as an int in ``low .. high``, else :class:`ParameterError` naming ``field``.
-
-    Accepts Python ints, integral floats (``1e6``) and strings of decimal digits (how
-    GraphQL ``BigInt`` may arrive); refuses bools, fractions and everything else.
-    """
-    if isinstance(value, bool):
-        raise ParameterError(field, f"{field} must be an integer (got {value!r})")
-    if isinstance(value, int | np.integer) or (
-        isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value)
-    ):
-        number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        number = int(value.strip())
-    else:
-        raise ParameterError(field, f"{field} must be an integer (got {value!r})")
-    if not low <= number <= high:
-        raise ParameterError(field, f"{field} must be between {low} and {high} (got {number})")
-    return number
-
-
-def check_seed(value: Any) -> int:
-    """A validated seed: ``value`` in 0 .. MAX_SEED, or a drawn one when ``value`` is None."""
-    if value is None:
-        return draw_seed()
-    return check_int("seed", value, 0, MAX_SEED)

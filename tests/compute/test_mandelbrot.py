@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from compute import config
 from compute import mandelbrot as mb
 from compute.base import ParameterError
 from tests.compute.naive_kernels import naive_escape_counts
@@ -81,7 +82,7 @@ def test_png_decodes() -> None:
 
 def test_chunked_equals_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
     one_shot = run_job({"width": 200, "height": 150, "maxIterations": 300})[0]
-    monkeypatch.setattr(mb, "MANDEL_CHUNK_ITERATIONS", 1)  # two rows per chunk
+    monkeypatch.setattr(config, "MANDEL_CHUNK_ITERATIONS", 1)  # two rows per chunk
     chunked, progress = run_job({"width": 200, "height": 150, "maxIterations": 300})
     assert chunked == one_shot
     assert len(progress) == 77 and progress == sorted(progress)

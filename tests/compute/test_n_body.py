@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compute import config
 from compute import n_body as nb
 from compute.base import ParameterError
 from tests.compute.naive_kernels import naive_energy, naive_momentum
@@ -101,7 +102,7 @@ def test_implementations_agree() -> None:
 def test_chunked_equals_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = {"preset": "RANDOM_CLUSTER", "bodies": 64, "steps": 37, "dt": 1e-3, "seed": 5}
     one_shot, _ = run_job(raw)
-    monkeypatch.setattr(nb, "NBODY_CHUNK_PAIRS", 3 * 64 * 64)  # three steps per chunk
+    monkeypatch.setattr(config, "NBODY_CHUNK_PAIRS", 3 * 64 * 64)  # three steps per chunk
     chunked, progress = run_job(raw)
     assert chunked == one_shot
     assert len(progress) == 1 + 13 and progress == sorted(progress)

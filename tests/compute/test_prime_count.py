@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from compute import config
 from compute import prime_count as pc
 from compute.base import ParameterError
 from tests.compute.naive_kernels import lucy_prime_count, naive_prime_count
@@ -48,8 +49,8 @@ def test_random_limits_against_naive_sieve() -> None:
     for limit in [rng.randrange(2, 3 * 10**5) for _ in range(20)]:
         assert pc.count_primes(limit) == naive_prime_count(limit), limit
     # across block and segment boundaries (blocks are 4 * 128 KiB * 30 numbers)
-    block = 30 * pc.SEGMENT_BYTES * pc.BLOCK_SEGMENTS
-    for limit in (block - 1, block, block + 1, 30 * pc.SEGMENT_BYTES + 7, 2 * block + 29):
+    block = 30 * config.SEGMENT_BYTES * config.BLOCK_SEGMENTS
+    for limit in (block - 1, block, block + 1, 30 * config.SEGMENT_BYTES + 7, 2 * block + 29):
         assert pc.count_primes(limit) == pc.count_primes_numpy(limit), limit
 
 
@@ -67,7 +68,7 @@ def test_numpy_and_python_twins() -> None:
 
 
 def test_chunking_does_not_change_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pc, "PRIME_CHUNK_BLOCKS", 1)
+    monkeypatch.setattr(config, "PRIME_CHUNK_BLOCKS", 1)
     result, progress = run_job(123_456_789)
     assert result["count"] == lucy_prime_count(123_456_789)
     assert len(progress) > 5 and progress == sorted(progress)
@@ -105,3 +106,16 @@ def test_kind() -> None:
     with pytest.raises(RuntimeError):
         job.result()
     assert job.partial_result() is None
+
+
+def test_layout_does_not_change_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segment, block and large-prime sizes are read from config per call, never change a count."""
+    limits = [0, 1, 29, 30, 31, 2999, 3000 * 30 + 1, 10**6 + 3, 7_654_321]
+    expected = [pc.count_primes(limit) for limit in limits]
+    monkeypatch.setattr(config, "SEGMENT_BYTES", 1000)
+    monkeypatch.setattr(config, "BLOCK_SEGMENTS", 3)
+    monkeypatch.setattr(config, "LARGE_PRIME_BYTES", 100)
+    assert [pc.count_primes(limit) for limit in limits] == expected
+    assert [pc.count_primes(limit, parallel=False) for limit in limits] == expected
+    result, _ = run_job(7_654_321)
+    assert result["count"] == expected[-1]

@@ -101,10 +101,3 @@ def test_streams_differ() -> None:
     assert not np.array_equal(a, _uniforms(2, 0, 16))
     assert not np.array_equal(a, _uniforms(1, 1, 16))
     assert np.array_equal(a, _uniforms(1, 0, 16))
-
-
-def test_check_seed() -> None:
-    assert rng.check_seed(5) == 5
-    drawn = {rng.check_seed(None) for _ in range(5)}
-    assert all(0 <= s <= 2**31 - 1 for s in drawn)
-    assert len(drawn) > 1
