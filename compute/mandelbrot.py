@@ -310,7 +310,7 @@ def validate(raw: Mapping[str, Any]) -> JSONDict:
     raw : mapping
         ``width``, ``height`` (1 .. 4096), ``maxIterations`` (1 .. 100000), optional
         ``xMin``, ``xMax``, ``yMin``, ``yMax`` (finite, ``|.| <= 10**6``, ``xMin < xMax``,
-        ``yMin < yMax``); also ``width * height * maxIterations <= 4096**3``.
+        ``yMin < yMax``); also ``width * height * maxIterations <= 2**35``.
 
     Returns
     -------
