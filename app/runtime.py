@@ -21,7 +21,7 @@ from db.migrate import upgrade_async
 from db.repositories import CalculationRepository
 from pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
 from pubsub.redis_client import create_redis
-from services.container import JobQueue, Limits, RunnerServices, Services
+from services.container import JobQueue, Limits, RunnerServices, Services, user_cache
 from workers.broker import create_broker
 from workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from workers.runner import RunnerConfig
@@ -115,6 +115,7 @@ async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> R
         bus=bus,
         queue=queue,
         limits=limits_from(settings),
+        users=user_cache(settings.user_cache_seconds),
     )
     await bus.start()
     if embedded is not None:

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     register_attempts_per_address: int = Field(default=20, ge=1)
     rate_limit_window_seconds: int = Field(default=300, ge=1)
     max_active_calculations: int = Field(default=20, ge=1)
+    user_cache_seconds: float = Field(default=5.0, gt=0, le=300)
 
     ws_connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     subscription_max_seconds: float = Field(default=6 * 3600.0, gt=0)

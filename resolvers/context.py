@@ -21,13 +21,17 @@ from services.container import Services
 
 
 def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]:
-    """Batches ``owner`` look-ups of one request; each batch is one short session."""
+    """Batches ``owner`` and caller look-ups of one request: the process's short-lived
+    user cache first, then one short read for the rest."""
+    cache = services.users
 
     async def load(ids: list[uuid.UUID]) -> list[User | None]:
-        async with read_only(services.session_factory) as session:
-            users = await UserRepository(session).list_by_ids(list(set(ids)))
-        by_id = {user.id: user for user in users}
-        return [by_id.get(user_id) for user_id in ids]
+        missing = [user_id for user_id in set(ids) if user_id not in cache]
+        if missing:
+            async with read_only(services.session_factory) as session:
+                for user in await UserRepository(session).list_by_ids(missing):
+                    cache[user.id] = user
+        return [cache.get(user_id) for user_id in ids]
 
     return DataLoader(load_fn=load)
 

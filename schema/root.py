@@ -101,17 +101,21 @@ class SchemaOptions:
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     options = options or SchemaOptions()
-    depth_rule = depth_limit_rule(options.max_depth)
+    # The rule classes are made once: the validation cache is keyed by them, and
+    # MaxAliasesLimiter makes a new class each time it is constructed.
+    rules = [
+        depth_limit_rule(options.max_depth),
+        *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
+    ]
     # Factories: a fresh extension per operation (the parser and validation caches
     # live at module level, shared by every operation).
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         ContractErrors,
         OperationName,
         lambda: ContractParserCache(maxsize=1024),
-        lambda: ValidationCache(maxsize=1024),
         lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
-        lambda: MaxAliasesLimiter(max_alias_count=options.max_aliases),
-        lambda: AddValidationRules([depth_rule]),
+        lambda: AddValidationRules(rules),
+        lambda: ValidationCache(maxsize=1024),
     ]
     if not options.introspection:
         extensions.append(DisableIntrospection)

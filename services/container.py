@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
+from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth.passwords import PasswordHasher
 from auth.rate_limit import RateLimiter
 from auth.tokens import TokenService
+from db.models import User
 from pubsub.bus import EventBus
 
 
@@ -47,6 +49,13 @@ class Limits:
     subscription_max_seconds: float = 6 * 3600.0
 
 
+def user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:
+    """Users by id, for a few seconds: every authenticated request needs its caller,
+    and a database round trip per request would cost more than all the rest of a
+    small query. A disabled account is refused within ``seconds``."""
+    return TTLCache(maxsize=size, ttl=seconds)
+
+
 @dataclass
 class Services:
     session_factory: async_sessionmaker[AsyncSession]
@@ -56,3 +65,4 @@ class Services:
     bus: EventBus
     queue: JobQueue
     limits: Limits
+    users: TTLCache[UUID, User] = field(default_factory=user_cache)

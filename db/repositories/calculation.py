@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
@@ -69,7 +69,7 @@ class CalculationRepository:
         # A Core UPDATE … RETURNING: one round trip, none of the ORM's bulk-update
         # bookkeeping (these run on every claim, finish and cancel). The row comes back
         # as a detached Calculation: a snapshot, not tracked by the session.
-        table = Calculation.__table__
+        table = cast(Table, Calculation.__table__)
         statement = (
             update(table)
             .where(table.c.id == calculation_id, condition)
