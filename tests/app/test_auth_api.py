@@ -191,3 +191,32 @@ async def test_register_is_rate_limited_per_address(empty_sqlite_url: str) -> No
         )
         assert error_codes(body) == ["RATE_LIMITED"]
         assert body["errors"][0]["extensions"]["retryAfter"] > 0
+
+
+async def test_a_disabled_account_is_refused_within_the_cache_time(empty_sqlite_url: str) -> None:
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from db.models import User
+    from tests.conftest import wait_for
+
+    settings = make_settings(database_url=empty_sqlite_url, user_cache_seconds=0.2)
+    async with running_app(settings) as (_, client):
+        payload = await client.register("leaver@example.com")
+        assert "errors" not in await client.execute(ME, token=payload["accessToken"])
+        engine = create_async_engine(empty_sqlite_url)
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(User).where(User.email == "leaver@example.com").values(is_active=False)
+            )
+        await engine.dispose()
+
+        async def refused() -> bool:
+            body = await client.execute(ME, token=payload["accessToken"])
+            return error_codes(body) == ["UNAUTHENTICATED"]
+
+        await wait_for(refused, timeout=5)
+        login = await client.execute(
+            LOGIN, {"e": "leaver@example.com", "p": "correct horse battery"}
+        )
+        assert error_codes(login) == ["UNAUTHENTICATED"]

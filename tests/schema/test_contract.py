@@ -101,3 +101,12 @@ def test_the_check_notices_a_renamed_field() -> None:
     )
     problems = contract_differences(CONTRACT, renamed)
     assert "field MonteCarloPiResult.standardError is missing" in problems
+
+
+def test_graphiql_default_document_is_valid_against_the_schema() -> None:
+    """A newcomer's first click in GraphiQL must not meet a validation error."""
+    from graphql import parse, validate
+
+    from app.graphiql import DEFAULT_QUERY
+
+    assert validate(live_schema(), parse(DEFAULT_QUERY)) == []
