@@ -119,6 +119,8 @@ async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> R
     )
     await bus.start()
     if embedded is not None:
+        if settings.warm_up_kernels:
+            embedded.warm_up()
         async with unit_of_work(session_factory) as session:
             pending = await CalculationRepository(session).list_active_ids()
         if pending:

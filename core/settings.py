@@ -86,6 +86,7 @@ class Settings(BaseSettings):
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
+    warm_up_kernels: bool = True  # embedded mode: compile kernels at start
     progress_publish_interval: float = Field(default=0.1, gt=0)
     progress_write_interval: float = Field(default=1.0, gt=0)
     job_max_retries: int = Field(default=3, ge=0)

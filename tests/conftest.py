@@ -58,6 +58,7 @@ def make_settings(**overrides: Any) -> Settings:
         "jwt_secret": "test-secret-" + "x" * 40,
         "bcrypt_rounds": 4,
         "rate_limits": False,
+        "warm_up_kernels": False,  # the compute tests compile them; app starts stay fast
         "progress_publish_interval": 0.02,
         "progress_write_interval": 0.1,
     }

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dramatiq
 
+from compute.catalog import warm_up_all
 from observability.metrics import record_finished
 from services.container import Infrastructure
 from workers.broker import QUEUE_NAME, CrunchRedisBroker
@@ -67,6 +68,11 @@ class EmbeddedJobQueue:
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crunchql-kernel")
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def warm_up(self) -> None:
+        """Compile or load every kernel in the kernel thread, ahead of the first job
+        (which simply queues behind it)."""
+        self._executor.submit(warm_up_all)
 
     async def enqueue(self, calculation_id: uuid.UUID) -> None:
         self._spawn(calculation_id, take_over=False)
