@@ -310,3 +310,46 @@ async def test_n_body_through_a_worker(stack: Stack) -> None:
     assert f"{result['initialEnergy']:.9f}" == "-0.169075164"
     assert f"{result['finalEnergy']:.9f}" == "-0.169087605"
     assert result["bodies"] == 5 and result["steps"] == 1000
+
+
+async def _gauge(stack: Stack, name: str) -> float:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://{stack.base}/metrics")).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return values[0] if values else 0.0
+
+
+async def test_a_client_that_disconnects_releases_its_subscriptions(stack: Stack) -> None:
+    import json
+
+    graphql = await client(stack)
+    submitted = await graphql.submit({"monteCarloPi": {"samples": 10_000_000_000, "seed": 1}})
+    before = await _gauge(stack, "crunchql_subscriptions_active")
+    async with ws_session(stack.base, graphql.token) as socket_:
+        for op in range(5):
+            await socket_.send(json.dumps({
+                "id": str(op), "type": "subscribe",
+                "payload": {"query": "subscription($id: ID!) { calculationUpdates(id: $id) "
+                            "{ progress } }", "variables": {"id": submitted["id"]}},
+            }))  # fmt: skip
+        await wait_until(
+            lambda: _gauge_is(stack, "crunchql_subscriptions_active", before + 5),
+            20,
+            "five live subscriptions",
+        )
+    # The socket is gone without a single `complete`: the server lets everything go.
+    await wait_until(
+        lambda: _gauge_is(stack, "crunchql_subscriptions_active", before),
+        20,
+        "the subscriptions to be released",
+    )
+    await graphql.execute(
+        "mutation($id: ID!) { cancelCalculation(id: $id) { id } }", {"id": submitted["id"]}
+    )
+    await graphql.close()
+
+
+async def _gauge_is(stack: Stack, name: str, value: float) -> bool:
+    return await _gauge(stack, name) == value
