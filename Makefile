@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/crunchql serve
 
-PACKAGES := app auth cli core db observability pubsub resolvers schema services workers
+PACKAGES := app auth cli core db observability pubsub resolvers runtime schema services workers
 
 test: $(STAMP)
 	$(BIN)/ruff check .

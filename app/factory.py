@@ -16,11 +16,11 @@ from starlette.types import Receive, Scope, Send
 from app.graphiql import ASSETS_DIR
 from app.graphql_view import CrunchGraphQL
 from app.health import healthz, readyz
-from app.runtime import start_runtime
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from observability.errors import init_error_reporting
 from observability.metrics import MetricsMiddleware, metrics_endpoint
+from runtime import start_runtime
 from schema.root import SchemaOptions, build_schema
 
 logger = logging.getLogger("crunchql.app")

@@ -35,6 +35,8 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -157,7 +159,25 @@ def error_body(message: str, code: ErrorCode = ErrorCode.BAD_USER_INPUT) -> dict
     return {"errors": [{"message": message, "extensions": {"code": code.value}}]}
 
 
+class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The older graphql-ws protocol: Strawberry closes a rejected connection_init with
+    1011 there; the contract wants 4403 on both protocols."""
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        payload = message.get("payload")
+        if isinstance(payload, dict):
+            self.context.connection_params = payload
+            try:
+                await self.view.on_ws_connect(self.context)
+            except ConnectionRejectionError:
+                await self.websocket.close(code=4403, reason="Forbidden")
+                return
+        await super().handle_connection_init(message)
+
+
 class CrunchGraphQL(GraphQL[Context, None]):
+    graphql_ws_handler_class = LegacyGraphQLWSHandler
+
     def __init__(
         self,
         schema: BaseSchema,

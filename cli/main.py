@@ -91,16 +91,16 @@ def _read_password() -> str:
 
 
 def _create_admin(args: argparse.Namespace) -> int:
-    from app.runtime import start_runtime
     from core.errors import CrunchError
     from core.settings import get_settings
     from db.models import Role
+    from runtime import start_runtime
     from services import users
 
     password = _read_password()
 
     async def run() -> None:
-        runtime = await start_runtime(get_settings(), migrate=True)
+        runtime = await start_runtime(get_settings(), migrate=True, run_jobs=False)
         try:
             result = await users.register(
                 runtime.services, args.email, password, client="cli", role=Role.ADMIN

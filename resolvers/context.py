@@ -18,6 +18,7 @@ from db.engine import read_only
 from db.models import User
 from db.repositories import UserRepository
 from services.container import Services
+from services.users import get_active_user
 
 
 def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]:
@@ -67,8 +68,8 @@ async def current_user(info: GraphQLInfo) -> User:
     # operation checks it again.
     if claims.expires_at <= datetime.now(UTC):
         raise UnauthenticatedError("Access token has expired; refresh it.")
-    user = await context.users_by_id.load(claims.user_id)
-    if user is None or not user.is_active:
+    user = await get_active_user(context.services, claims.user_id)
+    if user is None:
         raise UnauthenticatedError("The account of this token no longer exists or is disabled.")
     bind_log_context(user_id=str(user.id))
     return user

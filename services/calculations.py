@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +23,7 @@ from core.errors import (
 )
 from db.engine import after_commit, read_only, unit_of_work
 from db.models import Calculation, CalculationStatus, Role, User
-from db.repositories import CalculationPage, CalculationRepository
+from db.repositories import CalculationPage, CalculationRepository, UserRepository
 from pubsub.bus import Event
 from services.container import Infrastructure, Services
 
@@ -34,6 +36,16 @@ STATUS_RANK = {
     CalculationStatus.FAILED.value: 2,
     CalculationStatus.CANCELLED.value: 2,
 }
+
+
+_owner_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _owner_lock(owner_id: uuid.UUID) -> asyncio.Lock:
+    lock = _owner_locks.get(owner_id)
+    if lock is None:
+        lock = _owner_locks[owner_id] = asyncio.Lock()
+    return lock
 
 
 def parse_id(raw: str) -> uuid.UUID | None:
@@ -107,9 +119,13 @@ async def submit(
         params = kind.validate(raw_input)
     except ParameterError as error:
         raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
-    async with unit_of_work(services.session_factory) as session:
+    async with _owner_lock(user.id), unit_of_work(services.session_factory) as session:
         repo = CalculationRepository(session)
         if services.limits.rate_limits:
+            # Count and insert under the owner's lock, so parallel submits cannot all
+            # pass the count (row lock on PostgreSQL, across API processes; an
+            # in-process lock as well, which is what serialises them on SQLite).
+            await UserRepository(session).lock(user.id)
             active = await repo.count_active(user.id)
             if active >= services.limits.max_active_calculations:
                 raise RateLimitedError(

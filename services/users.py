@@ -95,12 +95,14 @@ async def login(services: Services, email: str, password: str, *, client: str) -
         await services.rate_limiter.hit(
             f"login:acct:{normalised}", services.limits.login_attempts_per_account, window
         )
-    async with unit_of_work(services.session_factory) as session:
+    async with read_only(services.session_factory) as session:
         user = await UserRepository(session).get_by_email(normalised)
-        # Verify even for an unknown email (against a dummy hash): same answer, same time.
-        ok = await services.hasher.verify(password, user.password_hash if user else None)
-        if user is None or not ok or not user.is_active:
-            raise UnauthenticatedError(LOGIN_FAILED)
+    # Verify even for an unknown email (against a dummy hash): same answer, same time.
+    # No database connection is held during bcrypt: a login flood must not drain the pool.
+    ok = await services.hasher.verify(password, user.password_hash if user else None)
+    if user is None or not ok or not user.is_active:
+        raise UnauthenticatedError(LOGIN_FAILED)
+    async with unit_of_work(services.session_factory) as session:
         return await _issue(services, RefreshTokenRepository(session), user)
 
 
@@ -127,6 +129,14 @@ async def refresh(services: Services, refresh_token: str) -> AuthResult:
 
 
 async def get_active_user(services: Services, user_id: uuid.UUID) -> User | None:
-    async with read_only(services.session_factory) as session:
-        user = await UserRepository(session).get_by_id(user_id)
-    return user if user is not None and user.is_active else None
+    """The user behind a token, if still active: from the process's short-lived cache,
+    else the database (so a disabled account is refused within the cache time, on
+    HTTP and on long-lived WebSockets alike)."""
+    user = services.users.get(user_id)
+    if user is None:
+        async with read_only(services.session_factory) as session:
+            user = await UserRepository(session).get_by_id(user_id)
+        if user is None:
+            return None
+        services.users[user_id] = user
+    return user if user.is_active else None

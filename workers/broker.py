@@ -96,8 +96,11 @@ def create_broker(
         AsyncIO(),
         *(extra_middleware or []),
     ]
+    # Timeouts, so that a Redis that drops packets fails a send in seconds instead of
+    # hanging a request for the operating system's two minutes (BLPOP waits at most 1 s).
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10)
     broker = CrunchRedisBroker(  # type: ignore[no-untyped-call]
-        url=redis_url,
+        client=client,
         middleware=middleware,
         namespace="crunchql",
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,

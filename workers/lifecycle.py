@@ -34,6 +34,10 @@ from workers.runner import RunnerConfig
 logger = logging.getLogger("crunchql.worker")
 SWEEP_INTERVAL_SECONDS = 5.0
 QUEUED_RESEND_AFTER = timedelta(seconds=60)
+# Under load the broker queue is never empty, so a lost message cannot be told from a
+# waiting one: QUEUED rows this old are re-sent anyway, at most once per period by each
+# worker process (a duplicate finds nothing to claim).
+QUEUED_RESEND_ALWAYS_AFTER = timedelta(minutes=10)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class WorkerRuntime:
     executor: ThreadPoolExecutor
     redis: Redis
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    resent: dict[uuid.UUID, float] = field(default_factory=dict)
 
     @classmethod
     async def create(cls, settings: Settings, broker: CrunchRedisBroker) -> WorkerRuntime:
@@ -101,9 +106,16 @@ class WorkerRuntime:
         now = datetime.now(UTC)
         async with unit_of_work(self.services.session_factory) as session:
             repo = CalculationRepository(session)
-            resend = await repo.list_stale_runs(stale_before=now - self.config.stale_after)
+            resend = await repo.release_stale_runs(stale_before=now - self.config.stale_after)
             if await asyncio.to_thread(self.broker.do_qsize, QUEUE_NAME) == 0:
                 resend += await repo.list_waiting(created_before=now - QUEUED_RESEND_AFTER)
+            else:
+                clock = time.monotonic()
+                period = QUEUED_RESEND_ALWAYS_AFTER.total_seconds()
+                self.resent = {k: t for k, t in self.resent.items() if clock - t < period}
+                old = await repo.list_waiting(created_before=now - QUEUED_RESEND_ALWAYS_AFTER)
+                resend += [each for each in old if each not in self.resent]
+                self.resent.update(dict.fromkeys(resend, clock))
             await WorkerRepository(session).prune(now, timedelta(hours=1))
         queue = DramatiqJobQueue(self.broker)
         for calculation_id in resend:
@@ -162,12 +174,17 @@ class WorkerLifecycle(Middleware):
         _runtime = loop_thread.run_coroutine(WorkerRuntime.create(self.settings, broker))
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        global _runtime
         loop_thread = get_event_loop_thread()
         if _runtime is not None and loop_thread is not None:
             # Running jobs hand their calculation back at the next chunk boundary
             # instead of holding shutdown up (or being killed mid-run).
             loop_thread.loop.call_soon_threadsafe(_runtime.config.stopping.set)
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        # Only now, when no job can still be handing back, close what they share.
+        global _runtime
+        loop_thread = get_event_loop_thread()
+        if _runtime is not None and loop_thread is not None:
             with contextlib.suppress(Exception):
                 loop_thread.run_coroutine(_runtime.close())
         _runtime = None

@@ -24,6 +24,7 @@ from workers.runner import (
 
 logger = logging.getLogger("crunchql.queue")
 ACTOR_NAME = "calculation.run"
+SEND_TIMEOUT_SECONDS = 5.0
 
 
 class DramatiqJobQueue:
@@ -44,7 +45,9 @@ class DramatiqJobQueue:
         self.broker.wake()
 
     async def enqueue(self, calculation_id: uuid.UUID) -> None:
-        await asyncio.to_thread(self.send, calculation_id)
+        # Bounded: the row is committed, and a send that does not go through is re-sent
+        # by the workers' sweeper, so a caller never waits long on Redis.
+        await asyncio.wait_for(asyncio.to_thread(self.send, calculation_id), SEND_TIMEOUT_SECONDS)
 
 
 class EmbeddedJobQueue:

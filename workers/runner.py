@@ -9,6 +9,7 @@ worker died is claimed again once its heartbeat is stale.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from compute.base import ParameterError
+from compute.base import Job, ParameterError
 from compute.catalog import KINDS
 from core.logging import bind_log_context
 from db.engine import unit_of_work
@@ -133,6 +134,28 @@ async def _finish(
     return status.value.lower()
 
 
+class KernelError(Exception):
+    """A kind's own code failed (bad parameters it let through, a bug): FAILED at once,
+    never retried, with a message for the user."""
+
+
+def _timed_step(job: Job) -> float:
+    """One chunk, in the kernel thread; returns the seconds it computed."""
+    started = time.perf_counter()
+    try:
+        job.step()
+    except Exception as error:
+        raise KernelError(f"{type(error).__name__}: {error}") from error
+    return time.perf_counter() - started
+
+
+def _kernel_call(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as error:
+        raise KernelError(f"{type(error).__name__}: {error}") from error
+
+
 async def _execute(
     services: Infrastructure,
     config: RunnerConfig,
@@ -142,41 +165,33 @@ async def _execute(
     loop = asyncio.get_running_loop()
     kind = KINDS.get(calculation.kind)
     version = calculation.version
-    if kind is None:
+
+    async def fail(message: str) -> str:
         return await _finish(
-            services,
-            config,
-            calculation,
-            CalculationStatus.FAILED,
-            version + 1,
-            error=f"Unknown calculation kind {calculation.kind!r}.",
+            services, config, calculation, CalculationStatus.FAILED, version + 1, error=message
         )
+
+    if kind is None:
+        return await fail(f"Unknown calculation kind {calculation.kind!r}.")
     try:
         job = kind.start(kind.validate(calculation.input))
     except ParameterError as error:
-        return await _finish(
-            services,
-            config,
-            calculation,
-            CalculationStatus.FAILED,
-            version + 1,
-            error=f"Invalid input: {error.message}",
-        )
-    deadline = time.monotonic() + kind.time_limit_seconds
+        return await fail(f"Invalid input: {error.message}")
+    except Exception as error:
+        logger.exception("starting %s failed", calculation.id)
+        return await fail(f"The {calculation.kind} kernel failed: {type(error).__name__}: {error}")
+    # The limit counts this job's own computing time, not time spent waiting for the
+    # kernel thread that the jobs of this process share.
+    budget = kind.time_limit_seconds
     floor = calculation.progress  # a re-run never reports less than was reported before
     last_publish = last_write = 0.0
     key = str(calculation.id)
     try:
         while not job.done:
-            if time.monotonic() > deadline:
-                return await _finish(
-                    services,
-                    config,
-                    calculation,
-                    CalculationStatus.FAILED,
-                    version + 1,
-                    error=f"Time limit of {kind.time_limit_seconds:.0f} s exceeded "
-                    f"at {max(floor, job.progress):.0%}.",
+            if budget <= 0:
+                return await fail(
+                    f"Time limit of {kind.time_limit_seconds:.0f} s exceeded "
+                    f"at {max(floor, job.progress):.0%}."
                 )
             if config.stopping.is_set():
                 await release(services, config, calculation.id)
@@ -184,12 +199,12 @@ async def _execute(
                     await config.requeue(calculation.id)
                 logger.info("calculation %s handed back: this worker is stopping", key)
                 return "released"
-            await loop.run_in_executor(executor, job.step)
+            budget -= await loop.run_in_executor(executor, _timed_step, job)
             progress = max(floor, job.progress)
             clock = time.monotonic()
             if job.done:
                 break
-            partial = job.partial_result()
+            partial = _kernel_call(job.partial_result)
             if clock - last_publish >= config.publish_interval and progress > floor:
                 version += 1
                 floor = progress
@@ -218,41 +233,50 @@ async def _execute(
                 if not owned:
                     logger.info("calculation %s was cancelled; stopping", key)
                     return "cancelled"
-        result = job.result()
-    except (ParameterError, ValueError, ArithmeticError) as error:
-        return await _finish(
-            services,
-            config,
-            calculation,
-            CalculationStatus.FAILED,
-            version + 1,
-            error=f"{type(error).__name__}: {error}",
-        )
-    except TransientError:
-        raise
+        result = _kernel_call(job.result)
+    except KernelError as error:
+        logger.warning("kernel of %s failed: %s", key, error)
+        return await fail(f"The {calculation.kind} kernel failed: {error}")
     except Exception as error:
         if is_transient(error):
-            raise TransientError(str(error)) from error
-        logger.exception("kernel of %s failed", key)
-        return await _finish(
-            services,
-            config,
-            calculation,
-            CalculationStatus.FAILED,
-            version + 1,
-            error=f"The {calculation.kind} kernel failed: {type(error).__name__}: {error}",
-        )
+            raise TransientError(type(error).__name__) from error
+        if config.stopping.is_set() or _process_is_ending(error):
+            # The process is going away under the run: not the calculation's fault.
+            await release(services, config, calculation.id)
+            if config.requeue is not None:
+                with contextlib.suppress(Exception):
+                    await config.requeue(calculation.id)
+            logger.warning("calculation %s handed back: the process is ending", key)
+            return "released"
+        # Not the kernel and not passing trouble: the detail is ours, not the user's.
+        logger.exception("running %s failed", key)
+        return await fail("The calculation could not be completed (an internal error).")
     return await _finish(
         services, config, calculation, CalculationStatus.SUCCEEDED, version + 1, result=result
     )
 
 
+def _process_is_ending(error: BaseException) -> bool:
+    # concurrent.futures refuses work once its executor (or the interpreter) shuts down.
+    return isinstance(error, RuntimeError) and "after shutdown" in str(error)
+
+
 def is_transient(error: BaseException) -> bool:
     """Infrastructure trouble worth a retry (never an error in the input or a kernel)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-    if isinstance(error, OperationalError | RedisConnectionError | OSError):
+    transient = (
+        OperationalError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        PoolTimeoutError,
+        OSError,
+        TimeoutError,
+    )
+    if isinstance(error, transient):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
 

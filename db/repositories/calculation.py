@@ -206,16 +206,18 @@ class CalculationRepository:
             },
         )
 
-    async def list_stale_runs(self, *, stale_before: datetime, limit: int = 500) -> list[uuid.UUID]:
-        """Runs whose worker stopped beating (killed, frozen, cut off)."""
+    async def release_stale_runs(self, *, stale_before: datetime) -> list[uuid.UUID]:
+        """RUNNING → QUEUED for runs whose worker stopped beating (killed, frozen, cut
+        off). Conditional: when several sweepers race, each run is released once."""
+        table = cast(Table, Calculation.__table__)
         statement = (
-            select(Calculation.id)
+            update(table)
             .where(
-                Calculation.status == CalculationStatus.RUNNING.value,
-                or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
+                table.c.status == CalculationStatus.RUNNING.value,
+                or_(table.c.heartbeat_at.is_(None), table.c.heartbeat_at < stale_before),
             )
-            .order_by(Calculation.created_at)
-            .limit(limit)
+            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .returning(table.c.id)
         )
         return list((await self.session.execute(statement)).scalars())
 

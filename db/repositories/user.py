@@ -26,6 +26,10 @@ class UserRepository:
         result = await self.session.execute(select(User).where(User.id.in_(ids)))
         return list(result.scalars())
 
+    async def lock(self, user_id: uuid.UUID) -> None:
+        """Hold the user's row until the transaction ends (no-op on SQLite)."""
+        await self.session.execute(select(User.id).where(User.id == user_id).with_for_update())
+
     async def add(self, user: User) -> User:
         self.session.add(user)
         await self.session.flush()

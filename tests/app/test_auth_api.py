@@ -220,3 +220,39 @@ async def test_a_disabled_account_is_refused_within_the_cache_time(empty_sqlite_
             LOGIN, {"e": "leaver@example.com", "p": "correct horse battery"}
         )
         assert error_codes(login) == ["UNAUTHENTICATED"]
+
+
+async def test_a_long_lived_context_notices_a_disabled_account(empty_sqlite_url: str) -> None:
+    """A WebSocket keeps one context for its whole life: each operation must still see
+    the account as it is now (within the user-cache time), not as it was at connect."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from core.errors import UnauthenticatedError
+    from db.models import User
+    from resolvers.context import Context, current_user
+    from tests.conftest import wait_for
+
+    settings = make_settings(database_url=empty_sqlite_url, user_cache_seconds=0.2)
+    async with running_app(settings) as (app, client):
+        payload = await client.register("socket@example.com")
+        services = app.state.runtime.services
+        context = Context(services=services, connection=None, client="ws")  # type: ignore[arg-type]
+        context.claims = services.tokens.decode_access_token(payload["accessToken"])
+        info = SimpleNamespace(context=context)
+        assert (await current_user(info)).email == "socket@example.com"  # type: ignore[arg-type]
+        engine = create_async_engine(empty_sqlite_url)
+        async with engine.begin() as connection:
+            await connection.execute(update(User).values(is_active=False))
+        await engine.dispose()
+
+        async def refused() -> bool:
+            try:
+                await current_user(info)  # type: ignore[arg-type]
+            except UnauthenticatedError:
+                return True
+            return False
+
+        await wait_for(refused, timeout=5)

@@ -213,3 +213,25 @@ async def test_active_calculations_per_user_are_limited(database_url: str, redis
         )
         assert "errors" not in accepted
     await flush_redis(redis_url)
+
+
+async def test_parallel_submits_cannot_pass_the_active_limit(
+    database_url: str, redis_url: str
+) -> None:
+    import asyncio
+
+    await truncate(database_url)
+    await flush_redis(redis_url)
+    settings = make_settings(
+        database_url=database_url, redis_url=redis_url, rate_limits=True,
+        max_active_calculations=5,
+    )  # fmt: skip
+    async with running_app(settings) as (_app, client):
+        client.token = (await client.register())["accessToken"]
+        bodies = await asyncio.gather(
+            *(client.execute(SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}}) for _ in range(30))
+        )
+        accepted = [b for b in bodies if "errors" not in b]
+        assert len(accepted) == 5
+        assert all(error_codes(b) == ["RATE_LIMITED"] for b in bodies if "errors" in b)
+    await flush_redis(redis_url)

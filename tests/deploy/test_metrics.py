@@ -167,9 +167,15 @@ def test_operation_names_are_bounded() -> None:
 
 
 def test_plain_functions() -> None:
-    before = value("crunchql_calculations_submitted_total", kind="monte_carlo_pi")
-    metrics.record_submitted("monte_carlo_pi")
-    assert value("crunchql_calculations_submitted_total", kind="monte_carlo_pi") == before + 1
+    before = value("crunchql_calculations_submitted_total", kind="monteCarloPi")
+    metrics.record_submitted("monteCarloPi")
+    assert value("crunchql_calculations_submitted_total", kind="monteCarloPi") == before + 1
+    # Every kind of the catalog keeps its own label (none is folded into "other").
+    from compute.catalog import KINDS
+
+    for kind in KINDS:
+        metrics.record_submitted(kind)
+        assert value("crunchql_calculations_submitted_total", kind=kind) >= 1
     metrics.record_submitted("'; DROP")  # not a kind name: one shared label
     assert value("crunchql_calculations_submitted_total", kind="other") >= 1
 

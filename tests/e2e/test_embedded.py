@@ -58,13 +58,12 @@ async def test_submit_and_watch_without_redis(embedded: tuple[str, Path, dict[st
     await graphql.close()
 
 
+@pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
 async def test_bad_token_in_connection_init_closes_with_4403(
-    embedded: tuple[str, Path, dict[str, str]],
+    embedded: tuple[str, Path, dict[str, str]], subprotocol: str
 ) -> None:
     base, _, _ = embedded
-    async with websockets.connect(
-        f"ws://{base}/graphql", subprotocols=["graphql-transport-ws"]
-    ) as socket_:
+    async with websockets.connect(f"ws://{base}/graphql", subprotocols=[subprotocol]) as socket_:
         await socket_.send(
             json.dumps({"type": "connection_init", "payload": {"Authorization": "Bearer nope"}})
         )

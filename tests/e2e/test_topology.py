@@ -217,7 +217,9 @@ async def test_stopping_a_worker_mid_job_loses_nothing(topology: Topology) -> No
 
     pid = await wait_until(owner_pid, 90, "the job to run on a worker")
     running_on = next(w for w in topology.workers if os.getpgid(pid) == w.process.pid)
-    running_on.kill(signal.SIGTERM)  # a normal stop (deploy, scale down)
+    # A normal stop (deploy, scale down): SIGTERM to the worker's main process, which
+    # passes it on to its worker processes, as `docker stop` or Kubernetes would.
+    running_on.process.send_signal(signal.SIGTERM)
     async with ws_session(
         topology.front, graphql.token, scheme="wss", ssl=topology.ssl_context()
     ) as socket_:

@@ -67,13 +67,22 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
                 created_at=datetime.now(UTC) - QUEUED_RESEND_AFTER - timedelta(seconds=5),
             )  # fmt: skip
             fresh = Calculation(owner_id=user.id, kind="monteCarloPi", input={"samples": 10})
-            session.add_all([old, fresh])
-        # No message exists for either (as after a Redis restart): the old one is re-sent,
-        # the fresh one is left to its own message.
+            orphan = Calculation(
+                owner_id=user.id, kind="monteCarloPi", input={"samples": 10, "seed": 1},
+                status="RUNNING", worker_id="dead", attempts=1,
+                heartbeat_at=datetime.now(UTC) - timedelta(minutes=5),
+            )  # fmt: skip
+            session.add_all([old, fresh, orphan])
+        # No message exists for any (as after a Redis restart): the old one is re-sent,
+        # the fresh one is left to its own message, the orphaned run is handed back.
         assert broker.do_qsize(QUEUE_NAME) == 0
-        assert await runtime.sweep_once() == 1
-        assert broker.do_qsize(QUEUE_NAME) == 1
-        # With messages waiting, nothing is guessed at.
+        assert await runtime.sweep_once() == 2
+        assert broker.do_qsize(QUEUE_NAME) == 2
+        async with unit_of_work(runtime.services.session_factory) as session:
+            reloaded = await session.get(Calculation, orphan.id)
+            assert reloaded is not None and reloaded.status == "QUEUED"
+        # With messages waiting, nothing is guessed at, and the released run is not
+        # re-sent again by the next sweep.
         assert await runtime.sweep_once() == 0
     finally:
         await runtime.close()

@@ -247,3 +247,23 @@ async def test_shutdown_hands_the_calculation_back(
     assert (await run_calculation(services, cfg, calculation_id)).outcome == "skipped"
     assert requeued == [calculation_id, calculation_id]
     assert (await run_calculation(services, config(), calculation_id)).outcome == "succeeded"
+
+
+async def test_a_process_shutting_down_hands_the_run_back_instead_of_failing_it(
+    services: RunnerServices,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requeued: list[uuid.UUID] = []
+
+    async def requeue(calculation_id: uuid.UUID) -> None:
+        requeued.append(calculation_id)
+
+    calculation_id = await make_calculation(services, raw={"samples": 1000, "seed": 1})
+    executor = ThreadPoolExecutor(max_workers=1)
+    executor.shutdown()  # as during interpreter or worker shutdown
+    stats = await run_calculation(services, config(requeue=requeue), calculation_id, executor)
+    assert stats.outcome == "released"
+    row = await load(services, calculation_id)
+    assert row.status == "QUEUED" and row.error is None
+    assert requeued == [calculation_id]

@@ -1,4 +1,5 @@
-"""Builds the process's long-lived parts from settings, and tears them down."""
+"""Builds a process's long-lived parts from settings (engine, Redis, event bus, job
+queue, services), and tears them down. Used by the API (app/) and the CLI."""
 
 from __future__ import annotations
 
@@ -58,8 +59,14 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> Runtime:
-    """Connect everything. With no REDIS_URL, jobs run in this process (embedded mode)."""
+async def start_runtime(
+    settings: Settings, *, migrate: bool | None = None, run_jobs: bool = True
+) -> Runtime:
+    """Connect everything. With no REDIS_URL, jobs run in this process (embedded mode).
+
+    ``run_jobs=False`` is for one-off commands (``crunchql users create-admin``) next to
+    a running server: they must not take over the server's calculations.
+    """
     if settings.generated_secret:
         logger.warning(
             "CRUNCHQL_JWT_SECRET is not set: using a random per-process secret "
@@ -118,7 +125,7 @@ async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> R
         users=user_cache(settings.user_cache_seconds),
     )
     await bus.start()
-    if embedded is not None:
+    if embedded is not None and run_jobs:
         if settings.warm_up_kernels:
             embedded.warm_up()
         async with unit_of_work(session_factory) as session:
