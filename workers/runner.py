@@ -53,7 +53,6 @@ class RunStats:
     outcome: str = "skipped"
     kind: str | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _now() -> datetime:

@@ -241,7 +241,3 @@ class CalculationRepository:
             .order_by(Calculation.created_at)
         )
         return list((await self.session.execute(statement)).scalars())
-
-    async def count_by_status(self) -> dict[str, int]:
-        statement = select(Calculation.status, func.count()).group_by(Calculation.status)
-        return {status: int(n) for status, n in (await self.session.execute(statement)).all()}
