@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
+from cachetools import TTLCache
 
 from core.errors import UnauthenticatedError
 
@@ -39,6 +40,10 @@ class TokenService:
         self.audience = audience
         self.access_lifetime = access_lifetime
         self.refresh_lifetime = refresh_lifetime
+        # Tokens already verified, for a minute: a client sends the same token with
+        # every request, and verifying it (strict base64 checks, HMAC) costs more than
+        # a small query. Expiry is still checked on every use by the caller.
+        self._verified: TTLCache[str, AccessClaims] = TTLCache(maxsize=10_000, ttl=60)
 
     def issue_access_token(self, user_id: uuid.UUID, role: str, now: datetime | None = None) -> str:
         now = now or datetime.now(UTC)
@@ -55,6 +60,16 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=self.algorithm)
 
     def decode_access_token(self, token: str) -> AccessClaims:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at <= datetime.now(UTC):
+                raise UnauthenticatedError("Access token has expired; refresh it.")
+            return cached
+        claims = self._decode(token)
+        self._verified[token] = claims
+        return claims
+
+    def _decode(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
                 token,

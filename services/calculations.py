@@ -133,14 +133,8 @@ async def submit(
                     f"{services.limits.max_active_calculations}. Wait for one to finish "
                     "or cancel one."
                 )
-        calculation = await repo.add(
-            Calculation(
-                owner_id=user.id,
-                kind=kind.name,
-                input=params,
-                status=CalculationStatus.QUEUED.value,
-                created_at=datetime.now(UTC),
-            )
+        calculation = await repo.create(
+            owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC)
         )
         calculation_id = calculation.id
 

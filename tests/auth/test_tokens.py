@@ -84,3 +84,23 @@ def test_refresh_tokens_are_random_and_stored_hashed() -> None:
     assert first != second and len(first) >= 40
     digest = TokenService.hash_refresh_token(first)
     assert len(digest) == 64 and first not in digest
+
+
+async def test_a_verified_token_is_remembered_but_still_expires() -> None:
+    from datetime import timedelta
+
+    from tests.conftest import wait_for
+
+    tokens = service(access_lifetime=timedelta(seconds=1))
+    token = tokens.issue_access_token(uuid.uuid4(), "USER")
+    first = tokens.decode_access_token(token)
+    assert tokens.decode_access_token(token) is first  # from the cache: no second verify
+
+    async def expired() -> bool:
+        try:
+            tokens.decode_access_token(token)
+        except UnauthenticatedError:
+            return True
+        return False
+
+    await wait_for(expired, timeout=10)
