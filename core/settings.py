@@ -74,9 +74,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
 
     rate_limits: bool = True
-    login_attempts_per_account: int = Field(default=10, ge=1)
-    login_attempts_per_address: int = Field(default=60, ge=1)
-    register_attempts_per_address: int = Field(default=20, ge=1)
+    login_attempts_per_account: int = Field(default=10, ge=1)  # failed ones
+    login_attempts_per_address: int = Field(default=300, ge=1)
+    register_attempts_per_address: int = Field(default=100, ge=1)
     rate_limit_window_seconds: int = Field(default=300, ge=1)
     max_active_calculations: int = Field(default=20, ge=1)
     user_cache_seconds: float = Field(default=5.0, gt=0, le=300)

@@ -42,8 +42,8 @@ class RunnerServices:
 class Limits:
     rate_limits: bool = True
     login_attempts_per_account: int = 10
-    login_attempts_per_address: int = 60
-    register_attempts_per_address: int = 20
+    login_attempts_per_address: int = 300
+    register_attempts_per_address: int = 100
     rate_limit_window_seconds: int = 300
     max_active_calculations: int = 20
     subscription_max_seconds: float = 6 * 3600.0

@@ -92,7 +92,9 @@ async def login(services: Services, email: str, password: str, *, client: str) -
         await services.rate_limiter.hit(
             f"login:addr:{client}", services.limits.login_attempts_per_address, window
         )
-        await services.rate_limiter.hit(
+        # Only failed attempts count against an account (brute force), so logging in
+        # correctly and often never locks anyone out.
+        await services.rate_limiter.check(
             f"login:acct:{normalised}", services.limits.login_attempts_per_account, window
         )
     async with read_only(services.session_factory) as session:
@@ -101,6 +103,10 @@ async def login(services: Services, email: str, password: str, *, client: str) -
     # No database connection is held during bcrypt: a login flood must not drain the pool.
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok or not user.is_active:
+        if services.limits.rate_limits:
+            await services.rate_limiter.record(
+                f"login:acct:{normalised}", services.limits.rate_limit_window_seconds
+            )
         raise UnauthenticatedError(LOGIN_FAILED)
     async with unit_of_work(services.session_factory) as session:
         return await _issue(services, RefreshTokenRepository(session), user)

@@ -158,7 +158,7 @@ async def test_login_is_rate_limited_per_account(
 
 
 async def test_aliases_cannot_pack_logins_past_the_limit(empty_sqlite_url: str) -> None:
-    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_account=3) as (
+    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_address=3) as (
         _,
         client,
     ):
@@ -176,6 +176,29 @@ async def test_aliases_cannot_pack_logins_past_the_limit(empty_sqlite_url: str) 
             LOGIN, {"e": "packed@example.com", "p": "correct horse battery"}
         )
         assert error_codes(single) == ["RATE_LIMITED"]
+
+
+async def test_successful_logins_do_not_lock_an_account(empty_sqlite_url: str) -> None:
+    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_account=2) as (
+        _,
+        client,
+    ):
+        await client.register("regular@example.com")
+        for _ in range(6):
+            body = await client.execute(
+                LOGIN, {"e": "regular@example.com", "p": "correct horse battery"}
+            )
+            assert "errors" not in body
+        # Two wrong passwords use up the account's allowance; then even the right one waits.
+        for _ in range(2):
+            wrong = await client.execute(
+                LOGIN, {"e": "regular@example.com", "p": "wrong password!"}
+            )
+            assert error_codes(wrong) == ["UNAUTHENTICATED"]
+        right = await client.execute(
+            LOGIN, {"e": "regular@example.com", "p": "correct horse battery"}
+        )
+        assert error_codes(right) == ["RATE_LIMITED"]
 
 
 async def test_register_is_rate_limited_per_address(empty_sqlite_url: str) -> None:
