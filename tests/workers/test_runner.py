@@ -267,3 +267,35 @@ async def test_a_process_shutting_down_hands_the_run_back_instead_of_failing_it(
     row = await load(services, calculation_id)
     assert row.status == "QUEUED" and row.error is None
     assert requeued == [calculation_id]
+
+
+BIG_INPUTS = {
+    "monteCarloPi": {"samples": 5_000_000_000, "seed": 1},
+    "optionPricing": {
+        "spot": 100, "strike": 100, "rate": 0.03, "volatility": 0.2, "maturity": 1,
+        "optionType": "CALL", "style": "ASIAN", "paths": 2_000_000, "seed": 1,
+    },
+    "primeCount": {"limit": 10_000_000_000},
+    "mandelbrot": {"width": 4096, "height": 4096, "maxIterations": 2000},
+    "nBody": {"preset": "RANDOM_CLUSTER", "bodies": 3000, "steps": 2000, "dt": 0.001, "seed": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(BIG_INPUTS))
+async def test_every_kind_stops_within_a_chunk_when_cancelled(
+    services: RunnerServices, kind: str
+) -> None:
+    calculation_id = await make_calculation(services, kind, BIG_INPUTS[kind])
+    async with services.bus.subscribe(str(calculation_id)) as subscription:
+        run = asyncio.create_task(run_calculation(services, config(), calculation_id))
+        while True:  # wait for the first progress event: the kernel is under way
+            event = await subscription.get(timeout=60)
+            assert event is not None, "no progress within 60 s"
+            if not event.get("snapshot") and event["progress"] > 0:
+                break
+        async with unit_of_work(services.session_factory) as session:
+            assert await CalculationRepository(session).cancel(calculation_id, datetime.now(UTC))
+        stats = await asyncio.wait_for(run, 10)  # chunks are well under a second
+    assert stats.outcome == "cancelled"
+    row = await load(services, calculation_id)
+    assert row.status == "CANCELLED" and row.result is None and row.progress < 1.0
