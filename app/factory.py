@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         app.state.graphql = CrunchGraphQL(
             schema,
             runtime.services,
-            allowed_origins=settings.allowed_ws_origins or settings.cors_origins,
+            allowed_origins=settings.allowed_ws_origins or settings.effective_cors_origins,
             connection_init_timeout=settings.ws_connection_init_timeout_seconds,
             max_request_bytes=settings.max_request_bytes,
         )
@@ -76,11 +76,11 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             await runtime.close()
 
     middleware = []
-    if settings.cors_origins:
+    if settings.effective_cors_origins:
         middleware.append(
             Middleware(
                 CORSMiddleware,
-                allow_origins=settings.cors_origins,
+                allow_origins=settings.effective_cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
                 max_age=600,

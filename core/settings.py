@@ -154,6 +154,16 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
+    def effective_cors_origins(self) -> list[str]:
+        """The configured origins; in development with none configured, any origin (a
+        frontend's dev server on another port just works; tokens travel in a header, not
+        a cookie, so no ambient credential is exposed). Production allows only what is
+        configured."""
+        if self.cors_origins or self.is_production:
+            return self.cors_origins
+        return ["*"]
+
+    @property
     def is_production(self) -> bool:
         return self.environment is Environment.PRODUCTION
 

@@ -235,3 +235,23 @@ async def test_parallel_submits_cannot_pass_the_active_limit(
         assert len(accepted) == 5
         assert all(error_codes(b) == ["RATE_LIMITED"] for b in bodies if "errors" in b)
     await flush_redis(redis_url)
+
+
+async def test_cors_is_open_in_development_and_explicit_otherwise(empty_sqlite_url: str) -> None:
+    preflight = {
+        "Origin": "http://localhost:5173",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    async with running_app(make_settings(database_url=empty_sqlite_url)) as (_, client):
+        response = await client.http.options("/graphql", headers=preflight)
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] in ("*", "http://localhost:5173")
+    settings = make_settings(database_url=empty_sqlite_url, cors_origins=["https://app.example"])
+    async with running_app(settings) as (_, client):
+        refused = await client.http.options("/graphql", headers=preflight)
+        assert "access-control-allow-origin" not in refused.headers
+        allowed = await client.http.options(
+            "/graphql", headers={**preflight, "Origin": "https://app.example"}
+        )
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
