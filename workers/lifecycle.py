@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from compute.catalog import warm_up_all
 from core.settings import Settings
 from db.engine import create_engine, create_session_factory, unit_of_work
-from db.repositories import CalculationRepository, WorkerRepository
+from db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
 from observability.metrics import start_worker_metrics_server
 from pubsub.bus import RedisEventBus
 from pubsub.redis_client import create_redis
@@ -117,6 +117,7 @@ class WorkerRuntime:
                 resend += [each for each in old if each not in self.resent]
                 self.resent.update(dict.fromkeys(resend, clock))
             await WorkerRepository(session).prune(now, timedelta(hours=1))
+            await RefreshTokenRepository(session).purge_expired(now - timedelta(days=1))
         queue = DramatiqJobQueue(self.broker)
         for calculation_id in resend:
             logger.warning(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import RefreshToken
@@ -33,6 +33,14 @@ class RefreshTokenRepository:
             .values(used_at=when)
         )
         return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+    async def purge_expired(self, before: datetime) -> int:
+        """Delete tokens that expired before ``before`` (no longer useful, even for
+        detecting reuse: an expired token is refused anyway)."""
+        result = await self.session.execute(
+            delete(RefreshToken).where(RefreshToken.expires_at < before)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def revoke_family(self, family_id: uuid.UUID, when: datetime) -> None:
         await self.session.execute(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from db.engine import unit_of_work
-from db.models import Calculation, User
+from db.models import Calculation, RefreshToken, User
 from workers.broker import QUEUE_NAME, CrunchRedisBroker, create_broker
 from workers.queues import ACTOR_NAME, DramatiqJobQueue
 
@@ -73,6 +73,11 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
                 heartbeat_at=datetime.now(UTC) - timedelta(minutes=5),
             )  # fmt: skip
             session.add_all([old, fresh, orphan])
+            stale_token = RefreshToken(
+                user_id=user.id, family_id=uuid.uuid4(), token_hash="f" * 64,
+                expires_at=datetime.now(UTC) - timedelta(days=2),
+            )  # fmt: skip
+            session.add(stale_token)
         # No message exists for any (as after a Redis restart): the old one is re-sent,
         # the fresh one is left to its own message, the orphaned run is handed back.
         assert broker.do_qsize(QUEUE_NAME) == 0
@@ -81,6 +86,8 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
         async with unit_of_work(runtime.services.session_factory) as session:
             reloaded = await session.get(Calculation, orphan.id)
             assert reloaded is not None and reloaded.status == "QUEUED"
+            # Long-expired refresh tokens are purged on the way.
+            assert await session.get(RefreshToken, stale_token.id) is None
         # With messages waiting, nothing is guessed at, and the released run is not
         # re-sent again by the next sweep.
         assert await runtime.sweep_once() == 0
