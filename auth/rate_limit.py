@@ -8,12 +8,16 @@ so a client that logs in correctly and often is never locked out.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.errors import RateLimitedError
+
+logger = logging.getLogger("crunchql.rate_limit")
 
 
 class RateLimiter(Protocol):
@@ -77,6 +81,9 @@ class MemoryRateLimiter:
 
 
 class RedisRateLimiter:
+    """Shared by every API process. When Redis cannot be reached it lets requests
+    through (and logs it): a lost counter must not take logins down with it."""
+
     def __init__(self, redis: Redis, prefix: str = "crunchql:rl:") -> None:
         self.redis = redis
         self.prefix = prefix
@@ -87,10 +94,14 @@ class RedisRateLimiter:
 
     async def _incr(self, key: str, window_seconds: int) -> tuple[int, float]:
         redis_key, now = self._key(key, window_seconds)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(redis_key)
-            pipe.expire(redis_key, window_seconds + 1)
-            count, _ = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(redis_key)
+                pipe.expire(redis_key, window_seconds + 1)
+                count, _ = await pipe.execute()
+        except (RedisError, OSError) as error:
+            logger.warning("rate limit not applied, Redis unavailable: %s", type(error).__name__)
+            return 0, now
         return int(count), now
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> None:
@@ -100,7 +111,12 @@ class RedisRateLimiter:
 
     async def check(self, key: str, limit: int, window_seconds: int) -> None:
         redis_key, now = self._key(key, window_seconds)
-        if int(await self.redis.get(redis_key) or 0) >= limit:
+        try:
+            count = int(await self.redis.get(redis_key) or 0)
+        except (RedisError, OSError) as error:
+            logger.warning("rate limit not applied, Redis unavailable: %s", type(error).__name__)
+            return
+        if count >= limit:
             raise _refuse(window_seconds, now)
 
     async def record(self, key: str, window_seconds: int) -> None:
