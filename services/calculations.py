@@ -215,6 +215,13 @@ async def cancel(services: Services, user: User, raw_id: str) -> Calculation:
     return cancelled
 
 
+def _never_back(reported: float, row: Calculation) -> tuple[float, dict[str, Any] | None]:
+    """The progress to show for ``row``: never less than already reported (a re-run
+    starts again from zero, the database lags the events)."""
+    progress = max(reported, row.progress)
+    return progress, ({"progress": progress} if progress != row.progress else None)
+
+
 async def watch(
     services: Services, user: User, raw_id: str
 ) -> AsyncIterator[tuple[Calculation, Mapping[str, Any] | None]]:
@@ -256,9 +263,7 @@ async def watch(
                 if (event_rank, int(event["attempts"]), int(event["version"])) <= seen:
                     continue  # stale or duplicate
                 apply_snapshot(row, event)
-                progress = max(state[1], row.progress)
-                if progress != row.progress:
-                    overrides = {"progress": progress}
+                progress, overrides = _never_back(state[1], row)
                 candidate = (event_rank, progress, row.version)
             elif (
                 event is None
@@ -268,9 +273,7 @@ async def watch(
             ):
                 # A quiet spell, a lost connection, a big result: read the truth.
                 row = await load()
-                progress = max(state[1], row.progress)  # never report a step back
-                if progress != row.progress:
-                    overrides = {"progress": progress}
+                progress, overrides = _never_back(state[1], row)
                 candidate = (STATUS_RANK[row.status], progress, max(state[2], row.version))
                 if candidate[:2] <= state[:2] and row.version <= state[2]:
                     continue

@@ -193,9 +193,7 @@ async def _execute(
                     f"at {max(floor, job.progress):.0%}."
                 )
             if config.stopping.is_set():
-                await release(services, config, calculation.id)
-                if config.requeue is not None:
-                    await config.requeue(calculation.id)
+                await _hand_back(services, config, calculation.id)
                 logger.info("calculation %s handed back: this worker is stopping", key)
                 return "released"
             budget -= await loop.run_in_executor(executor, _timed_step, job)
@@ -241,10 +239,7 @@ async def _execute(
             raise TransientError(type(error).__name__) from error
         if config.stopping.is_set() or _process_is_ending(error):
             # The process is going away under the run: not the calculation's fault.
-            await release(services, config, calculation.id)
-            if config.requeue is not None:
-                with contextlib.suppress(Exception):
-                    await config.requeue(calculation.id)
+            await _hand_back(services, config, calculation.id)
             logger.warning("calculation %s handed back: the process is ending", key)
             return "released"
         # Not the kernel and not passing trouble: the detail is ours, not the user's.
@@ -253,6 +248,17 @@ async def _execute(
     return await _finish(
         services, config, calculation, CalculationStatus.SUCCEEDED, version + 1, result=result
     )
+
+
+async def _hand_back(
+    services: Infrastructure, config: RunnerConfig, calculation_id: uuid.UUID
+) -> None:
+    """QUEUED again and re-sent, for another worker (a failed send is re-sent by the
+    sweeper)."""
+    await release(services, config, calculation_id)
+    if config.requeue is not None:
+        with contextlib.suppress(Exception):
+            await config.requeue(calculation_id)
 
 
 def _process_is_ending(error: BaseException) -> bool:

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
 
+_IS_ACTIVE = Calculation.status.in_([status.value for status in ACTIVE_STATUSES])
+
 
 @dataclass(frozen=True)
 class CalculationPage:
@@ -52,7 +54,7 @@ class CalculationRepository:
     async def count_active(self, owner_id: uuid.UUID) -> int:
         statement = select(func.count()).where(
             Calculation.owner_id == owner_id,
-            Calculation.status.in_([s.value for s in ACTIVE_STATUSES]),
+            _IS_ACTIVE,
         )
         return int((await self.session.execute(statement)).scalar_one())
 
@@ -202,7 +204,7 @@ class CalculationRepository:
         """FAILED straight from QUEUED or RUNNING (e.g. retries exhausted, input invalid)."""
         return await self._update_returning(
             calculation_id,
-            Calculation.status.in_([s.value for s in ACTIVE_STATUSES]),
+            _IS_ACTIVE,
             {
                 "status": CalculationStatus.FAILED.value,
                 "finished_at": now,
@@ -215,7 +217,7 @@ class CalculationRepository:
         """QUEUED or RUNNING → CANCELLED; None when it had already finished."""
         return await self._update_returning(
             calculation_id,
-            Calculation.status.in_([s.value for s in ACTIVE_STATUSES]),
+            _IS_ACTIVE,
             {
                 "status": CalculationStatus.CANCELLED.value,
                 "finished_at": now,
@@ -252,9 +254,5 @@ class CalculationRepository:
         return list((await self.session.execute(statement)).scalars())
 
     async def list_active_ids(self) -> list[uuid.UUID]:
-        statement = (
-            select(Calculation.id)
-            .where(Calculation.status.in_([s.value for s in ACTIVE_STATUSES]))
-            .order_by(Calculation.created_at)
-        )
+        statement = select(Calculation.id).where(_IS_ACTIVE).order_by(Calculation.created_at)
         return list((await self.session.execute(statement)).scalars())
