@@ -15,19 +15,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/crunchql serve
 
-PACKAGES := app auth cli core db observability pubsub resolvers runtime schema services workers
-
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/mypy
 
 schema: $(STAMP)
 	$(BIN)/crunchql export-schema -o schema.graphql

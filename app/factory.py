@@ -13,15 +13,15 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from app.graphiql import ASSETS_DIR
-from app.graphql_view import CrunchGraphQL
-from app.health import healthz, readyz
-from core.logging import configure_logging
-from core.settings import Settings, get_settings
-from observability.errors import init_error_reporting
-from observability.metrics import MetricsMiddleware, metrics_endpoint
-from runtime import start_runtime
-from schema.root import SchemaOptions, build_schema
+from crunchql.app.graphiql import ASSETS_DIR
+from crunchql.app.graphql_view import CrunchGraphQL
+from crunchql.app.health import healthz, readyz
+from crunchql.core.logging import configure_logging
+from crunchql.core.settings import Settings, get_settings
+from crunchql.observability.errors import init_error_reporting
+from crunchql.observability.metrics import MetricsMiddleware, metrics_endpoint
+from crunchql.runtime import start_runtime
+from crunchql.schema.root import SchemaOptions, build_schema
 
 logger = logging.getLogger("crunchql.app")
 

@@ -40,11 +40,11 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from app.graphiql import content_security_policy, graphiql_html
-from core.errors import CrunchError, ErrorCode
-from core.logging import log_context
-from resolvers.context import Context
-from services.container import Services
+from crunchql.app.graphiql import content_security_policy, graphiql_html
+from crunchql.core.errors import CrunchError, ErrorCode
+from crunchql.core.logging import log_context
+from crunchql.resolvers.context import Context
+from crunchql.services.container import Services
 
 logger = logging.getLogger("crunchql.graphql")
 

@@ -12,9 +12,9 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from db.engine import unit_of_work
-from db.repositories import WorkerRepository
-from runtime import Runtime
+from crunchql.db.engine import unit_of_work
+from crunchql.db.repositories import WorkerRepository
+from crunchql.runtime import Runtime
 
 CHECK_TIMEOUT_SECONDS = 2.0
 

@@ -6,7 +6,7 @@ import asyncio
 
 import bcrypt
 
-from core.errors import BadUserInputError
+from crunchql.core.errors import BadUserInputError
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; longer input is refused rather than truncated

@@ -15,7 +15,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.errors import RateLimitedError
+from crunchql.core.errors import RateLimitedError
 
 logger = logging.getLogger("crunchql.rate_limit")
 

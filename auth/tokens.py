@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from cachetools import TTLCache
 
-from core.errors import UnauthenticatedError
+from crunchql.core.errors import UnauthenticatedError
 
 
 @dataclass(frozen=True)

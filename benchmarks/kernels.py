@@ -56,11 +56,11 @@ FASTMATH_BUILDS = ("n_body",)
 reductions) would buy; it changes the last bits, so it is checked to a tolerance only."""
 
 KIND_MODULES = {
-    "monteCarloPi": "compute.monte_carlo_pi",
-    "optionPricing": "compute.option_pricing",
-    "primeCount": "compute.prime_count",
-    "mandelbrot": "compute.mandelbrot",
-    "nBody": "compute.n_body",
+    "monteCarloPi": "crunchql.compute.monte_carlo_pi",
+    "optionPricing": "crunchql.compute.option_pricing",
+    "primeCount": "crunchql.compute.prime_count",
+    "mandelbrot": "crunchql.compute.mandelbrot",
+    "nBody": "crunchql.compute.n_body",
 }
 
 

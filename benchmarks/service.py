@@ -35,8 +35,8 @@ import websockets
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.settings import normalise_database_url
-from db.migrate import upgrade_async
+from crunchql.core.settings import normalise_database_url
+from crunchql.db.migrate import upgrade_async
 from tests.e2e.processes import (
     HttpGraphQL,
     ServiceProcess,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from core.settings import get_settings
+    from crunchql.core.settings import get_settings
 
     settings = get_settings()
     if args.workers > 1 and not settings.redis_url:
@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     uvicorn.run(
-        "app.factory:create_app",
+        "crunchql.app.factory:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from core.settings import get_settings
+    from crunchql.core.settings import get_settings
 
     if not get_settings().redis_url:
         print("crunchql worker needs REDIS_URL.", file=sys.stderr)
@@ -57,7 +57,7 @@ def _worker(args: argparse.Namespace) -> int:
     from dramatiq.cli import main as dramatiq_main
 
     argv = [
-        "workers.process",
+        "crunchql.workers.process",
         "--processes",
         str(args.processes),
         "--threads",
@@ -73,8 +73,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from core.settings import get_settings
-    from db.migrate import upgrade
+    from crunchql.core.settings import get_settings
+    from crunchql.db.migrate import upgrade
 
     upgrade(get_settings().database_url, args.revision)
     print("database is at", args.revision)
@@ -91,11 +91,11 @@ def _read_password() -> str:
 
 
 def _create_admin(args: argparse.Namespace) -> int:
-    from core.errors import CrunchError
-    from core.settings import get_settings
-    from db.models import Role
-    from runtime import start_runtime
-    from services import users
+    from crunchql.core.errors import CrunchError
+    from crunchql.core.settings import get_settings
+    from crunchql.db.models import Role
+    from crunchql.runtime import start_runtime
+    from crunchql.services import users
 
     password = _read_password()
 
@@ -120,7 +120,7 @@ def _create_admin(args: argparse.Namespace) -> int:
 def _export_schema(args: argparse.Namespace) -> int:
     from strawberry.printer import print_schema
 
-    from schema.root import schema
+    from crunchql.schema.root import schema
 
     text = print_schema(schema) + "\n"
     if args.output == "-":

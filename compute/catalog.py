@@ -5,8 +5,8 @@ Adding a kind means one module in ``compute/`` that exposes ``KIND`` and one lin
 
 from __future__ import annotations
 
-from compute import mandelbrot, monte_carlo_pi, n_body, option_pricing, prime_count
-from compute.base import Kind
+from crunchql.compute import mandelbrot, monte_carlo_pi, n_body, option_pricing, prime_count
+from crunchql.compute.base import Kind
 
 KINDS: dict[str, Kind] = {
     kind.name: kind

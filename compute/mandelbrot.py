@@ -36,9 +36,9 @@ import numpy as np
 from numba import njit, prange
 from PIL import Image
 
-from compute import config
-from compute.base import JSONDict, Kind, ParameterError
-from compute.validation import check_float, check_int
+from crunchql.compute import config
+from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.validation import check_float, check_int
 
 DEFAULT_WINDOW = config.DEFAULT_WINDOW
 """(xMin, xMax, yMin, yMax) when the input leaves them out (defined in :mod:`compute.config`)."""

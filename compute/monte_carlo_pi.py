@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from compute import config
-from compute.base import JSONDict, Kind, ParameterError
-from compute.random import (
+from crunchql.compute import config
+from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.random import (
     TO_UNIT,
     bits_to_unit,
     mix64_np,
@@ -37,7 +37,7 @@ from compute.random import (
     uint64_at,
     uint64_at_py,
 )
-from compute.validation import check_int, check_seed
+from crunchql.compute.validation import check_int, check_seed
 
 BLOCK = config.PI_BLOCK_SAMPLES
 

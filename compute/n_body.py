@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from compute import config
-from compute.base import JSONDict, Kind, ParameterError
-from compute.random import stream_key_py, uniforms_np
-from compute.validation import check_float, check_int, check_seed
+from crunchql.compute import config
+from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.random import stream_key_py, uniforms_np
+from crunchql.compute.validation import check_float, check_int, check_seed
 
 SOFTENING = config.SOFTENING
 """Plummer softening length eps of RANDOM_CLUSTER in AU (defined in :mod:`compute.config`)."""

@@ -52,16 +52,16 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from compute import config
-from compute.base import JSONDict, Kind, ParameterError
-from compute.random import (
+from crunchql.compute import config
+from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.random import (
     normal_at_py,
     normal_pair,
     normals_np,
     stream_key,
     stream_key_py,
 )
-from compute.validation import check_float, check_int, check_seed
+from crunchql.compute.validation import check_float, check_int, check_seed
 
 N_SUMS = 5
 """Columns of the per-block sums: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY, where

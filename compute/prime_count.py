@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from compute import config
-from compute.base import JSONDict, Kind, ParameterError
-from compute.validation import check_int
+from crunchql.compute import config
+from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.validation import check_int
 
 # ---- the wheel ---------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import secrets
 import numpy as np
 from numba import njit
 
-from compute.config import MAX_SEED
+from crunchql.compute.config import MAX_SEED
 
 GAMMA = 0x9E3779B97F4A7C15
 """The golden-ratio increment of SplitMix64 (odd, so ``i * GAMMA`` is a bijection)."""

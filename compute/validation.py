@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from compute.base import ParameterError
-from compute.config import MAX_SEED
-from compute.random import draw_seed
+from crunchql.compute.base import ParameterError
+from crunchql.compute.config import MAX_SEED
+from crunchql.compute.random import draw_seed
 
 FLOAT_RANGE_MESSAGE = (
     "{field} must be a finite number in {bracket}{low:g}, {high:g}] (got {value!r})"

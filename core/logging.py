@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from core.settings import Settings
+from crunchql.core.settings import Settings
 
 # Request-scoped fields (request id, operation, user, calculation) added to every line.
 log_context: ContextVar[dict[str, Any] | None] = ContextVar("crunchql_log_context", default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from core.settings import Settings
+from crunchql.core.settings import Settings
 
 logger = logging.getLogger("crunchql.sentry")
 

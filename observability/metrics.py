@@ -262,8 +262,8 @@ async def refresh_queue_depth(redis: Any) -> None:
 
 
 async def refresh_workers_alive(session_factory: Any, stale_seconds: float) -> None:
-    from db.engine import unit_of_work
-    from db.repositories import WorkerRepository
+    from crunchql.db.engine import unit_of_work
+    from crunchql.db.repositories import WorkerRepository
 
     async with unit_of_work(session_factory) as session:
         alive = await WorkerRepository(session).count_alive(

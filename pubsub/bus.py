@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pubsub.channels import CALCULATION_EVENTS
+from crunchql.pubsub.channels import CALCULATION_EVENTS
 
 logger = logging.getLogger(__name__)
 

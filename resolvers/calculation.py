@@ -4,13 +4,13 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from compute.catalog import KINDS
-from core.errors import BadUserInputError
-from db.models import CalculationStatus as ModelStatus
-from observability.metrics import record_submitted, tracking_subscription
-from resolvers.context import GraphQLInfo, current_user
-from schema.inputs import CalculationInput, selected_kind
-from schema.types import (
+from crunchql.compute.catalog import KINDS
+from crunchql.core.errors import BadUserInputError
+from crunchql.db.models import CalculationStatus as ModelStatus
+from crunchql.observability.metrics import record_submitted, tracking_subscription
+from crunchql.resolvers.context import GraphQLInfo, current_user
+from crunchql.schema.inputs import CalculationInput, selected_kind
+from crunchql.schema.types import (
     Calculation,
     CalculationConnection,
     CalculationEdge,
@@ -18,7 +18,7 @@ from schema.types import (
     CalculationStatus,
     PageInfo,
 )
-from services import calculations
+from crunchql.services import calculations
 
 
 async def calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation | None:

@@ -11,14 +11,14 @@ from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
-from auth.tokens import AccessClaims
-from core.errors import CrunchError, UnauthenticatedError
-from core.logging import bind_log_context
-from db.engine import read_only
-from db.models import User
-from db.repositories import UserRepository
-from services.container import Services
-from services.users import get_active_user
+from crunchql.auth.tokens import AccessClaims
+from crunchql.core.errors import CrunchError, UnauthenticatedError
+from crunchql.core.logging import bind_log_context
+from crunchql.db.engine import read_only
+from crunchql.db.models import User
+from crunchql.db.repositories import UserRepository
+from crunchql.services.container import Services
+from crunchql.services.users import get_active_user
 
 
 def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]:

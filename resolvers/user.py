@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from resolvers.context import GraphQLInfo, current_user
-from schema.types import AuthPayload, User
-from services import users
-from services.users import AuthResult
+from crunchql.resolvers.context import GraphQLInfo, current_user
+from crunchql.schema.types import AuthPayload, User
+from crunchql.services import users
+from crunchql.services.users import AuthResult
 
 
 def _payload(result: AuthResult) -> AuthPayload:

@@ -13,19 +13,24 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from auth.passwords import PasswordHasher
-from auth.rate_limit import DisabledRateLimiter, MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from auth.tokens import TokenService
-from core.settings import Settings
-from db.engine import create_engine, create_session_factory, unit_of_work
-from db.migrate import upgrade_async
-from db.repositories import CalculationRepository
-from pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
-from pubsub.redis_client import create_redis
-from services.container import JobQueue, Limits, RunnerServices, Services, user_cache
-from workers.broker import create_broker
-from workers.queues import DramatiqJobQueue, EmbeddedJobQueue
-from workers.runner import RunnerConfig
+from crunchql.auth.passwords import PasswordHasher
+from crunchql.auth.rate_limit import (
+    DisabledRateLimiter,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
+from crunchql.auth.tokens import TokenService
+from crunchql.core.settings import Settings
+from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.migrate import upgrade_async
+from crunchql.db.repositories import CalculationRepository
+from crunchql.pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
+from crunchql.pubsub.redis_client import create_redis
+from crunchql.services.container import JobQueue, Limits, RunnerServices, Services, user_cache
+from crunchql.workers.broker import create_broker
+from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
+from crunchql.workers.runner import RunnerConfig
 
 logger = logging.getLogger("crunchql.app")
 

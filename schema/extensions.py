@@ -19,8 +19,8 @@ from graphql import (
 )
 from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension
 
-from core.errors import CrunchError, ErrorCode
-from core.logging import bind_log_context
+from crunchql.core.errors import CrunchError, ErrorCode
+from crunchql.core.logging import bind_log_context
 
 logger = logging.getLogger("crunchql.graphql")
 

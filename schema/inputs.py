@@ -7,8 +7,8 @@ from typing import Any
 
 import strawberry
 
-from schema.scalars import BigInt
-from schema.types import NBodyPreset, OptionStyle, OptionType
+from crunchql.schema.scalars import BigInt
+from crunchql.schema.types import NBodyPreset, OptionStyle, OptionType
 
 
 @strawberry.input(description="1 <= samples <= 10^10.")

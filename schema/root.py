@@ -18,13 +18,18 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from observability.metrics import GraphQLMetrics
-from resolvers import calculation as calculation_resolvers
-from resolvers import user as user_resolvers
-from resolvers.context import GraphQLInfo
-from schema.extensions import ContractErrors, ContractParserCache, OperationName, depth_limit_rule
-from schema.scalars import SCALAR_MAP
-from schema.types import (
+from crunchql.observability.metrics import GraphQLMetrics
+from crunchql.resolvers import calculation as calculation_resolvers
+from crunchql.resolvers import user as user_resolvers
+from crunchql.resolvers.context import GraphQLInfo
+from crunchql.schema.extensions import (
+    ContractErrors,
+    ContractParserCache,
+    OperationName,
+    depth_limit_rule,
+)
+from crunchql.schema.scalars import SCALAR_MAP
+from crunchql.schema.types import (
     AuthPayload,
     Calculation,
     CalculationConnection,

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Union, cast
 import strawberry
 from strawberry.types import Info
 
-from db import models
-from schema.scalars import JSON, BigInt
+from crunchql.db import models
+from crunchql.schema.scalars import JSON, BigInt
 
 
 @strawberry.enum

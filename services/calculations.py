@@ -13,19 +13,19 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from compute.base import ParameterError
-from compute.catalog import KINDS
-from core.errors import (
+from crunchql.compute.base import ParameterError
+from crunchql.compute.catalog import KINDS
+from crunchql.core.errors import (
     BadUserInputError,
     ConflictError,
     NotFoundError,
     RateLimitedError,
 )
-from db.engine import after_commit, read_only, unit_of_work
-from db.models import Calculation, CalculationStatus, Role, User
-from db.repositories import CalculationPage, CalculationRepository, UserRepository
-from pubsub.bus import Event
-from services.container import Infrastructure, Services
+from crunchql.db.engine import after_commit, read_only, unit_of_work
+from crunchql.db.models import Calculation, CalculationStatus, Role, User
+from crunchql.db.repositories import CalculationPage, CalculationRepository, UserRepository
+from crunchql.pubsub.bus import Event
+from crunchql.services.container import Infrastructure, Services
 
 MAX_PAGE_SIZE = 100
 IDLE_RECHECK_SECONDS = 30.0

@@ -9,11 +9,11 @@ from uuid import UUID
 from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from auth.passwords import PasswordHasher
-from auth.rate_limit import RateLimiter
-from auth.tokens import TokenService
-from db.models import User
-from pubsub.bus import EventBus
+from crunchql.auth.passwords import PasswordHasher
+from crunchql.auth.rate_limit import RateLimiter
+from crunchql.auth.tokens import TokenService
+from crunchql.db.models import User
+from crunchql.pubsub.bus import EventBus
 
 
 class JobQueue(Protocol):

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import IntegrityError
 
-from auth.passwords import check_password_policy
-from core.errors import BadUserInputError, ConflictError, UnauthenticatedError
-from db.engine import read_only, unit_of_work
-from db.models import RefreshToken, Role, User
-from db.repositories import RefreshTokenRepository, UserRepository
-from services.container import Services
+from crunchql.auth.passwords import check_password_policy
+from crunchql.core.errors import BadUserInputError, ConflictError, UnauthenticatedError
+from crunchql.db.engine import read_only, unit_of_work
+from crunchql.db.models import RefreshToken, Role, User
+from crunchql.db.repositories import RefreshTokenRepository, UserRepository
+from crunchql.services.container import Services
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL_LENGTH = 254

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.settings import Settings, normalise_database_url
-from db.migrate import upgrade_async
+from crunchql.core.settings import Settings, normalise_database_url
+from crunchql.db.migrate import upgrade_async
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -181,7 +181,7 @@ class GraphQLClient:
 
 @asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[tuple[Any, GraphQLClient]]:
-    from app.factory import create_app
+    from crunchql.app.factory import create_app
 
     app = create_app(settings, configure_logs=False)
     async with app.router.lifespan_context(app):

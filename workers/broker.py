@@ -31,7 +31,7 @@ from dramatiq.middleware import (
     ShutdownNotifications,
 )
 
-from pubsub.channels import queue_wakeup_key
+from crunchql.pubsub.channels import queue_wakeup_key
 
 QUEUE_NAME = "calculations"
 HEARTBEAT_TIMEOUT_MS = 15_000

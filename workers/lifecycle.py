@@ -19,17 +19,17 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 from redis.asyncio import Redis
 
-from compute.catalog import warm_up_all
-from core.settings import Settings
-from db.engine import create_engine, create_session_factory, unit_of_work
-from db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
-from observability.metrics import start_worker_metrics_server
-from pubsub.bus import RedisEventBus
-from pubsub.redis_client import create_redis
-from services.container import RunnerServices
-from workers.broker import QUEUE_NAME, CrunchRedisBroker
-from workers.queues import DramatiqJobQueue
-from workers.runner import RunnerConfig
+from crunchql.compute.catalog import warm_up_all
+from crunchql.core.settings import Settings
+from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
+from crunchql.observability.metrics import start_worker_metrics_server
+from crunchql.pubsub.bus import RedisEventBus
+from crunchql.pubsub.redis_client import create_redis
+from crunchql.services.container import RunnerServices
+from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
+from crunchql.workers.queues import DramatiqJobQueue
+from crunchql.workers.runner import RunnerConfig
 
 logger = logging.getLogger("crunchql.worker")
 SWEEP_INTERVAL_SECONDS = 5.0

@@ -7,14 +7,14 @@ import uuid
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from core.logging import configure_logging
-from core.settings import get_settings
-from observability.errors import init_error_reporting
-from observability.metrics import record_finished
-from workers.broker import QUEUE_NAME, create_broker
-from workers.lifecycle import WorkerLifecycle, current_runtime
-from workers.queues import ACTOR_NAME
-from workers.runner import (
+from crunchql.core.logging import configure_logging
+from crunchql.core.settings import get_settings
+from crunchql.observability.errors import init_error_reporting
+from crunchql.observability.metrics import record_finished
+from crunchql.workers.broker import QUEUE_NAME, create_broker
+from crunchql.workers.lifecycle import WorkerLifecycle, current_runtime
+from crunchql.workers.queues import ACTOR_NAME
+from crunchql.workers.runner import (
     TransientError,
     fail_exhausted,
     is_transient,

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dramatiq
 
-from compute.catalog import warm_up_all
-from observability.metrics import record_finished
-from services.container import Infrastructure
-from workers.broker import QUEUE_NAME, CrunchRedisBroker
-from workers.runner import (
+from crunchql.compute.catalog import warm_up_all
+from crunchql.observability.metrics import record_finished
+from crunchql.services.container import Infrastructure
+from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
+from crunchql.workers.runner import (
     RunnerConfig,
     TransientError,
     fail_exhausted,

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from compute.base import Job, ParameterError
-from compute.catalog import KINDS
-from core.logging import bind_log_context
-from db.engine import unit_of_work
-from db.models import Calculation, CalculationStatus
-from db.repositories import CalculationRepository
-from pubsub.bus import EventBus
-from services.calculations import publish_status
-from services.container import Infrastructure
+from crunchql.compute.base import Job, ParameterError
+from crunchql.compute.catalog import KINDS
+from crunchql.core.logging import bind_log_context
+from crunchql.db.engine import unit_of_work
+from crunchql.db.models import Calculation, CalculationStatus
+from crunchql.db.repositories import CalculationRepository
+from crunchql.pubsub.bus import EventBus
+from crunchql.services.calculations import publish_status
+from crunchql.services.container import Infrastructure
 
 logger = logging.getLogger("crunchql.runner")
 

@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from db.engine import create_engine
-from db.models import Base
+from crunchql.db.engine import create_engine
+from crunchql.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

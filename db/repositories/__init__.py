@@ -1,7 +1,7 @@
-from db.repositories.calculation import CalculationPage, CalculationRepository
-from db.repositories.refresh_token import RefreshTokenRepository
-from db.repositories.user import UserRepository
-from db.repositories.worker import WorkerRepository
+from crunchql.db.repositories.calculation import CalculationPage, CalculationRepository
+from crunchql.db.repositories.refresh_token import RefreshTokenRepository
+from crunchql.db.repositories.user import UserRepository
+from crunchql.db.repositories.worker import WorkerRepository
 
 __all__ = [
     "CalculationPage",

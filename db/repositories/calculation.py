@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
+from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
 
 _IS_ACTIVE = Calculation.status.in_([status.value for status in ACTIVE_STATUSES])
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import RefreshToken
+from crunchql.db.models import RefreshToken
 
 
 class RefreshTokenRepository:

@@ -220,7 +220,7 @@ async def test_a_disabled_account_is_refused_within_the_cache_time(empty_sqlite_
     from sqlalchemy import update
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from db.models import User
+    from crunchql.db.models import User
     from tests.conftest import wait_for
 
     settings = make_settings(database_url=empty_sqlite_url, user_cache_seconds=0.2)
@@ -253,9 +253,9 @@ async def test_a_long_lived_context_notices_a_disabled_account(empty_sqlite_url:
     from sqlalchemy import update
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from core.errors import UnauthenticatedError
-    from db.models import User
-    from resolvers.context import Context, current_user
+    from crunchql.core.errors import UnauthenticatedError
+    from crunchql.db.models import User
+    from crunchql.resolvers.context import Context, current_user
     from tests.conftest import wait_for
 
     settings = make_settings(database_url=empty_sqlite_url, user_cache_seconds=0.2)

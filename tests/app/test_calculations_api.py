@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from db.engine import create_engine, create_session_factory
-from pubsub.bus import InProcessEventBus
-from services.container import RunnerServices
+from crunchql.db.engine import create_engine, create_session_factory
+from crunchql.pubsub.bus import InProcessEventBus
+from crunchql.services.container import RunnerServices
+from crunchql.workers.runner import RunnerConfig, run_calculation
 from tests.conftest import (
     GraphQLClient,
     error_codes,
@@ -21,7 +22,6 @@ from tests.conftest import (
     truncate,
     wait_for,
 )
-from workers.runner import RunnerConfig, run_calculation
 
 SUBMIT = "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id status kind input } }"
 GET = """query($id: ID!) { calculation(id: $id) { id status progress error attempts

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from services import calculations
+from crunchql.services import calculations
 from tests.conftest import GraphQLClient, error_codes
 
 

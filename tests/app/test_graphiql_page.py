@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.graphiql import (
+from crunchql.app.graphiql import (
     ASSETS_DIR,
     DEFAULT_QUERY,
     SCRIPTS,

@@ -441,7 +441,7 @@ async def test_graphql_http_audit(sqlite_url: str, tmp_path: Path) -> None:
         )
     import uvicorn
 
-    from app.factory import create_app
+    from crunchql.app.factory import create_app
 
     port = _free_port()
     app = create_app(make_settings(database_url=sqlite_url), configure_logs=False)

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from graphql import get_introspection_query
 
-from core.settings import Environment, Settings
-from schema.root import SchemaOptions, build_schema
+from crunchql.core.settings import Environment, Settings
+from crunchql.schema.root import SchemaOptions, build_schema
 from tests.conftest import make_settings, running_app
 
 STANDARD_INTROSPECTION = get_introspection_query(descriptions=True, input_value_deprecation=True)
@@ -297,7 +297,7 @@ async def test_no_trace_or_debug_extensions(http: httpx.AsyncClient) -> None:
 async def test_unexpected_resolver_error_is_masked(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services import users
+    from crunchql.services import users
 
     async def explode(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError('File "/srv/crunchql/db.py", line 3: password=hunter2')

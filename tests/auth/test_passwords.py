@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from auth.passwords import PasswordHasher, check_password_policy
-from core.errors import BadUserInputError
+from crunchql.auth.passwords import PasswordHasher, check_password_policy
+from crunchql.core.errors import BadUserInputError
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from auth.rate_limit import MemoryRateLimiter, RedisRateLimiter
-from core.errors import RateLimitedError
-from pubsub.redis_client import create_redis
+from crunchql.auth.rate_limit import MemoryRateLimiter, RedisRateLimiter
+from crunchql.core.errors import RateLimitedError
+from crunchql.pubsub.redis_client import create_redis
 
 
 async def test_memory_limiter_counts_hits_and_failures_separately() -> None:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from auth.tokens import TokenService
-from core.errors import UnauthenticatedError
+from crunchql.auth.tokens import TokenService
+from crunchql.core.errors import UnauthenticatedError
 
 SECRET = "s" * 64
 

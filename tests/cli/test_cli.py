@@ -16,7 +16,7 @@ def crunchql(
     *args: str, stdin: str = "", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], input=stdin, capture_output=True, text=True,
+        [sys.executable, "-m", "crunchql", *args], input=stdin, capture_output=True, text=True,
         cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120, check=False,
     )  # fmt: skip
 

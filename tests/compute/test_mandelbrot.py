@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compute import config
-from compute import mandelbrot as mb
-from compute.base import ParameterError
+from crunchql.compute import config
+from crunchql.compute import mandelbrot as mb
+from crunchql.compute.base import ParameterError
 from tests.compute.naive_kernels import naive_escape_counts
 
 ROOT = Path(__file__).resolve().parents[2]

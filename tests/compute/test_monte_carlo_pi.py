@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from compute import config
-from compute import monte_carlo_pi as mc
-from compute.base import ParameterError
+from crunchql.compute import config
+from crunchql.compute import monte_carlo_pi as mc
+from crunchql.compute.base import ParameterError
 from tests.compute import naive
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compute import config
-from compute import n_body as nb
-from compute.base import ParameterError
+from crunchql.compute import config
+from crunchql.compute import n_body as nb
+from crunchql.compute.base import ParameterError
 from tests.compute.naive_kernels import naive_energy, naive_momentum
 
 ROOT = Path(__file__).resolve().parents[2]

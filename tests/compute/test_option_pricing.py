@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from compute import config
-from compute import option_pricing as op
-from compute.base import ParameterError
+from crunchql.compute import config
+from crunchql.compute import option_pricing as op
+from crunchql.compute.base import ParameterError
 from tests.compute import naive
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from compute import config
-from compute import prime_count as pc
-from compute.base import ParameterError
+from crunchql.compute import config
+from crunchql.compute import prime_count as pc
+from crunchql.compute.base import ParameterError
 from tests.compute.naive_kernels import lucy_prime_count, naive_prime_count
 
 KNOWN = [4, 25, 168, 1229, 9592, 78498, 664579, 5761455, 50847534]  # pi(10**k), k = 1 .. 9

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
-from compute import random as rng
+from crunchql.compute import random as rng
 from tests.compute import naive
 
 SEEDS_BLOCKS = [(0, 0), (1, 0), (0, 1), (12345, 7), (2**31 - 1, 10**6)]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from compute.base import ParameterError
-from compute.validation import check_float, check_int, check_seed
+from crunchql.compute.base import ParameterError
+from crunchql.compute.validation import check_float, check_int, check_seed
 
 
 def _refusal(fn, *args, **kwargs) -> ParameterError:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.logging import configure_logging, redact_text
+from crunchql.core.logging import configure_logging, redact_text
 from tests.conftest import make_settings, running_app
 
 

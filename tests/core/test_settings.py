@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.settings import Settings
+from crunchql.core.settings import Settings
 
 
 def make(**values: object) -> Settings:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from core.settings import Settings
+from crunchql.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -53,7 +53,7 @@ def setting_env_names() -> dict[str, str]:
 
 def exported_metric_names() -> set[str]:
     """Every series name observability.metrics exposes (counter x -> x_total, histograms ...)."""
-    from observability import metrics
+    from crunchql.observability import metrics
 
     suffixes = {
         "counter": ("_total", "_created"),

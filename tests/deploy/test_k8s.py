@@ -8,9 +8,9 @@ from typing import Any
 import dramatiq
 import pytest
 
+from crunchql.workers.broker import QUEUE_NAME, create_broker
 from tests.conftest import REDIS_URL, require_service
 from tests.deploy.conftest import THIRD_PARTY_ENV
-from workers.broker import QUEUE_NAME, create_broker
 
 ACTOR_NAME = "calculation.run"  # workers.queues.ACTOR_NAME (that module imports the kernels)
 

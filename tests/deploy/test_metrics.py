@@ -22,9 +22,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from core.errors import BadUserInputError
-from observability import metrics
-from schema.extensions import ContractErrors
+from crunchql.core.errors import BadUserInputError
+from crunchql.observability import metrics
+from crunchql.schema.extensions import ContractErrors
 from tests.deploy.conftest import ROOT
 
 
@@ -171,7 +171,7 @@ def test_plain_functions() -> None:
     metrics.record_submitted("monteCarloPi")
     assert value("crunchql_calculations_submitted_total", kind="monteCarloPi") == before + 1
     # Every kind of the catalog keeps its own label (none is folded into "other").
-    from compute.catalog import KINDS
+    from crunchql.compute.catalog import KINDS
 
     for kind in KINDS:
         metrics.record_submitted(kind)
@@ -263,13 +263,13 @@ def run_python(code: str, env: dict[str, str]) -> str:
 def test_multiprocess_exposition(tmp_path: Path) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     child = """
-        from observability import metrics
+        from crunchql.observability import metrics
         metrics.record_submitted("mandelbrot")
         metrics.subscription_started()  # exits without ending: must not count after exit
     """
     parent = f"""
         import subprocess, sys, urllib.request
-        from observability import metrics
+        from crunchql.observability import metrics
         metrics.record_submitted("mandelbrot")
         metrics.WEBSOCKETS_OPEN.inc()
         import textwrap

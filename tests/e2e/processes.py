@@ -20,7 +20,7 @@ import httpx
 import websockets
 
 ROOT = Path(__file__).resolve().parents[2]
-CRUNCHQL = [sys.executable, "-m", "cli.main"]
+CRUNCHQL = [sys.executable, "-m", "crunchql"]
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from db.migrate import upgrade_async
+from crunchql.db.migrate import upgrade_async
 from tests.e2e.processes import (
     HttpGraphQL,
     ServiceProcess,

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from pubsub.bus import RESYNC, SUBSCRIBER_QUEUE_SIZE, InProcessEventBus, RedisEventBus
-from pubsub.redis_client import create_redis
+from crunchql.pubsub.bus import RESYNC, SUBSCRIBER_QUEUE_SIZE, InProcessEventBus, RedisEventBus
+from crunchql.pubsub.redis_client import create_redis
 
 
 async def test_in_process_delivers_by_key_and_releases_on_exit() -> None:

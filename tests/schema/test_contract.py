@@ -15,7 +15,7 @@ from graphql import (
 )
 from strawberry.printer import print_schema
 
-from schema.root import schema
+from crunchql.schema.root import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 # graphql-core knows @oneOf; the contract uses it on CalculationInput.
@@ -107,6 +107,6 @@ def test_graphiql_default_document_is_valid_against_the_schema() -> None:
     """A newcomer's first click in GraphiQL must not meet a validation error."""
     from graphql import parse, validate
 
-    from app.graphiql import DEFAULT_QUERY
+    from crunchql.app.graphiql import DEFAULT_QUERY
 
     assert validate(live_schema(), parse(DEFAULT_QUERY)) == []

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from auth.passwords import PasswordHasher
-from auth.rate_limit import DisabledRateLimiter
-from auth.tokens import TokenService
-from db.engine import create_engine, create_session_factory, unit_of_work
-from db.models import Calculation, User
-from pubsub.bus import RESYNC, InProcessEventBus
-from services import calculations
-from services.container import Limits, Services
+from crunchql.auth.passwords import PasswordHasher
+from crunchql.auth.rate_limit import DisabledRateLimiter
+from crunchql.auth.tokens import TokenService
+from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.models import Calculation, User
+from crunchql.pubsub.bus import RESYNC, InProcessEventBus
+from crunchql.services import calculations
+from crunchql.services.container import Limits, Services
 
 
 class NoQueue:

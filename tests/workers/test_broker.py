@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from db.engine import unit_of_work
-from db.models import Calculation, RefreshToken, User
-from workers.broker import QUEUE_NAME, CrunchRedisBroker, create_broker
-from workers.queues import ACTOR_NAME, DramatiqJobQueue
+from crunchql.db.engine import unit_of_work
+from crunchql.db.models import Calculation, RefreshToken, User
+from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker, create_broker
+from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from core.settings import Settings
-    from workers.lifecycle import QUEUED_RESEND_AFTER, WorkerRuntime
+    from crunchql.core.settings import Settings
+    from crunchql.workers.lifecycle import QUEUED_RESEND_AFTER, WorkerRuntime
 
     settings = Settings(_env_file=None, database_url=database_url, redis_url=redis_url)  # type: ignore[call-arg]
     runtime = await WorkerRuntime.create(settings, broker)

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from compute.base import Kind
-from compute.catalog import KINDS
-from db.engine import create_engine, create_session_factory, unit_of_work
-from db.models import Calculation, CalculationStatus, User
-from db.repositories import CalculationRepository
-from pubsub.bus import InProcessEventBus
-from services.container import RunnerServices
-from workers.runner import RunnerConfig, run_calculation
+from crunchql.compute.base import Kind
+from crunchql.compute.catalog import KINDS
+from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.models import Calculation, CalculationStatus, User
+from crunchql.db.repositories import CalculationRepository
+from crunchql.pubsub.bus import InProcessEventBus
+from crunchql.services.container import RunnerServices
+from crunchql.workers.runner import RunnerConfig, run_calculation
 
 
 @dataclass

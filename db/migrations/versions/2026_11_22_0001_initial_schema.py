@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import db.types
+from crunchql.db import types as db_types
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -19,7 +19,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
-UTC = db.types.UTCDateTime(timezone=True)
+UTC = db_types.UTCDateTime(timezone=True)
 
 
 def upgrade() -> None:
