@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
@@ -18,8 +19,14 @@ from strawberry.printer import print_schema
 from crunchql.schema.root import schema
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+# Contract extensions (`extend type ...`), one file per feature, copied from
+# shared/contract/ as each feature lands. The schema must contain the base and all of them.
+EXTENSIONS = sorted((ROOT / "tests" / "contract").glob("*.graphql"))
 # graphql-core knows @oneOf; the contract uses it on CalculationInput.
-CONTRACT = build_schema((ROOT / "tests" / "contract.graphql").read_text())
+CONTRACT = build_schema(
+    "\n".join(p.read_text() for p in [ROOT / "tests" / "contract.graphql", *EXTENSIONS])
+)
 
 
 def live_schema() -> GraphQLSchema:
@@ -34,9 +41,16 @@ def test_schema_file_is_current() -> None:
 
 
 def test_contract_copy_is_unchanged() -> None:
-    shared = ROOT.parent / "shared" / "api-contract.graphql"
+    shared = SHARED / "api-contract.graphql"
     if shared.exists():
         assert (ROOT / "tests" / "contract.graphql").read_text() == shared.read_text()
+
+
+@pytest.mark.parametrize("extension", EXTENSIONS, ids=[p.stem for p in EXTENSIONS])
+def test_contract_extension_copy_is_unchanged(extension: Path) -> None:
+    shared = SHARED / "contract" / extension.name
+    if shared.exists():
+        assert extension.read_text() == shared.read_text()
 
 
 def contract_differences(contract: GraphQLSchema, live: GraphQLSchema) -> list[str]:
