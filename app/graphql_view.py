@@ -44,7 +44,7 @@ from crunchql.app.graphiql import content_security_policy, graphiql_html
 from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 
 logger = logging.getLogger("crunchql.graphql")
 
@@ -181,7 +181,7 @@ class CrunchGraphQL(GraphQL[Context, None]):
     def __init__(
         self,
         schema: BaseSchema,
-        services: Services,
+        services: ServiceContainer,
         *,
         allowed_origins: list[str],
         connection_init_timeout: float,
