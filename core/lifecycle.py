@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -197,23 +196,41 @@ class CalculationEvent:
 
     def _payload(self) -> Json:
         payload: Json = {
-            "id": str(self.id),
+            "id": str(self.id),  # first: see peek_id
             "kind": self.kind.value,
             "status": self.status.value,
             "attempt": self.attempt,
             "version": self.version,
             "progress": self.progress,
         }
-        optional = {
-            "partialResult": self.partial_result,
-            "result": self.result,
-            "reload": self.reload or None,
-            "error": self.error,
-            "startedAt": self.started_at.isoformat() if self.started_at else None,
-            "finishedAt": self.finished_at.isoformat() if self.finished_at else None,
-        }
-        payload.update((key, value) for key, value in optional.items() if value is not None)
+        if self.partial_result is not None:
+            payload["partialResult"] = self.partial_result
+        if self.result is not None:
+            payload["result"] = self.result
+        if self.reload:
+            payload["reload"] = True
+        if self.error is not None:
+            payload["error"] = self.error
+        if self.started_at is not None:
+            payload["startedAt"] = self.started_at.isoformat()
+        if self.finished_at is not None:
+            payload["finishedAt"] = self.finished_at.isoformat()
         return payload
+
+    @classmethod
+    def peek_id(cls, data: str | bytes) -> uuid.UUID | None:
+        """The calculation id of an encoded event without decoding it (the id leads the
+        encoding), so a process can skip events nobody there watches; None when ``data``
+        does not start like an encoded event (decode it to find out why)."""
+        head = data[: len(_ID_PREFIX) + 37]
+        if isinstance(head, bytes):
+            head = head.decode("ascii", "replace")
+        if not head.startswith(_ID_PREFIX) or head[-1:] != '"':
+            return None
+        try:
+            return uuid.UUID(head[len(_ID_PREFIX) : -1])
+        except ValueError:
+            return None
 
     @classmethod
     def decode(cls, data: str | bytes) -> CalculationEvent:
@@ -223,27 +240,50 @@ class CalculationEvent:
             payload = json.loads(data)
         except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, deep nesting
             raise MalformedEventError(f"not JSON: {error}") from None
-        if not isinstance(payload, dict):
+        if type(payload) is not dict:
             raise MalformedEventError("not a JSON object")
         try:
+            kind = _KINDS[payload["kind"]]
+            status = _STATUSES[payload["status"]]
+            raw_id, attempt, version = payload["id"], payload["attempt"], payload["version"]
+            progress = payload["progress"]
+        except (KeyError, TypeError) as error:  # absent, or not a known (hashable) value
+            raise MalformedEventError(f"missing or unknown {error}") from None
+        # type() rather than isinstance(): a bool is an int, and must not pass for one.
+        if type(raw_id) is not str:
+            raise MalformedEventError("'id' must be a string")
+        if type(attempt) is not int or type(version) is not int or min(attempt, version) < 0:
+            raise MalformedEventError("'attempt' and 'version' must be counts")
+        if type(progress) is int:
+            progress = float(progress)
+        if type(progress) is not float or not 0.0 <= progress <= 1.0:  # NaN fails too
+            raise MalformedEventError("'progress' must be a number between 0 and 1")
+        get = payload.get
+        partial, result = get("partialResult"), get("result")
+        reload, message = get("reload", False), get("error")
+        if partial is not None and type(partial) is not dict:
+            raise MalformedEventError("'partialResult' must be an object")
+        if result is not None and type(result) is not dict:
+            raise MalformedEventError("'result' must be an object")
+        if type(reload) is not bool or (message is not None and type(message) is not str):
+            raise MalformedEventError("'reload' must be a boolean and 'error' a string")
+        try:
             event = cls(
-                id=uuid.UUID(_typed(payload, "id", str)),
-                kind=EventKind(_typed(payload, "kind", str)),
-                status=CalculationStatus(_typed(payload, "status", str)),
-                attempt=_count(payload, "attempt"),
-                version=_count(payload, "version"),
-                progress=_fraction(payload, "progress"),
-                partial_result=_optional(payload, "partialResult", dict),
-                result=_optional(payload, "result", dict),
-                reload=_optional(payload, "reload", bool) or False,
-                error=_optional(payload, "error", str),
-                started_at=_moment(payload, "startedAt"),
-                finished_at=_moment(payload, "finishedAt"),
+                id=uuid.UUID(raw_id),
+                kind=kind,
+                status=status,
+                attempt=attempt,
+                version=version,
+                progress=progress,
+                partial_result=partial,
+                result=result,
+                reload=reload,
+                error=message,
+                started_at=_moment(get("startedAt")),
+                finished_at=_moment(get("finishedAt")),
             )
-        except MalformedEventError:
-            raise
-        except (ValueError, TypeError) as error:
-            raise MalformedEventError(str(error)) from None
+        except ValueError as failure:  # a malformed UUID or timestamp
+            raise MalformedEventError(str(failure)) from None
         if event.kind is EventKind.PROGRESS and event.status is not CalculationStatus.RUNNING:
             raise MalformedEventError("a progress event of a calculation that is not RUNNING")
         if event.reload and event.result is not None:
@@ -251,45 +291,23 @@ class CalculationEvent:
         return event
 
 
-def _dumps(payload: Json) -> str:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+_ID_PREFIX = '{"id":"'
+_KINDS = {kind.value: kind for kind in EventKind}
+_STATUSES = {status.value: status for status in CalculationStatus}
 
 
-def _typed(payload: Json, key: str, kind: type[Any]) -> Any:
-    value = payload.get(key)
-    # bool is an int in Python; never accept one for the other.
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise MalformedEventError(f"{key!r} must be a {kind.__name__}")
-    return value
+# One encoder: json.dumps() with options builds a new one on every call.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
-def _optional(payload: Json, key: str, kind: type[Any]) -> Any:
-    return None if payload.get(key) is None else _typed(payload, key, kind)
-
-
-def _count(payload: Json, key: str) -> int:
-    value: int = _typed(payload, key, int)
-    if value < 0:
-        raise MalformedEventError(f"{key!r} must not be negative")
-    return value
-
-
-def _fraction(payload: Json, key: str) -> float:
-    value = payload.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MalformedEventError(f"{key!r} must be a number")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise MalformedEventError(f"{key!r} must be between 0 and 1")
-    return float(value)
-
-
-def _moment(payload: Json, key: str) -> datetime | None:
-    raw = _optional(payload, key, str)
+def _moment(raw: object) -> datetime | None:
     if raw is None:
         return None
+    if type(raw) is not str:
+        raise MalformedEventError("a timestamp must be a string")
     moment = datetime.fromisoformat(raw)
     if moment.tzinfo is None:
-        raise MalformedEventError(f"{key!r} has no UTC offset")
+        raise MalformedEventError("a timestamp without a UTC offset")
     return moment
 
 

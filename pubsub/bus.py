@@ -195,6 +195,11 @@ class RedisEventBus(_FanOut):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     def _on_message(self, data: bytes | str) -> None:
+        # Every API process hears every calculation's events: decode only those that
+        # someone here watches.
+        key = CalculationEvent.peek_id(data)
+        if key is not None and key not in self._subscribers:
+            return
         try:
             event = CalculationEvent.decode(data)
         except MalformedEventError as error:

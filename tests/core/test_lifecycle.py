@@ -249,3 +249,11 @@ def test_event_kinds_are_distinct() -> None:
     assert tick(0.1, 1).kind is EventKind.PROGRESS
     assert status_change().kind is EventKind.STATUS
     assert status_change(status=CalculationStatus.CANCELLED).terminal
+
+
+def test_the_id_can_be_read_without_decoding() -> None:
+    event = status_change(status=CalculationStatus.RUNNING, attempts=1, version=2)
+    assert CalculationEvent.peek_id(event.encode()) == ID
+    assert CalculationEvent.peek_id(event.encode().encode()) == ID
+    for junk in ["", "{}", '{"id":"nope"}', b"\xff" * 60, '{"kind":"status","id":"' + str(ID)]:
+        assert CalculationEvent.peek_id(junk) is None

@@ -114,3 +114,22 @@ async def test_start_does_not_hang_when_redis_is_down() -> None:
     assert not bus.connected
     await bus.close()
     await bus.redis.aclose()
+
+
+async def test_redis_bus_skips_events_nobody_here_watches(
+    redis_buses: tuple[RedisEventBus, RedisEventBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listener, publisher = redis_buses
+    decoded: list[object] = []
+    real = CalculationEvent.decode
+
+    def counting(data: str | bytes) -> CalculationEvent:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(CalculationEvent, "decode", counting)
+    async with listener.subscribe(A) as subscription:
+        await publisher.publish(tick(B, 1))  # watched elsewhere, not in this process
+        await publisher.publish(tick(A, 2))
+        assert await subscription.get(timeout=5) == tick(A, 2)
+    assert len(decoded) == 1
