@@ -257,3 +257,28 @@ def test_the_id_can_be_read_without_decoding() -> None:
     assert CalculationEvent.peek_id(event.encode().encode()) == ID
     for junk in ["", "{}", '{"id":"nope"}', b"\xff" * 60, '{"kind":"status","id":"' + str(ID)]:
         assert CalculationEvent.peek_id(junk) is None
+
+
+# ---- layering ---------------------------------------------------------------------
+
+
+def _imported_by(module: str) -> set[str]:
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, {module}; "
+        "print('\\n'.join(m for m in sys.modules if m.startswith('crunchql.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_the_lifecycle_module_imports_nothing_of_the_service() -> None:
+    assert _imported_by("crunchql.core.lifecycle") == {"crunchql.core", "crunchql.core.lifecycle"}
+
+
+def test_the_runner_does_not_import_the_api_use_cases() -> None:
+    imported = _imported_by("crunchql.workers.runner")
+    assert "crunchql.services.calculations" not in imported
+    assert not {m for m in imported if m.split(".")[1] in {"app", "resolvers", "schema"}}
