@@ -296,8 +296,9 @@ _KINDS = {kind.value: kind for kind in EventKind}
 _STATUSES = {status.value: status for status in CalculationStatus}
 
 
-# One encoder: json.dumps() with options builds a new one on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# One encoder: json.dumps() with options builds a new one on every call. (NaN is let
+# through as before: results pass through JSONB, which refuses it, long before this.)
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _moment(raw: object) -> datetime | None:
