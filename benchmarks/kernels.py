@@ -21,7 +21,7 @@ and the median of the repetitions is reported.
 * Pure Python (and NumPy where the full size is too slow or too big) run a scaled-down
   problem and the time is extrapolated linearly to the full size; the note says so.
 * Compile time: per kind, a fresh subprocess imports the module and calls its
-  ``KIND.warm_up()`` with an empty ``NUMBA_CACHE_DIR`` (compilation), then a second one with
+  ``warm_up()`` with an empty ``NUMBA_CACHE_DIR`` (compilation), then a second one with
   the same cache directory (cached load).
 """
 
@@ -885,14 +885,14 @@ import numba, numpy
 t1 = time.perf_counter()
 mod = importlib.import_module(sys.argv[1])
 t2 = time.perf_counter()
-mod.KIND.warm_up()
+mod.warm_up()
 t3 = time.perf_counter()
 print(json.dumps({"numba_import": t1 - t0, "module_import": t2 - t1, "warm_up": t3 - t2}))
 """
 
 
 def compile_times(kind: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(cold, cached) timings of ``import module; KIND.warm_up()`` in fresh subprocesses."""
+    """(cold, cached) timings of ``import module; warm_up()`` in fresh subprocesses."""
     with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
         out = []
@@ -1065,7 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in targets_table(timed_problems):
             print(line)
     if not args.no_compile:
-        print("\n## numba compile time (import + KIND.warm_up() in a fresh process)\n")
+        print("\n## numba compile time (import + warm_up() in a fresh process)\n")
         print("| kind | empty NUMBA_CACHE_DIR (compile) | same cache dir (cached load) | note |")
         print("| --- | ---: | ---: | --- |")
         for kind in kinds:
