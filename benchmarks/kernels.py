@@ -61,6 +61,7 @@ KIND_MODULES = {
     "primeCount": "crunchql.compute.prime_count",
     "mandelbrot": "crunchql.compute.mandelbrot",
     "nBody": "crunchql.compute.n_body",
+    "kMeans": "crunchql.compute.k_means",
 }
 
 
@@ -799,12 +800,88 @@ def problems_nbody(quick: bool, threads: int, exes: dict[str, Path]) -> list[Pro
     return out
 
 
+def problems_kmeans(quick: bool, threads: int, exes: dict[str, Path]) -> list[Problem]:
+    import numba
+    import numpy as np
+
+    from crunchql.compute.catalog import K_MEANS
+
+    m = _import("kMeans")
+    _need(m, "k_means", "KMeansJob")
+    raw = (
+        {"n": 20_000, "dimensions": 4, "k": 8, "clusters": 8}
+        if quick
+        else {"n": 10**6, "dimensions": 8, "k": 16, "clusters": 16}
+    )
+    params = K_MEANS.parse({**raw, "spread": 0.05, "maxIterations": 20, "seed": 2024})
+
+    def run(nt: int) -> Callable[[], tuple[Any, float]]:
+        def go() -> tuple[Any, float]:
+            before = numba.get_num_threads()
+            numba.set_num_threads(nt)
+            try:
+                result, secs = timed(m.k_means, params, post=lambda job: job.result())
+            finally:
+                numba.set_num_threads(before)
+            return (result["inertia"], result["iterations"], result["recoveredFraction"]), secs
+
+        return go
+
+    def largest_step(phase: str) -> Callable[[], tuple[Any, float]]:
+        """One step at the largest block: n d k at the bound with d = 64, k = 256 (points
+        regenerated on every pass). k-means++ is skipped (255 passes): the first k points
+        are the centroids, and a Lloyd step costs the same whatever they are."""
+        big = K_MEANS.parse({"n": 610_351, "dimensions": 64, "k": 256, "seed": 1})
+
+        def go() -> tuple[Any, float]:
+            job = m.KMeansJob(big)
+            while job.phase == "generate":
+                job.step()
+            if phase == "lloyd":
+                job.centroids = np.array([job._point(i) for i in range(big.k)])
+                job.start_lloyd()
+            _, secs = timed(job.step)
+            return job.chunk_blocks[phase], secs
+
+        return go
+
+    title = (
+        f"kMeans: n {_sci(params.n)}, {params.dimensions} dimensions, k {params.k}, "
+        f"{params.max_iterations} iterations at most, seed {params.seed} "
+        "(result: inertia, iterations, purity)"
+    )
+    step_title = (
+        "kMeans, the largest step: one block of 4096 points, 64 dimensions, 256 centroids, "
+        "points regenerated (result: blocks in the step)"
+    )
+    return [
+        Problem(
+            "kMeans",
+            title,
+            [Variant("numba parallel", threads, run(threads)), Variant("numba serial", 1, run(1))],
+            exact,
+            target=math.inf,
+        ),
+        Problem(
+            "kMeans",
+            step_title,
+            [
+                Variant("numba parallel, one Lloyd step", threads, largest_step("lloyd")),
+                Variant("numba parallel, one k-means++ step", threads, largest_step("seed")),
+            ],
+            lambda a, b: True,  # different steps: nothing to agree on
+            target=math.inf,
+        ),
+    ]
+
+
 PROBLEM_BUILDERS: dict[str, Callable[[bool, int, dict[str, Path]], list[Problem]]] = {
     "monteCarloPi": problems_pi,
     "optionPricing": problems_option,
     "primeCount": problems_prime,
     "mandelbrot": problems_mandel,
     "nBody": problems_nbody,
+    "kMeans": problems_kmeans,
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from crunchql.compute import config
 from crunchql.compute.base import Kind
+from crunchql.compute.params.k_means import KMeansParams
 from crunchql.compute.params.mandelbrot import MandelbrotParams
 from crunchql.compute.params.monte_carlo_pi import MonteCarloPiParams
 from crunchql.compute.params.n_body import NBodyParams
@@ -70,8 +71,20 @@ N_BODY = Kind(
     kernel="crunchql.compute.n_body",
     time_limit_seconds=config.NBODY_TIME_LIMIT_SECONDS,
 )
+K_MEANS = Kind(
+    name="kMeans",
+    description=(
+        "Clusters points drawn around random centres (from the seed) with Lloyd's algorithm "
+        "and k-means++ initialisation, and reports how well the true clusters were recovered."
+    ),
+    params=KMeansParams,
+    kernel="crunchql.compute.k_means",
+    time_limit_seconds=config.KMEANS_TIME_LIMIT_SECONDS,
+)
+
 KINDS: dict[str, Kind[Any]] = {
-    kind.name: kind for kind in (MONTE_CARLO_PI, OPTION_PRICING, PRIME_COUNT, MANDELBROT, N_BODY)
+    kind.name: kind
+    for kind in (MONTE_CARLO_PI, OPTION_PRICING, PRIME_COUNT, MANDELBROT, N_BODY, K_MEANS)
 }
 
 

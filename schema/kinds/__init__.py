@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from crunchql.schema.kinds import (
+    k_means,
     mandelbrot,
     monte_carlo_pi,
     n_body,
@@ -24,6 +25,7 @@ KIND_SCHEMAS: tuple[KindSchema[Any], ...] = (
     prime_count.SCHEMA,
     mandelbrot.SCHEMA,
     n_body.SCHEMA,
+    k_means.SCHEMA,
 )
 
 BY_KIND: dict[str, KindSchema[Any]] = {schema.kind.name: schema for schema in KIND_SCHEMAS}
