@@ -137,6 +137,8 @@ def _point(points, cached, seed, n, d, spread, centres, labels, i):  # type: ign
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _min_d2_block(src, off, lo, m, d, centroid, first, d2):  # type: ignore[no-untyped-def]
+    """Update ``d2`` for the ``m`` points at ``src[off:]`` (point ``lo + p``); return their
+    sum in point order."""
     acc = 0.0
     for p in range(m):
         s = 0.0

@@ -64,6 +64,21 @@ def _escape_count(cx, cy, max_iter):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True, parallel=True)
 def _escape_rows_parallel(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):  # type: ignore[no-untyped-def]
+    """Escape counts of rows ``row_lo .. row_hi - 1`` into ``out``, one row per task.
+
+    Parameters
+    ----------
+    out : np.ndarray
+        Shape ``(height, width)``, uint32; row 0 is the top (largest y).
+    row_lo, row_hi : int
+    max_iter : int
+        The count of a pixel that never escapes.
+    x_c, y_c : float
+        Centre of the window.
+    dx, dy : float
+        Pixel width and height; pixel ``(j, i)`` is sampled at its centre
+        ``(x_c + (i + 0.5 - width / 2) dx, y_c + (height / 2 - j - 0.5) dy)``.
+    """
     height, width = out.shape
     for j in prange(row_lo, row_hi):
         cy = y_c + (0.5 * height - j - 0.5) * dy
@@ -73,6 +88,7 @@ def _escape_rows_parallel(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):  # t
 
 @njit(cache=True, nogil=True)
 def _escape_rows_serial(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):  # type: ignore[no-untyped-def]
+    """:func:`_escape_rows_parallel` on one thread."""
     height, width = out.shape
     for j in range(row_lo, row_hi):
         cy = y_c + (0.5 * height - j - 0.5) * dy

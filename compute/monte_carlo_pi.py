@@ -58,6 +58,21 @@ def _count_block(seed, block, n):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=set(config.FASTMATH_FLAGS))
 def _count_parallel(seed, first_block, n_blocks, samples):  # type: ignore[no-untyped-def]
+    """Points inside the quarter disc in blocks ``first_block .. first_block + n_blocks - 1``.
+
+    Parameters
+    ----------
+    seed : int
+    first_block, n_blocks : int
+        The range of blocks (``PI_BLOCK_SAMPLES`` points each; the last may be short).
+    samples : int
+        Total points of the job (bounds the last block).
+
+    Returns
+    -------
+    int
+        The count, an integer sum: the same for any thread count.
+    """
     inside = 0
     for j in prange(n_blocks):
         block = first_block + j
@@ -68,6 +83,7 @@ def _count_parallel(seed, first_block, n_blocks, samples):  # type: ignore[no-un
 
 @njit(cache=True, nogil=True, fastmath=set(config.FASTMATH_FLAGS))
 def _count_serial(seed, first_block, n_blocks, samples):  # type: ignore[no-untyped-def]
+    """:func:`_count_parallel` on one thread."""
     inside = 0
     for j in range(n_blocks):
         block = first_block + j

@@ -181,6 +181,7 @@ def _potential_of(pos, mu, eps2, i):  # type: ignore[no-untyped-def]
 
 @njit(inline="always")
 def _kick_drift(pos, vel, acc, half_dt, dt):  # type: ignore[no-untyped-def]
+    """Half kick then drift, in place: ``v += a dt/2; x += v dt`` (arrays ``(n, 3)`` float64)."""
     for i in range(pos.shape[0]):
         for k in range(3):
             vel[i, k] += half_dt * acc[i, k]
@@ -189,6 +190,7 @@ def _kick_drift(pos, vel, acc, half_dt, dt):  # type: ignore[no-untyped-def]
 
 @njit(inline="always")
 def _kick(vel, acc, half_dt):  # type: ignore[no-untyped-def]
+    """Half kick in place: ``v += a dt/2`` (arrays ``(n, 3)`` float64)."""
     for i in range(vel.shape[0]):
         for k in range(3):
             vel[i, k] += half_dt * acc[i, k]
@@ -196,12 +198,27 @@ def _kick(vel, acc, half_dt):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True, parallel=True)
 def _accelerations_parallel(pos, mu, eps2, acc):  # type: ignore[no-untyped-def]
+    """Softened accelerations of every body into ``acc``, one body per task.
+
+    Parameters
+    ----------
+    pos : np.ndarray
+        Shape ``(n, 3)``, AU.
+    mu : np.ndarray
+        Shape ``(n,)``, ``G m`` in AU^3 / yr^2.
+    eps2 : float
+        Softening length squared, AU^2.
+    acc : np.ndarray
+        Shape ``(n, 3)``, AU / yr^2, overwritten:
+        ``a_i = sum_j mu_j (x_j - x_i) / (|x_j - x_i|^2 + eps2)^(3/2)``.
+    """
     for i in prange(mu.size):
         _acceleration_of(pos, mu, eps2, acc, i)
 
 
 @njit(cache=True, nogil=True)
 def _accelerations_serial(pos, mu, eps2, acc):  # type: ignore[no-untyped-def]
+    """:func:`_accelerations_parallel` on one thread."""
     for i in range(mu.size):
         _acceleration_of(pos, mu, eps2, acc, i)
 
@@ -219,6 +236,7 @@ def _leapfrog_parallel(pos, vel, acc, mu, dt, eps2, steps):  # type: ignore[no-u
 
 @njit(cache=True, nogil=True)
 def _leapfrog_serial(pos, vel, acc, mu, dt, eps2, steps):  # type: ignore[no-untyped-def]
+    """:func:`_leapfrog_parallel` on one thread."""
     half_dt = 0.5 * dt
     for _ in range(steps):
         _kick_drift(pos, vel, acc, half_dt, dt)
@@ -229,6 +247,22 @@ def _leapfrog_serial(pos, vel, acc, mu, dt, eps2, steps):  # type: ignore[no-unt
 
 @njit(cache=True, nogil=True, parallel=True)
 def _energy_parallel(pos, vel, mu, eps2):  # type: ignore[no-untyped-def]
+    """Total energy times G: ``sum_i mu_i |v_i|^2 / 2 - sum_(i<j) mu_i mu_j /
+    sqrt(r_ij^2 + eps2)`` (``mu = G m``); per-body terms in parallel, summed in body order.
+
+    Parameters
+    ----------
+    pos, vel : np.ndarray
+        Shape ``(n, 3)``, AU and AU / yr.
+    mu : np.ndarray
+        Shape ``(n,)``.
+    eps2 : float
+        Softening length squared (0 for SOLAR_SYSTEM).
+
+    Returns
+    -------
+    float
+    """
     n = mu.size
     terms = np.empty(n)
     for i in prange(n):

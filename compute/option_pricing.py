@@ -306,6 +306,21 @@ def _simulate_block(seed, block, n_pairs, steps, asian, phi, strike, x0, a, b, c
 def _sums_parallel(  # type: ignore[no-untyped-def]
     seed, first_block, block_pairs, paths, steps, asian, phi, strike, x0, a, b, c_y, e_x, out
 ):
+    """Per-block sums of the option's pair averages, one block per task.
+
+    Parameters
+    ----------
+    seed, first_block : int
+        The streams; row ``j`` of ``out`` is block ``first_block + j``.
+    block_pairs, paths, steps : int
+        Antithetic pairs per block, in all, and monitoring dates.
+    asian : bool
+    phi, strike, x0, a, b, c_y, e_x : float
+        The set-up (see :class:`Setup`).
+    out : np.ndarray
+        Shape ``(blocks, N_SUMS)``, float64, overwritten with each block's sums (see
+        :data:`N_SUMS`); summed in block order afterwards, so threads never change them.
+    """
     for j in prange(out.shape[0]):
         block = first_block + j
         n_pairs = min(block_pairs, paths - block * block_pairs)
@@ -316,6 +331,7 @@ def _sums_parallel(  # type: ignore[no-untyped-def]
 def _sums_serial(  # type: ignore[no-untyped-def]
     seed, first_block, block_pairs, paths, steps, asian, phi, strike, x0, a, b, c_y, e_x, out
 ):
+    """:func:`_sums_parallel` on one thread."""
     for j in range(out.shape[0]):
         block = first_block + j
         n_pairs = min(block_pairs, paths - block * block_pairs)

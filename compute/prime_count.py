@@ -236,6 +236,7 @@ def _count_blocks_parallel(limit, primes, pattern, first_block, n_blocks, layout
 
 @njit(cache=True, nogil=True)
 def _count_blocks_serial(limit, primes, pattern, first_block, n_blocks, layout):  # type: ignore[no-untyped-def]
+    """:func:`_count_blocks_parallel` on one thread."""
     seg_len, block_segments, large_prime_bytes = layout
     block_bytes = seg_len * block_segments
     total = 0
