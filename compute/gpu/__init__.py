@@ -1,0 +1,17 @@
+"""numba CUDA kernels for monteCarloPi, optionPricing and mandelbrot.
+
+Each module mirrors one CPU kernel of :mod:`crunchql.compute` argument for argument and
+walks the same counter-based random streams (:mod:`crunchql.compute.random`) in the same
+blocks, so that
+
+* monteCarloPi inside-counts and mandelbrot escape counts are bitwise those of the CPU
+  kernels, on a GPU and in numba's CUDA simulator;
+* optionPricing's per-block sums add the same per-pair values in the same order, so they
+  are bitwise the CPU's in the simulator (same libm) and, on a GPU, differ only through
+  libdevice's ``exp``/``log``/``sin``/``cos``, within the bound of
+  :func:`crunchql.compute.gpu.option_pricing.sums_tolerance`.
+
+Importing a module of this package imports ``numba.cuda``: set ``NUMBA_ENABLE_CUDASIM=1``
+before that to run the kernels in the simulator (see :mod:`.compat`). Nothing else in
+``crunchql`` imports this package, so the API and CPU workers never load the CUDA target.
+"""
