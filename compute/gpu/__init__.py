@@ -9,9 +9,10 @@ blocks, so that
 * optionPricing's per-block sums add the same per-pair values in the same order, so they
   are bitwise the CPU's in the simulator (same libm) and, on a GPU, differ only through
   libdevice's ``exp``/``log``/``sin``/``cos``, within the bound of
-  :func:`crunchql.compute.gpu.option_pricing.sums_tolerance`.
+  :mod:`crunchql.compute.gpu.tolerance`.
 
-Importing a module of this package imports ``numba.cuda``: set ``NUMBA_ENABLE_CUDASIM=1``
-before that to run the kernels in the simulator (see :mod:`.compat`). Nothing else in
+Importing a kernel module of this package (all but :mod:`.tolerance`) imports
+``numba.cuda``: set ``NUMBA_ENABLE_CUDASIM=1`` before that to run the kernels in the
+simulator (see :mod:`.compat`). Nothing else in
 ``crunchql`` imports this package, so the API and CPU workers never load the CUDA target.
 """

@@ -24,9 +24,13 @@ if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack  # type: ignore[attr-defined]
 
 from numba import cuda  # after the NumPy alias above
-from numba.core import config as numba_config
 
-SIMULATOR = bool(numba_config.ENABLE_CUDASIM)
+try:  # numba-cuda reads its own copy of the setting
+    from numba.cuda.core import config as cuda_config
+except ImportError:  # the CUDA target built into numba (<= 0.68)
+    from numba.core import config as cuda_config
+
+SIMULATOR = bool(cuda_config.ENABLE_CUDASIM)
 """True when this process runs kernels in numba's CUDA simulator."""
 
 if SIMULATOR:

@@ -54,6 +54,26 @@ def _escape_kernel(band, row_lo, height, max_iter, x_c, y_c, dx, dy):
     band[r, i] = _escape_count(cx, cy, max_iter)
 
 
+def launch(
+    band,
+    row_lo: int,
+    height: int,
+    max_iter: int,
+    x_c: float,
+    y_c: float,
+    dx: float,
+    dy: float,
+    threads: tuple[int, int] = THREADS,
+) -> None:
+    """Start the kernel for rows ``row_lo .. row_lo + band.shape[0] - 1`` of an image of
+    ``height`` rows; ``band`` is a uint32 device array (rows, width). Asynchronous."""
+    rows, width = band.shape
+    grid = (-(-width // threads[0]), -(-rows // threads[1]))
+    _escape_kernel[grid, threads](
+        band, row_lo, height, max_iter, float(x_c), float(y_c), float(dx), float(dy)
+    )
+
+
 def escape_rows(
     out: np.ndarray,
     row_lo: int,
@@ -86,12 +106,8 @@ def escape_rows(
         ``out`` itself.
     """
     height, width = out.shape
-    rows = row_hi - row_lo
-    band = cuda.device_array((rows, width), dtype=np.uint32)
-    grid = (-(-width // threads[0]), -(-rows // threads[1]))
-    _escape_kernel[grid, threads](
-        band, row_lo, height, max_iter, float(x_c), float(y_c), float(dx), float(dy)
-    )
+    band = cuda.device_array((row_hi - row_lo, width), dtype=np.uint32)
+    launch(band, row_lo, height, max_iter, x_c, y_c, dx, dy, threads)
     out[row_lo:row_hi] = band.copy_to_host()
     return out
 

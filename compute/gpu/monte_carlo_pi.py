@@ -51,6 +51,14 @@ def _count_kernel(seed, first_block, samples, out):
         out[j] = total[0]
 
 
+def launch(out, seed: int, first_block: int, samples: int, threads: int = THREADS) -> None:
+    """Start the kernel for stream blocks ``first_block .. first_block + len(out) - 1``.
+
+    ``out`` is an int64 device array; the launch is asynchronous (``cuda.synchronize()``).
+    """
+    _count_kernel[out.shape[0], threads](seed, first_block, samples, out)
+
+
 def count_blocks(
     seed: int, first_block: int, n_blocks: int, samples: int, threads: int = THREADS
 ) -> np.ndarray:
@@ -75,7 +83,7 @@ def count_blocks(
         ``first_block + j``.
     """
     out = cuda.device_array(n_blocks, dtype=np.int64)
-    _count_kernel[n_blocks, threads](seed, first_block, samples, out)
+    launch(out, seed, first_block, samples, threads)
     return out.copy_to_host()
 
 

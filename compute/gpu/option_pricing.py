@@ -12,20 +12,16 @@ round differently from the CPU kernel are libdevice's ``exp``, ``log``, ``cos`` 
 ``sin`` (``sqrt`` and division are correctly rounded on both).
 
 * In the simulator those are the CPU's own libm functions: the sums are bitwise the CPU's.
-* On a GPU they differ by at most a few ulp per call; :func:`sums_tolerance` bounds the
-  resulting difference of every per-block sum (derivation in its docstring), and the
-  price's follows from it (see ``benchmarks/gpu.py``).
+* On a GPU they differ by at most a few ulp per call; :mod:`.tolerance` bounds the
+  resulting difference of every per-block sum, and of the price and standard error.
 
-Entry points: :func:`block_sums` (the CPU kernel's arguments), :func:`sums_tolerance`,
-:func:`warm_up`.
+Entry points: :func:`block_sums` (the CPU kernel's arguments), :func:`launch` (on device
+memory), :func:`warm_up`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 from numba import cuda
@@ -33,19 +29,10 @@ from numba import cuda
 from crunchql.compute.config import OPTION_BLOCK_PATHS
 from crunchql.compute.gpu.compat import SIMULATOR, add, mul
 from crunchql.compute.gpu.stream import normal_pair, stream_key
+from crunchql.compute.gpu.tolerance import N_SUMS
 
-N_SUMS = 5
-"""Columns of the per-block sums: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY."""
 THREADS = 8 if SIMULATOR else 128
 """Threads per CUDA block (simulator: few, every thread is a Python thread)."""
-EPS = 2.0**-52
-"""The unit in the last place of 1.0: a correctly rounded result is within EPS/2 of exact."""
-Z_MAX = math.sqrt(-2.0 * math.log(2.0**-53))
-"""Largest |normal| the stream can produce (``1 - u1 >= 2**-53``): ~8.57."""
-ULP_EXP, ULP_LOG, ULP_SINCOS = 2.0, 2.0, 3.0
-"""Most ulp by which two implementations may differ: libdevice (CUDA Programming Guide,
-double precision: exp 1, log 1, sin/cos 2 ulp) plus glibc on x86-64 (glibc manual,
-"Known Maximum Errors": 1 ulp each)."""
 
 
 @cuda.jit(device=True)
@@ -131,10 +118,10 @@ def _sums_kernel(
         out[j, 4] = s_xy
 
 
-def block_sums(
+def launch(
+    out,
     seed: int,
     first_block: int,
-    n_blocks: int,
     block_pairs: int,
     paths: int,
     steps: int,
@@ -146,33 +133,18 @@ def block_sums(
     b: float,
     c_y: float,
     e_x: float,
-    threads: int = THREADS,
-) -> np.ndarray:
-    """The per-block sums of blocks ``first_block .. first_block + n_blocks - 1``.
+    threads: int | None = None,
+) -> None:
+    """Start the kernel for blocks ``first_block .. first_block + out.shape[0] - 1``.
 
-    Parameters
-    ----------
-    seed, block_pairs, paths, steps, asian, phi, strike, x0, a, b, c_y, e_x
-        As the CPU kernel takes them (the fields of ``option_pricing.Setup``):
-        ``block_pairs <= OPTION_BLOCK_PATHS`` pairs per block, ``paths`` pairs in all,
-        ``steps`` simulated steps (1 for EUROPEAN), ``phi`` +1 (CALL) or -1 (PUT),
-        ``x0 = log(spot)``, per-step drift ``a`` and scale ``b`` of the log price, centres
-        ``c_y`` and ``e_x``.
-    first_block, n_blocks : int
-        The stream blocks to simulate, all below ``ceil(paths / block_pairs)``.
-    threads : int
-        Threads per CUDA block, 1 .. 1024; never changes the result.
-
-    Returns
-    -------
-    np.ndarray
-        float64, shape ``(n_blocks, 5)``: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY
-        of each block, as the CPU kernel's ``out`` rows.
+    ``out`` is a float64 device array of shape (blocks, 5); the launch is asynchronous.
+    ``threads`` defaults to ``THREADS``, or fewer whole warps when a block holds fewer pairs.
     """
     if not 1 <= block_pairs <= OPTION_BLOCK_PATHS:
         raise ValueError(f"block_pairs must be 1 .. {OPTION_BLOCK_PATHS}")
-    out = cuda.device_array((n_blocks, N_SUMS), dtype=np.float64)
-    _sums_kernel[n_blocks, threads](
+    if threads is None:
+        threads = min(THREADS, 32 * -(-block_pairs // 32))
+    _sums_kernel[out.shape[0], threads](
         seed,
         first_block,
         block_pairs,
@@ -188,135 +160,65 @@ def block_sums(
         float(e_x),
         out,
     )
-    return out.copy_to_host()
 
 
-def relative_bound(steps: int, x0: float, a: float, b: float) -> float:
-    """Bound ``rho`` on the relative difference of a simulated average price between two
-    implementations whose ``exp``/``log``/``sin``/``cos`` differ by a few ulp.
-
-    First order in ``EPS = 2**-52``, worst case (every rounding in the unfavourable
-    direction):
-
-    * A normal ``z = sqrt(-2 log(1 - u1)) cos(2 pi u2)`` (or ``sin``): ``1 - u1`` and
-      ``2 pi u2`` are computed identically; ``log`` differs by ``ULP_LOG`` ulp, which the
-      square root halves, and ``sqrt`` and the product may each round differently:
-      ``|dz| <= (ULP_LOG / 2 + 1 + ULP_SINCOS + 1) EPS |z|``, ``|z| <= Z_MAX``.
-    * The log price ``x_k = x_{k-1} + (a + b z_k)``: the product and the two additions add
-      at most ``EPS |b z|``, ``EPS |a + b z|`` and ``EPS |x_k|`` each step, so after
-      ``steps`` steps ``dx <= EPS steps ((c_z + 1) b Z_MAX + (|a| + b Z_MAX) + x_max)``
-      with ``x_max = |x0| + steps (|a| + b Z_MAX)``.
-    * ``S = exp(x)``: relative ``dx + ULP_EXP EPS``; their running sum adds at most
-      ``steps EPS`` relative, the division one more: ``rho_A = dx + (steps + ULP_EXP + 1)
-      EPS``. The geometric average ``exp(sum x / steps)`` gives ``rho_G = dx + (steps x_max
-      + ULP_EXP + 2) EPS`` (its sum of ``steps`` log prices).
-
-    ``rho = max(rho_A, rho_G) + 3 EPS`` also covers the payoff's subtraction, ``phi``
-    product and the pair's half-sum: a payoff ``f = max(phi (A - K), 0)`` then differs by at
-    most ``rho (f + K)`` (``A <= f + K`` for a call in the money, ``A <= K`` otherwise).
-    """
-    c_z = ULP_LOG / 2.0 + 1.0 + ULP_SINCOS + 1.0
-    bz = b * Z_MAX
-    x_max = abs(x0) + steps * (abs(a) + bz)
-    dx = EPS * steps * ((c_z + 1.0) * bz + (abs(a) + bz) + x_max)
-    rho_a = dx + (steps + ULP_EXP + 1.0) * EPS
-    rho_g = dx + (steps * x_max + ULP_EXP + 2.0) * EPS
-    return max(rho_a, rho_g) + 3.0 * EPS
-
-
-def sums_tolerance(
-    sums: np.ndarray,
-    pairs: np.ndarray,
+def block_sums(
+    seed: int,
+    first_block: int,
+    n_blocks: int,
+    block_pairs: int,
+    paths: int,
     steps: int,
+    asian: bool,
+    phi: float,
     strike: float,
     x0: float,
     a: float,
     b: float,
     c_y: float,
     e_x: float,
+    threads: int | None = None,
 ) -> np.ndarray:
-    """Largest difference between two implementations' per-block sums (see the module).
-
-    With ``rho`` from :func:`relative_bound`, each pair's ``dY`` differs by at most
-    ``d_j = rho (|dY_j| + |c_y| + K) + EPS |dY_j|`` (likewise ``dX`` with ``e_x``), and a
-    recursive sum of ``m`` terms may round differently by ``(m + 1) EPS sum |term|``. The
-    per-pair magnitudes are bounded from the reference's own sums by Cauchy-Schwarz:
-    ``sum |dY| <= sqrt(m sum dY**2)``, ``sum |dX dY| <= sqrt(sum dX**2 sum dY**2)``. For
-    ``m`` pairs, ``P = sum |dY|``, ``Q = sum |dX|``, ``k_y = |c_y| + K``, ``k_x = |e_x| + K``:
-
-    * ``sum dY``: ``rho (P + m k_y) + EPS P + (m + 1) EPS P`` (``sum dX`` likewise);
-    * ``sum dY**2``: ``2 (rho + EPS) sum dY**2 + 2 rho k_y P + (m + 1) EPS sum dY**2``;
-    * ``sum dX dY``: ``2 (rho + EPS) sum|dX dY| + rho (k_y Q + k_x P) + (m + 1) EPS sum|dX dY|``.
-
-    Second-order terms are covered by doubling the result.
+    """The per-block sums of blocks ``first_block .. first_block + n_blocks - 1``.
 
     Parameters
     ----------
-    sums : np.ndarray
-        float64, shape (blocks, 5): the reference (CPU) per-block sums.
-    pairs : np.ndarray
-        int, shape (blocks,): antithetic pairs in each block.
-    steps, strike, x0, a, b, c_y, e_x
-        As for :func:`block_sums`.
+    seed, block_pairs, paths, steps, asian, phi, strike, x0, a, b, c_y, e_x
+        As the CPU kernel takes them (the fields of ``option_pricing.Setup``):
+        ``block_pairs <= OPTION_BLOCK_PATHS`` pairs per block, ``paths`` pairs in all,
+        ``steps`` simulated steps (1 for EUROPEAN), ``phi`` +1 (CALL) or -1 (PUT),
+        ``x0 = log(spot)``, per-step drift ``a`` and scale ``b`` of the log price, centres
+        ``c_y`` and ``e_x``.
+    first_block, n_blocks : int
+        The stream blocks to simulate, all below ``ceil(paths / block_pairs)``.
+    threads : int, optional
+        Threads per CUDA block, 1 .. 1024; never changes the result.
 
     Returns
     -------
     np.ndarray
-        float64, shape (blocks, 5), >= 0.
+        float64, shape ``(n_blocks, 5)``: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY
+        of each block, as the CPU kernel's ``out`` rows.
     """
-    rho = relative_bound(steps, x0, a, b)
-    m = np.asarray(pairs, dtype=np.float64)
-    s_yy = np.maximum(sums[:, 1], 0.0)
-    s_xx = np.maximum(sums[:, 3], 0.0)
-    p_y = np.sqrt(m * s_yy)
-    q_x = np.sqrt(m * s_xx)
-    pxy = np.sqrt(s_xx * s_yy)
-    k_y = abs(c_y) + strike
-    k_x = abs(e_x) + strike
-    rounding = (m + 1.0) * EPS
-    tol = np.empty_like(sums)
-    tol[:, 0] = rho * (p_y + m * k_y) + EPS * p_y + rounding * p_y
-    tol[:, 1] = 2.0 * (rho + EPS) * s_yy + 2.0 * rho * k_y * p_y + rounding * s_yy
-    tol[:, 2] = rho * (q_x + m * k_x) + EPS * q_x + rounding * q_x
-    tol[:, 3] = 2.0 * (rho + EPS) * s_xx + 2.0 * rho * k_x * q_x + rounding * s_xx
-    tol[:, 4] = 2.0 * (rho + EPS) * pxy + rho * (k_y * q_x + k_x * p_y) + rounding * pxy
-    return 2.0 * tol
-
-
-def result_tolerance(
-    summarize: Callable[[np.ndarray], Mapping[str, Any]],
-    sums: np.ndarray,
-    tol: np.ndarray,
-    keys: tuple[str, ...] = ("price", "standardError"),
-) -> dict[str, float]:
-    """How far the result's ``keys`` can move when each per-block sum moves by its ``tol``.
-
-    The result depends on the sums only through their column totals (``math.fsum`` of
-    each column), and smoothly, so to first order its extremes over the box
-    ``|totals' - totals| <= tol.sum(axis=0)`` lie at the box's 32 corners; the largest
-    change found there is doubled (second-order terms, ``fsum``'s final rounding).
-
-    Parameters
-    ----------
-    summarize : callable
-        ``sums -> result`` (e.g. ``lambda s: option_pricing.summarize(setup, s, paths)``).
-    sums, tol : np.ndarray
-        float64, shape (blocks, 5): the reference sums and :func:`sums_tolerance`.
-
-    Returns
-    -------
-    dict
-        For each key, the largest absolute difference allowed.
-    """
-    base = summarize(sums)
-    column_tol = tol.sum(axis=0)
-    worst = dict.fromkeys(keys, 0.0)
-    for signs in itertools.product((-1.0, 1.0), repeat=N_SUMS):
-        corner = np.vstack([sums, np.asarray(signs) * column_tol])
-        moved = summarize(corner)
-        for key in keys:
-            worst[key] = max(worst[key], abs(float(moved[key]) - float(base[key])))
-    return {key: 2.0 * value for key, value in worst.items()}
+    out = cuda.device_array((n_blocks, N_SUMS), dtype=np.float64)
+    launch(
+        out,
+        seed,
+        first_block,
+        block_pairs,
+        paths,
+        steps,
+        asian,
+        phi,
+        strike,
+        x0,
+        a,
+        b,
+        c_y,
+        e_x,
+        threads,
+    )
+    return out.copy_to_host()
 
 
 def warm_up() -> None:

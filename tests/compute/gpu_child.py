@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from typing import Any
 
 
 def init(mode: str) -> None:
     """Select ``"simulator"`` or ``"device"`` (a real GPU) for this process."""
+    if "numba.cuda" in sys.modules:
+        raise RuntimeError("numba.cuda was imported before the mode was chosen")
     if mode == "simulator":
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
         # The simulator runs the uint64 hash on NumPy scalars: they wrap modulo 2**64, as
@@ -25,6 +28,10 @@ def init(mode: str) -> None:
         warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
     else:
         os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+    if "numba" in sys.modules:  # numba read its settings at import: read them again
+        from numba.core import config
+
+        config.reload_config()
 
 
 def info() -> dict[str, Any]:

@@ -29,6 +29,7 @@ import pytest
 from crunchql.compute import mandelbrot as cpu_mandelbrot
 from crunchql.compute import monte_carlo_pi as cpu_pi
 from crunchql.compute import option_pricing as cpu_option
+from crunchql.compute.gpu.tolerance import EPS, relative_bound, result_tolerance, sums_tolerance
 from tests.compute import gpu_child
 
 MODE_VARIABLE = "CRUNCHQL_GPU_TESTS"
@@ -166,8 +167,6 @@ def compare_option(gpu: Gpu, params: dict[str, Any], first_block: int = 0) -> No
         # the simulator's exp/log/sin/cos are the CPU kernel's own (libm): bitwise
         assert np.array_equal(got, cpu)
         return
-    from crunchql.compute.gpu.option_pricing import result_tolerance, sums_tolerance
-
     pairs = np.minimum(
         setup.block_pairs,
         setup.paths - np.arange(first_block, setup.blocks) * setup.block_pairs,
@@ -219,8 +218,6 @@ def test_option_sums_do_not_depend_on_threads(gpu: Gpu) -> None:
 def test_option_tolerance_is_tight_enough_to_fail() -> None:
     # the bound on real GPUs: a few thousand ulp of the sums for a 252-step path, so an
     # error of 1e-9 relative (far below any Monte Carlo error) would be caught
-    from crunchql.compute.gpu.option_pricing import EPS, relative_bound
-
     setup = cpu_option.make_setup(option_params(steps=252))
     rho = relative_bound(setup.steps, setup.x0, setup.a, setup.b)
     assert 100 * EPS < rho < 1e-11
