@@ -28,6 +28,7 @@ PY="${PYTHON:-python3}"
 SITE=/tmp/crunchql-site
 export PYTHONUNBUFFERED=1
 export NUMBA_CACHE_DIR=/tmp/crunchql-numba-cache  # CPU kernels compiled once for both steps
+export NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0  # small grids are deliberate in the tests
 unset NUMBA_ENABLE_CUDASIM
 status=0
 

@@ -16,3 +16,11 @@ Importing a kernel module of this package (all but :mod:`.tolerance`) imports
 simulator (see :mod:`.compat`). Nothing else in
 ``crunchql`` imports this package, so the API and CPU workers never load the CUDA target.
 """
+
+import numpy as _np
+
+# Before any module of the package imports numba.cuda (see compat): NumPy 2.5 removed
+# numpy.row_stack (an alias of vstack), which numba's typing still registers when numba-cuda
+# compiles its first kernel.
+if not hasattr(_np, "row_stack"):
+    _np.row_stack = _np.vstack

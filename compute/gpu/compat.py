@@ -1,9 +1,9 @@
 """What differs between a real GPU, numba-cuda versions and numba's CUDA simulator.
 
-* NumPy 2.5 removed ``numpy.row_stack``, which some numba-cuda releases still reference
-  when they compile a kernel; it was ``numpy.vstack`` under another name, so the alias is
-  put back before ``numba.cuda`` is imported (measured on the H200 machine: numba 0.68.0,
-  numba-cuda, NumPy 2.5).
+* NumPy 2.5 removed ``numpy.row_stack``, which numba-cuda still references when it
+  compiles its first kernel (measured on the H200 machine: numba 0.68.0, numba-cuda,
+  NumPy 2.5); it was ``numpy.vstack`` under another name, so the package's
+  ``__init__`` puts the alias back before any of its modules imports ``numba.cuda``.
 * NVVM contracts ``a * b + c`` into a fused multiply-add even with ``fastmath=False``;
   the CPU kernels round the product and the sum separately. :func:`mul` and :func:`add`
   are libdevice's ``dmul_rn`` / ``dadd_rn`` on a GPU (PTX ``mul.rn`` / ``add.rn``, which
@@ -18,12 +18,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-if not hasattr(np, "row_stack"):
-    np.row_stack = np.vstack  # type: ignore[attr-defined]
-
-from numba import cuda  # after the NumPy alias above
+from numba import cuda
 
 try:  # numba-cuda reads its own copy of the setting
     from numba.cuda.core import config as cuda_config
