@@ -84,7 +84,7 @@ def count_blocks(
     """
     out = cuda.device_array(n_blocks, dtype=np.int64)
     launch(out, seed, first_block, samples, threads)
-    return out.copy_to_host()
+    return np.asarray(out.copy_to_host())
 
 
 def count_inside(samples: int, seed: int, threads: int = THREADS) -> int:

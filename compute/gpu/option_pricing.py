@@ -218,7 +218,7 @@ def block_sums(
         e_x,
         threads,
     )
-    return out.copy_to_host()
+    return np.asarray(out.copy_to_host())
 
 
 def warm_up() -> None:
