@@ -32,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,14 +45,16 @@ import numpy as np
 from crunchql.compute import config
 from crunchql.compute import mandelbrot as cpu_mandelbrot
 from crunchql.compute import monte_carlo_pi as cpu_pi
+from crunchql.compute import n_body as cpu_n_body
 from crunchql.compute import option_pricing as cpu_option
 from crunchql.compute.gpu import compat, tolerance
 from crunchql.compute.gpu import mandelbrot as gpu_mandelbrot
 from crunchql.compute.gpu import monte_carlo_pi as gpu_pi
+from crunchql.compute.gpu import n_body as gpu_n_body
 from crunchql.compute.gpu import option_pricing as gpu_option
 
 cuda = compat.cuda
-KINDS = ("monteCarloPi", "optionPricing", "mandelbrot")
+KINDS = ("monteCarloPi", "optionPricing", "mandelbrot", "nBody")
 BULB_WINDOW = (-0.1426, -0.1026, 0.7249, 0.7649)
 """Inside the period-3 bulb, off the cardioid and the period-2 disc: every pixel runs all
 ``maxIterations`` (the CPU kernel's worst case)."""
@@ -312,45 +315,91 @@ def mandelbrot_problems(cases: list[tuple[int, int, tuple[float, ...], str]]) ->
 # ---- the run ----------------------------------------------------------------------------------
 
 
-def make_problems(kinds: list[str], quick: bool) -> list[Problem]:
-    sim = compat.SIMULATOR
-    problems: list[Problem] = []
-    if "monteCarloPi" in kinds:
-        if sim:
-            sizes = [2_000]
-        elif quick:
-            sizes = [10**7, 10**8]
-        else:
-            sizes = [10**8, 10**9, config.MAX_SAMPLES]
-        problems += pi_problems(sizes)
-    if "optionPricing" in kinds:
-        if sim:
-            cases = [("EUROPEAN", 20, 1), ("ASIAN", 6, 4)]
-        elif quick:
-            cases = [("EUROPEAN", 10**5, 1), ("ASIAN", 10**4, 252)]
-        else:
-            asian_bound = config.MAX_PATH_STEPS // config.DEFAULT_STEPS_ASIAN
-            cases = [
-                ("EUROPEAN", 10**5, 1),
-                ("EUROPEAN", config.MAX_PATHS, 1),
-                ("ASIAN", 10**5, 252),
-                ("ASIAN", asian_bound, 252),
-            ]
-        problems += option_problems(cases)
-    if "mandelbrot" in kinds:
-        default = config.DEFAULT_WINDOW
-        if sim:
-            cases_m = [(16, 50, default, "default window")]
-        elif quick:
-            cases_m = [(1024, 1000, default, "default window")]
-        else:
-            cases_m = [
-                (1024, 1000, default, "default window"),
-                (config.MAX_SIDE, 2048, default, "default window"),
-                (1024, 2048, BULB_WINDOW, "inside a period-3 bulb (every pixel iterates fully)"),
-            ]
-        problems += mandelbrot_problems(cases_m)
+def n_body_problems(cases: list[tuple[int, int]]) -> list[Problem]:
+    problems = []
+    eps2 = config.SOFTENING**2
+    dt = 0.001
+    for bodies, steps in cases:
+        pos, vel, mu = cpu_n_body.random_cluster(bodies, 1)
+        acc = np.empty_like(pos)
+        cpu_n_body._accelerations_parallel(pos, mu, eps2, acc)
+        start = (pos, vel, acc)
+        d_mu = cuda.to_device(mu)
+
+        def cpu(start: Any = start, mu: np.ndarray = mu, steps: int = steps) -> Any:
+            p, v, a = (x.copy() for x in start)
+            cpu_n_body._leapfrog_parallel(p, v, a, mu, dt, eps2, steps)
+            return p, v, a
+
+        def gpu(start: Any = start, mu: np.ndarray = mu, steps: int = steps) -> Any:
+            return gpu_n_body.leapfrog(*start, mu, dt, eps2, steps)
+
+        d_state = [cuda.to_device(x) for x in start]
+
+        def kernel(d_state: Any = d_state, d_mu: Any = d_mu, steps: int = steps) -> None:
+            # all-pairs work does not depend on the state, so the runs go on from the last
+            gpu_n_body.launch_leapfrog(*d_state, d_mu, dt, eps2, steps)
+            cuda.synchronize()
+
+        def check(cpu: Any, got: Any, mu: np.ndarray = mu) -> str:
+            for name, a, b in zip(
+                ("positions", "velocities", "accelerations"), cpu, got, strict=True
+            ):
+                if not np.array_equal(a, b):
+                    raise Mismatch(f"{name}: {int(np.count_nonzero(a != b))} values differ")
+            e = cpu_n_body.energy(cpu[0], cpu[1], mu, config.SOFTENING)
+            return f"positions, velocities bitwise equal (final energy {e:.12g} on both)"
+
+        problems.append(
+            Problem(
+                "nBody",
+                f"RANDOM_CLUSTER, {bodies} bodies x {steps} steps ({bodies**2 * steps:.1e} pairs)",
+                cpu,
+                gpu,
+                kernel,
+                check,
+                f"numba prange, {cpu_threads()} threads",
+            )
+        )
     return problems
+
+
+def builders(quick: bool) -> dict[str, Callable[[], list[Problem]]]:
+    """For each kind, a function that makes its problems (sizes by mode)."""
+    sim = compat.SIMULATOR
+    default = config.DEFAULT_WINDOW
+    asian_bound = config.MAX_PATH_STEPS // config.DEFAULT_STEPS_ASIAN
+    if sim:
+        pi = [2_000]
+        option = [("EUROPEAN", 20, 1), ("ASIAN", 6, 4)]
+        mandel = [(16, 50, default, "default window")]
+        n_body = [(6, 2)]
+    elif quick:
+        pi = [10**7, 10**8]
+        option = [("EUROPEAN", 10**5, 1), ("ASIAN", 10**4, 252)]
+        mandel = [(1024, 1000, default, "default window")]
+        n_body = [(1000, 10)]
+    else:
+        pi = [10**8, 10**9, config.MAX_SAMPLES]
+        option = [
+            ("EUROPEAN", 10**5, 1),
+            ("EUROPEAN", config.MAX_PATHS, 1),
+            ("ASIAN", 10**5, 252),
+            ("ASIAN", asian_bound, 252),
+        ]
+        mandel = [
+            (1024, 1000, default, "default window"),
+            (config.MAX_SIDE, 2048, default, "default window"),
+            (1024, 2048, BULB_WINDOW, "inside a period-3 bulb (every pixel iterates fully)"),
+        ]
+        # the bound is 5000 bodies x 1000 steps; the time per step is constant
+        n_body = [(2000, 20), (config.MAX_BODIES, 100)]
+    return {
+        "monteCarloPi": lambda: pi_problems(pi),
+        "optionPricing": lambda: option_problems(option),
+        "mandelbrot": lambda: mandelbrot_problems(mandel),
+        "nBody": lambda: n_body_problems(n_body),
+    }
 
 
 def fmt(seconds: float) -> str:
@@ -445,20 +494,33 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     failed = False
     labels: dict[str, str] = {}
-    for problem in make_problems(kinds, args.quick):
-        labels[problem.kind] = problem.cpu_label
+    made = builders(args.quick)
+    for kind in kinds:
         try:
-            rows = run(problem, args.reps)
-        except Mismatch as exc:
+            problems = made[kind]()
+        except Exception as exc:  # e.g. a CPU kernel that does not compile here
             failed = True
-            rows = [f"| {problem.kind} | {problem.title} | - | - | - | - | - | MISMATCH: {exc} |"]
-        print("\n".join(rows), flush=True)
+            traceback.print_exc()
+            print(f"| {kind} | - | - | - | - | - | - | FAILED to set up: {exc!r:.120} |")
+            continue
+        for problem in problems:
+            labels[problem.kind] = problem.cpu_label
+            try:
+                rows = run(problem, args.reps)
+            except Mismatch as exc:
+                failed = True
+                rows = [f"| {kind} | {problem.title} | - | - | - | - | - | MISMATCH: {exc} |"]
+            except Exception as exc:  # one broken problem must not hide the others' figures
+                failed = True
+                traceback.print_exc()
+                rows = [f"| {kind} | {problem.title} | - | - | - | - | - | FAILED: {exc!r:.120} |"]
+            print("\n".join(rows), flush=True)
     print()
     for kind, label in labels.items():
         print(f"CPU side of {kind}: {label}")
     print("medians of the repetitions; 'CPU / GPU' compares the CPU with the GPU end to end")
     if failed:
-        print("RESULTS DISAGREE for at least one problem (see the table)")
+        print("RESULTS DISAGREE or a problem failed (see the table)")
     return 1 if failed else 0
 
 

@@ -84,7 +84,7 @@ cat >/tmp/crunchql-gpu-pytest.ini <<'EOF'
 addopts = -ra
 EOF
 say "pytest tests/compute/test_gpu_kernels.py (device mode)"
-CRUNCHQL_GPU_TESTS=device timeout 170 "$PY" -m pytest -c /tmp/crunchql-gpu-pytest.ini \
+CRUNCHQL_GPU_TESTS=device timeout 150 "$PY" -m pytest -c /tmp/crunchql-gpu-pytest.ini \
     --rootdir=. --confcutdir=tests/compute -p no:cacheprovider -v -s \
     tests/compute/test_gpu_kernels.py 2>&1 | tee "$OUT/pytest.log"
 rc=$?
@@ -93,7 +93,7 @@ say "pytest exit status: $rc"
 
 # ---- 4. the benchmark --------------------------------------------------------------------
 say "python -m benchmarks.gpu"
-timeout 200 "$PY" -m benchmarks.gpu 2>&1 | tee "$OUT/benchmark.md"
+timeout 210 "$PY" -m benchmarks.gpu 2>&1 | tee "$OUT/benchmark.md"
 rc=$?
 say "benchmark exit status: $rc"
 [ "$rc" -eq 0 ] || status=1

@@ -1,11 +1,11 @@
-"""numba CUDA kernels for monteCarloPi, optionPricing and mandelbrot.
+"""numba CUDA kernels for monteCarloPi, optionPricing, mandelbrot and nBody RANDOM_CLUSTER.
 
 Each module mirrors one CPU kernel of :mod:`crunchql.compute` argument for argument and
 walks the same counter-based random streams (:mod:`crunchql.compute.random`) in the same
 blocks, so that
 
-* monteCarloPi inside-counts and mandelbrot escape counts are bitwise those of the CPU
-  kernels, on a GPU and in numba's CUDA simulator;
+* monteCarloPi inside-counts, mandelbrot escape counts and nBody states are bitwise those
+  of the CPU kernels, on a GPU and in numba's CUDA simulator;
 * optionPricing's per-block sums add the same per-pair values in the same order, so they
   are bitwise the CPU's in the simulator (same libm) and, on a GPU, differ only through
   libdevice's ``exp``/``log``/``sin``/``cos``, within the bound of

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crunchql.compute import config
 from crunchql.compute import mandelbrot as cpu_mandelbrot
 from crunchql.compute import monte_carlo_pi as cpu_pi
+from crunchql.compute import n_body as cpu_n_body
 from crunchql.compute import option_pricing as cpu_option
 from crunchql.compute.gpu.tolerance import EPS, relative_bound, result_tolerance, sums_tolerance
 from tests.compute import gpu_child
@@ -259,3 +261,31 @@ def test_mandelbrot_known_total(gpu: Gpu) -> None:
     counts = gpu.call("mandelbrot", "escape_counts", 2048, 2048, 1000)
     # measured with the CPU kernels; a fused multiply-add gives 740,481,500
     assert int(counts.sum(dtype=np.int64)) == 740_480_562
+
+
+# ---- nBody RANDOM_CLUSTER ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_n_body_leapfrog_equals_cpu(gpu: Gpu, threads: int) -> None:
+    # in the simulator 7 bodies in tiles of 3: tiles end mid-cluster and body i sits in
+    # every position of a tile; on a GPU 1000 bodies
+    bodies, steps = (1000, 20) if gpu.device else (7, 3)
+    if gpu.device:
+        threads *= 32
+    pos, vel, mu = cpu_n_body.random_cluster(bodies, 5)
+    eps2 = config.SOFTENING**2
+    acc = np.empty_like(pos)
+    cpu_n_body._accelerations_serial(pos, mu, eps2, acc)
+    got_acc = gpu.call("n_body", "accelerations", pos, mu, eps2, threads)
+    assert np.array_equal(got_acc, acc)
+
+    got = gpu.call("n_body", "leapfrog", pos, vel, acc, mu, 0.001, eps2, steps, threads)
+    cpu_n_body._leapfrog_serial(pos, vel, acc, mu, 0.001, eps2, steps)
+    for name, mine, theirs in zip(
+        ("positions", "velocities", "accelerations"), got, (pos, vel, acc), strict=True
+    ):
+        assert np.array_equal(mine, theirs), name
+    assert cpu_n_body.energy(got[0], got[1], mu, config.SOFTENING) == cpu_n_body.energy(
+        pos, vel, mu, config.SOFTENING
+    )
