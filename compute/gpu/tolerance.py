@@ -46,8 +46,9 @@ def relative_bound(steps: int, x0: float, a: float, b: float) -> float:
       with ``x_max = |x0| + steps (|a| + b Z_MAX)``.
     * ``S = exp(x)``: relative ``dx + ULP_EXP EPS``; their running sum adds at most
       ``steps EPS`` relative, the division one more: ``rho_A = dx + (steps + ULP_EXP + 1)
-      EPS``. The geometric average ``exp(sum x / steps)`` gives ``rho_G = dx + (steps x_max
-      + ULP_EXP + 2) EPS`` (its sum of ``steps`` log prices).
+      EPS``. The geometric average ``exp(sum x / steps)``: the running sum of ``steps`` log
+      prices rounds by at most ``EPS steps x_max`` per addition, the division by ``EPS
+      x_max``, so ``rho_G = dx + ((steps + 1) x_max + ULP_EXP) EPS``.
 
     ``rho = max(rho_A, rho_G) + 3 EPS`` also covers the payoff's subtraction, ``phi``
     product and the pair's half-sum: a payoff ``f = max(phi (A - K), 0)`` then differs by at
@@ -58,7 +59,7 @@ def relative_bound(steps: int, x0: float, a: float, b: float) -> float:
     x_max = abs(x0) + steps * (abs(a) + bz)
     dx = EPS * steps * ((c_z + 1.0) * bz + (abs(a) + bz) + x_max)
     rho_a = dx + (steps + ULP_EXP + 1.0) * EPS
-    rho_g = dx + (steps * x_max + ULP_EXP + 2.0) * EPS
+    rho_g = dx + ((steps + 1.0) * x_max + ULP_EXP) * EPS
     return max(rho_a, rho_g) + 3.0 * EPS
 
 
@@ -83,8 +84,9 @@ def sums_tolerance(
     ``m`` pairs, ``P = sum |dY|``, ``Q = sum |dX|``, ``k_y = |c_y| + K``, ``k_x = |e_x| + K``:
 
     * ``sum dY``: ``rho (P + m k_y) + EPS P + (m + 1) EPS P`` (``sum dX`` likewise);
-    * ``sum dY**2``: ``2 (rho + EPS) sum dY**2 + 2 rho k_y P + (m + 1) EPS sum dY**2``;
-    * ``sum dX dY``: ``2 (rho + EPS) sum|dX dY| + rho (k_y Q + k_x P) + (m + 1) EPS sum|dX dY|``.
+    * ``sum dY**2``: ``2 (rho + EPS) sum dY**2 + 2 rho k_y P + (m + 2) EPS sum dY**2`` (one
+      more ``EPS`` for each product's own rounding; ``sum dX**2`` likewise);
+    * ``sum dX dY``: ``2 (rho + EPS) sum|dX dY| + rho (k_y Q + k_x P) + (m + 2) EPS sum|dX dY|``.
 
     Second-order terms are covered by doubling the result.
 
@@ -111,13 +113,14 @@ def sums_tolerance(
     pxy = np.sqrt(s_xx * s_yy)
     k_y = abs(c_y) + strike
     k_x = abs(e_x) + strike
-    rounding = (m + 1.0) * EPS
+    rounding = (m + 1.0) * EPS  # a recursive sum of m terms, either side
+    products = (m + 2.0) * EPS  # and each term's own product
     tol = np.empty_like(sums)
     tol[:, 0] = rho * (p_y + m * k_y) + EPS * p_y + rounding * p_y
-    tol[:, 1] = 2.0 * (rho + EPS) * s_yy + 2.0 * rho * k_y * p_y + rounding * s_yy
+    tol[:, 1] = 2.0 * (rho + EPS) * s_yy + 2.0 * rho * k_y * p_y + products * s_yy
     tol[:, 2] = rho * (q_x + m * k_x) + EPS * q_x + rounding * q_x
-    tol[:, 3] = 2.0 * (rho + EPS) * s_xx + 2.0 * rho * k_x * q_x + rounding * s_xx
-    tol[:, 4] = 2.0 * (rho + EPS) * pxy + rho * (k_y * q_x + k_x * p_y) + rounding * pxy
+    tol[:, 3] = 2.0 * (rho + EPS) * s_xx + 2.0 * rho * k_x * q_x + products * s_xx
+    tol[:, 4] = 2.0 * (rho + EPS) * pxy + rho * (k_y * q_x + k_x * p_y) + products * pxy
     return 2.0 * tol
 
 
