@@ -111,8 +111,7 @@ def test_pi_total_equals_cpu_for_any_thread_count(gpu: Gpu) -> None:
 
 @pytest.mark.parametrize("seed", [3, 99])
 def test_pi_per_block_counts_equal_cpu(gpu: Gpu, seed: int) -> None:
-    # on a GPU: 40 full blocks and a short one; in the simulator: blocks 5 and 6 of a run
-    # whose block 6 is short
+    # on a GPU: 40 full blocks and a short one; in the simulator: the short block 6
     if gpu.device:
         samples, first, n = 40 * cpu_pi.BLOCK + 12_345, 0, 41
     else:
@@ -218,8 +217,8 @@ def test_option_sums_do_not_depend_on_threads(gpu: Gpu) -> None:
 
 
 def test_option_tolerance_is_tight_enough_to_fail() -> None:
-    # the bound on real GPUs: a few thousand ulp of the sums for a 252-step path, so an
-    # error of 1e-9 relative (far below any Monte Carlo error) would be caught
+    # the bound on real GPUs: ~2*10**4 ulp (4e-12 relative) for a 252-step path, ~40 ulp
+    # for one step, so an error of 1e-9 relative (far below any Monte Carlo error) is caught
     setup = cpu_option.make_setup(option_params(steps=252))
     rho = relative_bound(setup.steps, setup.x0, setup.a, setup.b)
     assert 100 * EPS < rho < 1e-11
