@@ -99,6 +99,22 @@ class Kernel(Protocol[P_contra]):
         ...
 
 
+class ShardedKernel(Kernel[P_contra], Protocol[P_contra]):
+    """A kernel module whose jobs can be split into shards (see :mod:`compute.sharding`)."""
+
+    def plan_shards(self, params: P_contra, shard_seconds: float) -> int:
+        """How many shards for ``shard_seconds`` of one core each (1: not split)."""
+        ...
+
+    def start_shard(self, params: P_contra, shard: int, shards: int) -> Job:
+        """Shard ``shard`` of ``shards``; its ``result()`` is a JSON partial."""
+        ...
+
+    def combine(self, params: P_contra, partials: list[JSONDict]) -> JSONDict:
+        """The result from every partial, in shard order: bitwise the unsplit result."""
+        ...
+
+
 @dataclass(frozen=True)
 class Kind(Generic[P]):
     """One entry of the catalog (:mod:`compute.catalog`).
@@ -139,3 +155,27 @@ class Kind(Generic[P]):
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) every kernel of this kind."""
         self.load_kernel().warm_up()
+
+    def sharded_kernel(self) -> ShardedKernel[P] | None:
+        """The kernel module when it can split a job into shards, else None."""
+        module = self.load_kernel()
+        if all(hasattr(module, name) for name in ("plan_shards", "start_shard", "combine")):
+            return cast(ShardedKernel[P], module)
+        return None
+
+    def plan_shards(self, params: Mapping[str, Any], shard_seconds: float) -> int:
+        """Shards for stored parameters (1 for a kind that is never split)."""
+        kernel = self.sharded_kernel()
+        return 1 if kernel is None else kernel.plan_shards(self.parse(params), shard_seconds)
+
+    def start_shard(self, params: Mapping[str, Any], shard: int, shards: int) -> Job:
+        kernel = self.sharded_kernel()
+        if kernel is None:
+            raise ValueError(f"{self.name} is not split into shards")
+        return kernel.start_shard(self.parse(params), shard, shards)
+
+    def combine(self, params: Mapping[str, Any], partials: list[JSONDict]) -> JSONDict:
+        kernel = self.sharded_kernel()
+        if kernel is None:
+            raise ValueError(f"{self.name} is not split into shards")
+        return kernel.combine(self.parse(params), partials)

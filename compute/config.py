@@ -180,3 +180,20 @@ as KMEANS_GENERATE_TERMS terms. A chunk is at least one block: the largest block
 4096 points x 64 dimensions x 256 centroids = 6.7 * 10**7 terms. Never changes the result."""
 KMEANS_GENERATE_TERMS = 16
 KMEANS_TIME_LIMIT_SECONDS = 600.0
+
+# ---- shards (one calculation across many workers) -----------------------------------------
+#
+# A calculation whose estimated cost exceeds the shard size (a setting of the service,
+# ``CRUNCHQL_SHARD_SECONDS``, default 2 s of one core) is split into shards of whole
+# blocks. The rates below only decide how many shards there are, never a result.
+
+PI_SAMPLES_PER_CORE_SECOND = 5 * 10**8
+"""~2 ns per sample per core (see monteCarloPi's cost model above)."""
+OPTION_PAIR_STEPS_PER_CORE_SECOND = 2 * 10**7
+"""~45 ns per pair-step per core (see optionPricing's cost model above)."""
+PRIME_NUMBERS_PER_CORE_SECOND = 2 * 10**9
+"""~0.5 ns per number sieved per core near 10**10 (see primeCount's cost model above)."""
+MANDEL_ITERATIONS_PER_CORE_SECOND = 2.5 * 10**8
+"""~4 ns per iteration per core (see mandelbrot's cost model above)."""
+MAX_SHARDS = 256
+"""Most shards of one calculation, whatever the shard size."""

@@ -37,6 +37,7 @@ from crunchql.compute.random import (
     uint64_at,
     uint64_at_py,
 )
+from crunchql.compute.sharding import block_range, check_cover, shard_count
 
 BLOCK = config.PI_BLOCK_SAMPLES
 
@@ -195,13 +196,20 @@ def estimate_pi_python(samples: int, seed: int) -> JSONDict:
 
 
 class PiJob:
-    """A pi estimate run chunk by chunk; each chunk is ``PI_CHUNK_BLOCKS`` blocks."""
+    """A pi estimate run chunk by chunk; each chunk is ``PI_CHUNK_BLOCKS`` blocks.
 
-    def __init__(self, samples: int, seed: int) -> None:
+    ``first_block``/``stop_block`` restrict it to a shard's blocks (see
+    :func:`start_shard`); the default is every block of the job.
+    """
+
+    def __init__(
+        self, samples: int, seed: int, first_block: int = 0, stop_block: int | None = None
+    ) -> None:
         self.samples = samples
         self.seed = seed
-        self.total_blocks = _blocks(samples)
-        self.next_block = 0
+        self.first_block = first_block
+        self.total_blocks = _blocks(samples) if stop_block is None else stop_block
+        self.next_block = first_block
         self.inside = 0
 
     @property
@@ -210,10 +218,11 @@ class PiJob:
 
     @property
     def progress(self) -> float:
-        return 1.0 if self.done else self.next_block / self.total_blocks
+        span = self.total_blocks - self.first_block
+        return 1.0 if self.done else (self.next_block - self.first_block) / span
 
     def _samples_done(self) -> int:
-        return min(self.samples, self.next_block * BLOCK)
+        return min(self.samples, self.next_block * BLOCK) - self.first_block * BLOCK
 
     def step(self) -> None:
         if self.done:
@@ -235,6 +244,39 @@ class PiJob:
 def start(params: MonteCarloPiParams) -> PiJob:
     """A :class:`PiJob` for validated ``params``."""
     return PiJob(params.samples, params.seed)
+
+
+# ---- shards: contiguous ranges of blocks, combined by adding integer counts ------------------
+
+
+def plan_shards(params: MonteCarloPiParams, shard_seconds: float) -> int:
+    """Shards for ``params`` at ``shard_seconds`` of one core each (1: not split)."""
+    cost = params.samples / config.PI_SAMPLES_PER_CORE_SECOND
+    return shard_count(cost, shard_seconds, _blocks(params.samples))
+
+
+class PiShardJob(PiJob):
+    """The blocks of one shard; ``result()`` is the partial ``{"firstBlock", "stopBlock",
+    "inside"}`` that :func:`combine` adds up."""
+
+    def result(self) -> JSONDict:
+        if not self.done:
+            raise RuntimeError("the job is not done")
+        return {"firstBlock": self.first_block, "stopBlock": self.total_blocks,
+                "inside": self.inside}  # fmt: skip
+
+
+def start_shard(params: MonteCarloPiParams, shard: int, shards: int) -> PiShardJob:
+    """The job of shard ``shard`` (0-based) of ``shards``."""
+    first, stop = block_range(_blocks(params.samples), shard, shards)
+    return PiShardJob(params.samples, params.seed, first, stop)
+
+
+def combine(params: MonteCarloPiParams, partials: list[JSONDict]) -> JSONDict:
+    """The result from every shard's partial, in shard order: the unsplit job's result
+    exactly (the inside-counts are integers)."""
+    check_cover(partials, _blocks(params.samples))
+    return pi_result(sum(int(partial["inside"]) for partial in partials), params.samples)
 
 
 def warm_up() -> None:

@@ -62,6 +62,13 @@ from crunchql.compute.random import (
     stream_key,
     stream_key_py,
 )
+from crunchql.compute.sharding import (
+    block_range,
+    check_cover,
+    decode_rows,
+    encode_rows,
+    shard_count,
+)
 
 N_SUMS = 5
 """Columns of the per-block sums: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY, where
@@ -524,10 +531,15 @@ class OptionJob:
     """An option price run chunk by chunk; a chunk is ~``OPTION_CHUNK_PATH_STEPS`` pair-steps,
     at least one block per thread (the chunking never changes the result)."""
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, params: Mapping[str, Any], first_block: int = 0, stop_block: int | None = None
+    ) -> None:
         self.setup = make_setup(params)
-        self.sums = np.zeros((self.setup.blocks, N_SUMS))
-        self.next_block = 0
+        self.first_block = first_block
+        self.stop_block = self.setup.blocks if stop_block is None else stop_block
+        # Row j holds block first_block + j.
+        self.sums = np.zeros((self.stop_block - first_block, N_SUMS))
+        self.next_block = first_block
         per_block = self.setup.block_pairs * self.setup.steps
         self.chunk_blocks = max(
             numba.get_num_threads(), config.OPTION_CHUNK_PATH_STEPS // per_block
@@ -535,25 +547,29 @@ class OptionJob:
 
     @property
     def done(self) -> bool:
-        return self.next_block >= self.setup.blocks
+        return self.next_block >= self.stop_block
 
     @property
     def progress(self) -> float:
-        return 1.0 if self.done else self.next_block / self.setup.blocks
+        span = self.stop_block - self.first_block
+        return 1.0 if self.done else (self.next_block - self.first_block) / span
 
     def step(self) -> None:
         if self.done:
             return
-        stop = min(self.next_block + self.chunk_blocks, self.setup.blocks)
-        _run_kernel(_sums_parallel, self.setup, self.next_block, self.sums[self.next_block : stop])
+        stop = min(self.next_block + self.chunk_blocks, self.stop_block)
+        rows = self.sums[self.next_block - self.first_block : stop - self.first_block]
+        _run_kernel(_sums_parallel, self.setup, self.next_block, rows)
         self.next_block = stop
 
     def _pairs_done(self) -> int:
-        return min(self.setup.paths, self.next_block * self.setup.block_pairs)
+        pairs = self.setup.block_pairs
+        return min(self.setup.paths, self.next_block * pairs) - self.first_block * pairs
 
     def partial_result(self) -> JSONDict | None:
         n = self._pairs_done()
-        return None if n == 0 else summarize(self.setup, self.sums[: self.next_block], n)
+        done = self.next_block - self.first_block
+        return None if n == 0 else summarize(self.setup, self.sums[:done], n)
 
     def result(self) -> JSONDict:
         if not self.done:
@@ -564,6 +580,46 @@ class OptionJob:
 def start(params: OptionPricingParams) -> OptionJob:
     """An :class:`OptionJob` for validated ``params``."""
     return OptionJob(params.to_json())
+
+
+# ---- shards: contiguous ranges of blocks; each block's sums kept, reduced as unsplit ----------
+
+
+def plan_shards(params: OptionPricingParams, shard_seconds: float) -> int:
+    """Shards for ``params`` at ``shard_seconds`` of one core each (1: not split)."""
+    setup = make_setup(params.to_json())
+    cost = setup.paths * setup.steps / config.OPTION_PAIR_STEPS_PER_CORE_SECOND
+    return shard_count(cost, shard_seconds, setup.blocks)
+
+
+class OptionShardJob(OptionJob):
+    """The blocks of one shard; ``result()`` is the partial ``{"firstBlock", "stopBlock",
+    "sums"}``, ``sums`` the blocks' rows of :data:`N_SUMS` float64 as exact base64."""
+
+    def result(self) -> JSONDict:
+        if not self.done:
+            raise RuntimeError("the job is not done")
+        return {"firstBlock": self.first_block, "stopBlock": self.stop_block,
+                "sums": encode_rows(self.sums)}  # fmt: skip
+
+
+def start_shard(params: OptionPricingParams, shard: int, shards: int) -> OptionShardJob:
+    """The job of shard ``shard`` (0-based) of ``shards``."""
+    raw = params.to_json()
+    first, stop = block_range(make_setup(raw).blocks, shard, shards)
+    return OptionShardJob(raw, first, stop)
+
+
+def combine(params: OptionPricingParams, partials: list[JSONDict]) -> JSONDict:
+    """The result from every shard's partial, in shard order: the same per-block rows as
+    the unsplit job, reduced by the same :func:`summarize`, hence the same bits."""
+    setup = make_setup(params.to_json())
+    check_cover(partials, setup.blocks)
+    rows = [decode_rows(str(partial["sums"]), N_SUMS) for partial in partials]
+    for partial, block_rows in zip(partials, rows, strict=True):
+        if len(block_rows) != int(partial["stopBlock"]) - int(partial["firstBlock"]):
+            raise ValueError("a shard partial's sums do not match its blocks")
+    return summarize(setup, np.concatenate(rows), setup.paths)
 
 
 def warm_up() -> None:

@@ -43,6 +43,7 @@ from numba import njit, prange
 from crunchql.compute import config
 from crunchql.compute.base import JSONDict
 from crunchql.compute.params.prime_count import PrimeCountParams
+from crunchql.compute.sharding import block_range, check_cover, shard_count
 
 # ---- the wheel ---------------------------------------------------------------------------
 
@@ -382,14 +383,19 @@ def count_primes_python(limit: int) -> int:
 
 
 class PrimeCountJob:
-    """pi(limit) counted chunk by chunk; a chunk is ``config.PRIME_CHUNK_BLOCKS`` sieve blocks."""
+    """pi(limit) counted chunk by chunk; a chunk is ``config.PRIME_CHUNK_BLOCKS`` sieve blocks.
 
-    def __init__(self, limit: int) -> None:
+    ``first_block``/``stop_block`` restrict it to a shard's range of blocks (see
+    :func:`start_shard`; the primes up to 17, which no block counts, belong to shard 0).
+    """
+
+    def __init__(self, limit: int, first_block: int = 0, stop_block: int | None = None) -> None:
         self.limit = limit
         self.primes = _sieving_primes(limit)
-        self.total_blocks = _total_blocks(limit)
-        self.next_block = 0
-        self.count = _small_count(limit)
+        self.first_block = first_block
+        self.total_blocks = _total_blocks(limit) if stop_block is None else stop_block
+        self.next_block = first_block
+        self.count = _small_count(limit) if first_block == 0 else 0
 
     @property
     def done(self) -> bool:
@@ -397,7 +403,8 @@ class PrimeCountJob:
 
     @property
     def progress(self) -> float:
-        return 1.0 if self.done else self.next_block / self.total_blocks
+        span = self.total_blocks - self.first_block
+        return 1.0 if self.done else (self.next_block - self.first_block) / span
 
     def step(self) -> None:
         if self.done:
@@ -418,6 +425,38 @@ class PrimeCountJob:
 def start(params: PrimeCountParams) -> PrimeCountJob:
     """A :class:`PrimeCountJob` for validated ``params``."""
     return PrimeCountJob(params.limit)
+
+
+# ---- shards: contiguous ranges of sieve blocks, combined by adding integer counts -----------
+
+
+def plan_shards(params: PrimeCountParams, shard_seconds: float) -> int:
+    """Shards for ``params`` at ``shard_seconds`` of one core each (1: not split)."""
+    cost = params.limit / config.PRIME_NUMBERS_PER_CORE_SECOND
+    return shard_count(cost, shard_seconds, _total_blocks(params.limit))
+
+
+class PrimeCountShardJob(PrimeCountJob):
+    """The sieve blocks of one shard; ``result()`` is the partial ``{"firstBlock",
+    "stopBlock", "count"}`` that :func:`combine` adds up."""
+
+    def result(self) -> JSONDict:
+        if not self.done:
+            raise RuntimeError("the job is not done")
+        return {"firstBlock": self.first_block, "stopBlock": self.total_blocks,
+                "count": self.count}  # fmt: skip
+
+
+def start_shard(params: PrimeCountParams, shard: int, shards: int) -> PrimeCountShardJob:
+    """The job of shard ``shard`` (0-based) of ``shards``."""
+    first, stop = block_range(_total_blocks(params.limit), shard, shards)
+    return PrimeCountShardJob(params.limit, first, stop)
+
+
+def combine(params: PrimeCountParams, partials: list[JSONDict]) -> JSONDict:
+    """pi(limit) from every shard's partial, in shard order (a sum of integers)."""
+    check_cover(partials, _total_blocks(params.limit))
+    return {"limit": params.limit, "count": sum(int(partial["count"]) for partial in partials)}
 
 
 def warm_up() -> None:
