@@ -65,11 +65,12 @@ class RunOutcome(StrEnum):
     CANCELLED = "cancelled"  # cancelled (or taken over) while it ran
     RELEASED = "released"  # handed back QUEUED for another worker (shutdown)
     RETRY = "retry"  # infrastructure trouble: handed back, to be delivered again later
+    SPLIT = "split"  # split into shards, sent to run on any workers
 
     @property
     def is_run(self) -> bool:
-        """A run that ended here (what metrics count); SKIPPED and RETRY are not."""
-        return self not in (RunOutcome.SKIPPED, RunOutcome.RETRY)
+        """A run that ended here (what metrics count); SKIPPED, RETRY and SPLIT are not."""
+        return self not in (RunOutcome.SKIPPED, RunOutcome.RETRY, RunOutcome.SPLIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,9 @@ class CalculationSnapshot:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    shards: int = 1
+    shards_done: int = 0
+    device: str | None = None
 
 
 class EventKind(StrEnum):
@@ -143,6 +147,10 @@ class CalculationEvent:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # A split calculation's shards (1 when not split), those done, and its device.
+    shards: int = 1
+    shards_done: int = 0
+    device: str | None = None
 
     @classmethod
     def status_change(cls, snapshot: CalculationSnapshot) -> CalculationEvent:
@@ -157,6 +165,9 @@ class CalculationEvent:
             error=snapshot.error,
             started_at=snapshot.started_at,
             finished_at=snapshot.finished_at,
+            shards=snapshot.shards,
+            shards_done=snapshot.shards_done,
+            device=snapshot.device,
         )
 
     @classmethod
@@ -168,6 +179,8 @@ class CalculationEvent:
         version: int,
         progress: float,
         partial_result: Json | None,
+        shards: int = 1,
+        shards_done: int = 0,
     ) -> CalculationEvent:
         return cls(
             id=calculation_id,
@@ -177,6 +190,8 @@ class CalculationEvent:
             version=version,
             progress=progress,
             partial_result=partial_result,
+            shards=shards,
+            shards_done=shards_done,
         )
 
     @property
@@ -215,6 +230,11 @@ class CalculationEvent:
             payload["startedAt"] = self.started_at.isoformat()
         if self.finished_at is not None:
             payload["finishedAt"] = self.finished_at.isoformat()
+        if self.shards != 1:
+            payload["shards"] = self.shards
+            payload["shardsDone"] = self.shards_done
+        if self.device is not None:
+            payload["device"] = self.device
         return payload
 
     @classmethod
@@ -267,6 +287,13 @@ class CalculationEvent:
             raise MalformedEventError("'result' must be an object")
         if type(reload) is not bool or (message is not None and type(message) is not str):
             raise MalformedEventError("'reload' must be a boolean and 'error' a string")
+        shards, shards_done, device = get("shards", 1), get("shardsDone", 0), get("device")
+        if type(shards) is not int or type(shards_done) is not int:
+            raise MalformedEventError("'shards' and 'shardsDone' must be counts")
+        if not 0 <= shards_done <= shards or shards < 1:
+            raise MalformedEventError("'shardsDone' must be between 0 and 'shards'")
+        if device is not None and type(device) is not str:
+            raise MalformedEventError("'device' must be a string")
         try:
             event = cls(
                 id=uuid.UUID(raw_id),
@@ -281,6 +308,9 @@ class CalculationEvent:
                 error=message,
                 started_at=_moment(get("startedAt")),
                 finished_at=_moment(get("finishedAt")),
+                shards=shards,
+                shards_done=shards_done,
+                device=device,
             )
         except ValueError as failure:  # a malformed UUID or timestamp
             raise MalformedEventError(str(failure)) from None
@@ -367,6 +397,9 @@ class WatchState:
                 error=event.error,
                 started_at=event.started_at,
                 finished_at=event.finished_at,
+                shards=event.shards,
+                shards_done=event.shards_done,
+                device=event.device,
             )
         else:
             if (
@@ -376,7 +409,11 @@ class WatchState:
             ):
                 return None
             update = dataclasses.replace(
-                current, progress=event.progress, partial_result=event.partial_result
+                current,
+                progress=event.progress,
+                partial_result=event.partial_result,
+                shards=max(current.shards, event.shards),
+                shards_done=max(current.shards_done, event.shards_done),
             )
         return self._show(update, event.version)
 

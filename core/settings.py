@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     progress_publish_interval: float = Field(default=0.1, gt=0)
     progress_write_interval: float = Field(default=1.0, gt=0)
     job_max_retries: int = Field(default=3, ge=0)
+    # A calculation estimated to cost more than this many seconds of one core is split
+    # into shards that run on any workers (0: never split).
+    shard_seconds: float = Field(default=2.0, ge=0)
 
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON in production, console in development

@@ -35,9 +35,11 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Base",
     "Calculation",
+    "CalculationShard",
     "CalculationStatus",
     "RefreshToken",
     "Role",
+    "ShardStatus",
     "User",
     "Worker",
 ]
@@ -128,6 +130,11 @@ class Calculation(Base):
     # The worker that claimed the run, and when it last said the run is alive.
     worker_id: Mapped[str | None] = mapped_column(String(100), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Split over many workers: how many shards (1 when not split), how many have stored
+    # their partial result, and where it runs ("cpu" or "gpu"; None while QUEUED).
+    shards: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    shards_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    device: Mapped[str | None] = mapped_column(String(16), default=None)
 
     __table_args__ = (
         Index("ix_calculations_owner_created", "owner_id", "created_at", "id"),
@@ -150,7 +157,38 @@ class Calculation(Base):
             error=self.error,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            shards=self.shards,
+            shards_done=self.shards_done,
+            device=self.device,
         )
+
+
+class ShardStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+
+
+class CalculationShard(Base):
+    """One shard of a split calculation: its own claim, progress and partial result."""
+
+    __tablename__ = "calculation_shards"
+
+    calculation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("calculations.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[ShardStatus] = mapped_column(
+        _stored_as_text(ShardStatus, 16), default=ShardStatus.QUEUED
+    )
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    partial: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    __table_args__ = (Index("ix_calculation_shards_status", "status"),)
 
 
 class Worker(Base):

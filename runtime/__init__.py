@@ -116,6 +116,8 @@ async def start_runtime(
             RunnerServices(session_factory=session_factory, bus=bus),
             config,
         )
+        config.shard_seconds = settings.shard_seconds
+        config.send_shard = embedded.enqueue_shard
         queue = embedded
     services = ServiceContainer(
         session_factory=session_factory,

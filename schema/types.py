@@ -97,6 +97,15 @@ class Calculation:
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int = strawberry.field(description="How many times a worker started it.")
+    shards: int = strawberry.field(
+        description="How many shards it is split into, to run on many workers (1 when not split)."
+    )
+    shards_done: int = strawberry.field(
+        description="Shards whose partial result is stored (0 .. shards)."
+    )
+    device: str | None = strawberry.field(
+        description='Where it ran or runs: "cpu" or "gpu"; null while QUEUED.'
+    )
     owner_id: strawberry.Private[uuid.UUID]
 
     @strawberry.field
@@ -123,6 +132,9 @@ class Calculation:
             started_at=row.started_at,
             finished_at=row.finished_at,
             attempts=row.attempts,
+            shards=row.shards,
+            shards_done=row.shards_done,
+            device=row.device,
             owner_id=row.owner_id,
         )
 

@@ -23,7 +23,12 @@ from crunchql.compute.catalog import warm_up_all
 from crunchql.core.lifecycle import RetryPolicy
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
-from crunchql.db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
+from crunchql.db.repositories import (
+    CalculationRepository,
+    RefreshTokenRepository,
+    ShardRepository,
+    WorkerRepository,
+)
 from crunchql.observability.metrics import start_worker_metrics_server
 from crunchql.pubsub.bus import RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
@@ -72,6 +77,8 @@ class WorkerRuntime:
             config=RunnerConfig(
                 worker_id=worker_id,
                 requeue=DramatiqJobQueue(broker).enqueue,
+                shard_seconds=settings.shard_seconds,
+                send_shard=DramatiqJobQueue(broker).enqueue_shard,
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
@@ -109,6 +116,10 @@ class WorkerRuntime:
         async with unit_of_work(self.services.session_factory) as session:
             repo = CalculationRepository(session)
             resend = await repo.release_stale_runs(stale_before=now - self.config.stale_after)
+            # A shard whose worker died: only it is re-run, the others keep their partials.
+            shards = await ShardRepository(session).release_stale(
+                stale_before=now - self.config.stale_after
+            )
             if await asyncio.to_thread(self.broker.do_qsize, QUEUE_NAME) == 0:
                 resend += await repo.list_waiting(created_before=now - QUEUED_RESEND_AFTER)
             else:
@@ -126,7 +137,12 @@ class WorkerRuntime:
                 "re-sending calculation %s (worker gone or message lost)", calculation_id
             )
             await queue.enqueue(calculation_id)
-        return len(resend)
+        for calculation_id, shard in shards:
+            logger.warning(
+                "re-sending calculation %s shard %d (worker gone)", calculation_id, shard
+            )
+            await queue.enqueue_shard(calculation_id, shard)
+        return len(resend) + len(shards)
 
     async def _sweep_loop(self) -> None:
         while True:

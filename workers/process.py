@@ -1,4 +1,4 @@
-"""The module ``crunchql worker`` hands to Dramatiq: broker, middleware and the actor."""
+"""The module ``crunchql worker`` hands to Dramatiq: broker, middleware and the actors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from crunchql.core.settings import get_settings
 from crunchql.observability.errors import init_error_reporting
 from crunchql.workers.broker import QUEUE_NAME, create_broker
 from crunchql.workers.lifecycle import WorkerLifecycle, current_runtime
-from crunchql.workers.queues import ACTOR_NAME, run_message
+from crunchql.workers.queues import (
+    ACTOR_NAME,
+    SHARD_ACTOR_NAME,
+    run_message,
+    run_shard_message,
+)
 
 settings = get_settings()
 configure_logging(settings)
@@ -25,3 +30,11 @@ dramatiq.set_broker(broker)
 async def run(calculation_id: str) -> None:
     runtime = current_runtime()
     await run_message(runtime.services, runtime.config, runtime.executor, calculation_id)
+
+
+@dramatiq.actor(actor_name=SHARD_ACTOR_NAME, queue_name=QUEUE_NAME, broker=broker)
+async def run_shard(calculation_id: str, shard: int) -> None:
+    runtime = current_runtime()
+    await run_shard_message(
+        runtime.services, runtime.config, runtime.executor, calculation_id, shard
+    )

@@ -16,9 +16,11 @@ from crunchql.core.lifecycle import RunOutcome
 from crunchql.services.container import Infrastructure
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.runner import RunnerConfig, run_with_policy
+from crunchql.workers.shards import run_shard_with_policy
 
 logger = logging.getLogger("crunchql.queue")
 ACTOR_NAME = "calculation.run"
+SHARD_ACTOR_NAME = "calculation.shard"
 SEND_TIMEOUT_SECONDS = 5.0
 
 
@@ -44,6 +46,23 @@ class DramatiqJobQueue:
         # by the workers' sweeper, so a caller never waits long on Redis.
         await asyncio.wait_for(asyncio.to_thread(self.send, calculation_id), SEND_TIMEOUT_SECONDS)
 
+    def send_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+        """A ``calculation.shard`` message, keyed by (calculation, shard)."""
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=QUEUE_NAME,
+            actor_name=SHARD_ACTOR_NAME,
+            args=(str(calculation_id), shard),
+            kwargs={},
+            options={},
+        )
+        self.broker.enqueue(message)
+        self.broker.wake()
+
+    async def enqueue_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+        await asyncio.wait_for(
+            asyncio.to_thread(self.send_shard, calculation_id, shard), SEND_TIMEOUT_SECONDS
+        )
+
 
 async def run_message(
     services: Infrastructure, config: RunnerConfig, executor: Executor, calculation_id: str
@@ -64,6 +83,28 @@ async def run_message(
     if stats.outcome is RunOutcome.RETRY:
         delay = config.retry.backoff(retries)
         raise dramatiq.Retry(f"calculation {parsed}: retry {retries + 1}", delay=int(delay * 1000))
+
+
+async def run_shard_message(
+    services: Infrastructure,
+    config: RunnerConfig,
+    executor: Executor,
+    calculation_id: str,
+    shard: int,
+) -> None:
+    """The body of the ``calculation.shard`` actor: one delivery of one shard."""
+    try:
+        parsed = uuid.UUID(calculation_id)
+    except ValueError:
+        return
+    if type(shard) is not int or shard < 0:
+        return
+    message = CurrentMessage.get_current_message()
+    retries = int(message.options.get("retries", 0)) if message else 0
+    stats = await run_shard_with_policy(services, config, parsed, shard, executor, retries=retries)
+    if stats.outcome is RunOutcome.RETRY:
+        delay = config.retry.backoff(retries)
+        raise dramatiq.Retry(f"calculation {parsed} shard {shard}", delay=int(delay * 1000))
 
 
 class EmbeddedJobQueue:
@@ -113,6 +154,24 @@ class EmbeddedJobQueue:
                     retries=retries,
                     take_over=take_over or retries > 0,
                 )
+                if stats.outcome is not RunOutcome.RETRY:
+                    return
+                await asyncio.sleep(self.config.retry.backoff(retries))
+                retries += 1
+
+    async def enqueue_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+        task = asyncio.create_task(self._run_shard(calculation_id, shard))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+        async with self._slots:
+            retries = 0
+            while True:
+                stats = await run_shard_with_policy(
+                    self.services, self.config, calculation_id, shard, self._executor,
+                    retries=retries, take_over=retries > 0,
+                )  # fmt: skip
                 if stats.outcome is not RunOutcome.RETRY:
                     return
                 await asyncio.sleep(self.config.retry.backoff(retries))

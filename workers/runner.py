@@ -26,7 +26,7 @@ from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPo
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import Calculation
-from crunchql.db.repositories import CalculationRepository
+from crunchql.db.repositories import CalculationRepository, ShardRepository
 from crunchql.observability.metrics import record_finished
 from crunchql.services.container import Infrastructure
 
@@ -50,6 +50,10 @@ class RunnerConfig:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     requeue: Callable[[uuid.UUID], Awaitable[None]] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Splitting a large calculation into shards: their target cost in seconds of one
+    # core (0: never split) and how a shard is sent to run (None: never split).
+    shard_seconds: float = 0.0
+    send_shard: Callable[[uuid.UUID, int], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,18 @@ async def _execute(
     except Exception as error:
         logger.exception("starting %s failed", calculation.id)
         return await fail(f"The {calculation.kind} kernel failed: {type(error).__name__}: {error}")
+    if config.send_shard is not None and (calculation.shards > 1 or config.shard_seconds > 0):
+        try:
+            shards = calculation.shards
+            if shards == 1:  # in the kernel thread: an estimate may run a coarse kernel
+                shards = await loop.run_in_executor(
+                    executor, kind.plan_shards, calculation.input, config.shard_seconds
+                )
+        except Exception as error:
+            logger.exception("planning the shards of %s failed", calculation.id)
+            return await fail(f"The {calculation.kind} kernel failed: {error}")
+        if shards > 1:
+            return await _dispatch_shards(services, config, calculation, shards)
     # The limit counts this job's own computing time, not time spent waiting for the
     # kernel thread that the jobs of this process share.
     budget = kind.time_limit_seconds
@@ -300,6 +316,29 @@ async def _execute(
     return await _finish(
         services, config, calculation, CalculationStatus.SUCCEEDED, version + 1, result=result
     )
+
+
+async def _dispatch_shards(
+    services: Infrastructure, config: RunnerConfig, calculation: Calculation, shards: int
+) -> RunOutcome:
+    """Split the claimed calculation into ``shards`` (the first time) and send every shard
+    that no live worker holds. A takeover of a split calculation (all its workers went
+    quiet) comes here again and re-sends only the shards not yet done."""
+    send = config.send_shard
+    assert send is not None
+    async with unit_of_work(services.session_factory) as session:
+        repo = ShardRepository(session)
+        if calculation.shards == 1:
+            split = await repo.split(calculation.id, config.worker_id, shards)
+            if split is None:
+                return RunOutcome.CANCELLED  # cancelled (or taken over) meanwhile
+            calculation = split
+        waiting = await repo.waiting(calculation.id, _now() - config.stale_after)
+    logger.info("calculation %s runs as %d shards; sending %s", calculation.id, shards, waiting)
+    await _announce(services, calculation)
+    for shard in waiting:
+        await send(calculation.id, shard)
+    return RunOutcome.SPLIT
 
 
 async def _hand_back(

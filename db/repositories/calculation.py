@@ -183,6 +183,26 @@ class CalculationRepository:
             values["partial_result"] = None
         return await self._update_returning(calculation_id, self._owned_run(worker_id), values)
 
+    async def complete(
+        self, calculation_id: uuid.UUID, *, result: dict[str, Any], now: datetime
+    ) -> Calculation | None:
+        """SUCCEEDED with ``result`` for a split calculation whose every shard is stored
+        (whichever worker stored the last one); None when it is no longer active."""
+        return await self._update_returning(
+            calculation_id,
+            and_(_IS_ACTIVE, Calculation.shards_done == Calculation.shards),
+            {
+                "status": CalculationStatus.SUCCEEDED,
+                "finished_at": now,
+                "result": result,
+                "error": None,
+                "progress": 1.0,
+                "partial_result": None,
+                "heartbeat_at": now,
+                "version": Calculation.version + 1,
+            },
+        )
+
     async def release(self, calculation_id: uuid.UUID, worker_id: str) -> bool:
         """RUNNING → QUEUED for a run this worker owns (shutdown, transient failure)."""
         result = await self.session.execute(
