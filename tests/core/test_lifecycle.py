@@ -62,6 +62,17 @@ def tick(progress: float, version: int, attempt: int = 1) -> CalculationEvent:
             finished_at=NOW + timedelta(seconds=3),
         ),
         status_change(status=CalculationStatus.FAILED, attempts=1, version=4, error="boom ünï"),
+        status_change(
+            status=CalculationStatus.RUNNING,
+            attempts=1,
+            version=2,
+            shards=8,
+            shards_done=3,
+            device="cpu",
+        ),
+        CalculationEvent.progress_tick(
+            ID, attempt=1, version=7, progress=0.5, partial_result=None, shards=4, shards_done=2
+        ),
     ],
 )
 def test_an_event_survives_encode_and_decode(event: CalculationEvent) -> None:
@@ -114,6 +125,12 @@ REQUIRED = ("id", "kind", "status", "attempt", "version", "progress")
         json.dumps({**VALID, "startedAt": "yesterday"}),
         json.dumps({**VALID, "startedAt": "2026-11-28T12:00:00"}),  # no offset
         json.dumps({**VALID, "kind": "status", "reload": True, "result": {"a": 1}}),
+        json.dumps({**VALID, "shards": 0}),
+        json.dumps({**VALID, "shards": "8"}),
+        json.dumps({**VALID, "shards": 2, "shardsDone": 3}),
+        json.dumps({**VALID, "shards": 2, "shardsDone": -1}),
+        json.dumps({**VALID, "shardsDone": True}),
+        json.dumps({**VALID, "device": 1}),
     ],
 )
 def test_malformed_payloads_are_refused(payload: str | bytes) -> None:
@@ -123,6 +140,19 @@ def test_malformed_payloads_are_refused(payload: str | bytes) -> None:
 
 def test_unknown_keys_are_ignored_so_publishers_may_add_some() -> None:
     assert CalculationEvent.decode(json.dumps({**VALID, "future": 1})) == tick(0.5, 2)
+
+
+def test_a_watcher_shows_shards_done_from_progress_ticks_and_status_changes() -> None:
+    state = WatchState(snapshot(status=CalculationStatus.RUNNING, attempts=1, version=1))
+    split = status_change(status=CalculationStatus.RUNNING, attempts=1, version=2, shards=4,
+                          device="cpu")  # fmt: skip
+    shown = state.apply(split)
+    assert shown is not None and (shown.shards, shown.shards_done, shown.device) == (4, 0, "cpu")
+    tick_ = CalculationEvent.progress_tick(
+        ID, attempt=1, version=3, progress=0.5, partial_result=None, shards=4, shards_done=2
+    )
+    shown = state.apply(tick_)
+    assert shown is not None and (shown.shards, shown.shards_done) == (4, 2)
 
 
 def test_an_event_is_immutable() -> None:
