@@ -78,6 +78,14 @@ def result_from_json(kind: str, data: JSONDict | None) -> Any:
     return BY_KIND[kind].result_from_json(data)
 
 
+def _device(row: models.Calculation | CalculationSnapshot, status: CalculationStatus) -> str | None:
+    """Where it ran or runs; None while QUEUED. Every run so far is on a CPU worker (no
+    GPU routing yet): a split calculation stores "cpu", a whole run that started ran on one."""
+    if status is CalculationStatus.QUEUED:
+        return None
+    return row.device or ("cpu" if row.started_at is not None else None)
+
+
 @strawberry.type
 class Calculation:
     id: strawberry.ID
@@ -134,7 +142,7 @@ class Calculation:
             attempts=row.attempts,
             shards=row.shards,
             shards_done=row.shards_done,
-            device=row.device,
+            device=_device(row, status),
             owner_id=row.owner_id,
         )
 

@@ -159,7 +159,7 @@ async def run_calculation(
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
     await _announce(services, calculation)
     started = time.monotonic()
-    outcome = await _execute(services, config, calculation, executor)
+    outcome = await _execute(services, config, calculation, executor, take_over=take_over)
     return RunStats(outcome, calculation.kind, time.monotonic() - started)
 
 
@@ -216,6 +216,8 @@ async def _execute(
     config: RunnerConfig,
     calculation: Calculation,
     executor: Executor | None,
+    *,
+    take_over: bool = False,
 ) -> RunOutcome:
     loop = asyncio.get_running_loop()
     kind = KINDS.get(calculation.kind)
@@ -246,7 +248,7 @@ async def _execute(
             logger.exception("planning the shards of %s failed", calculation.id)
             return await fail(f"The {calculation.kind} kernel failed: {error}")
         if shards > 1:
-            return await _dispatch_shards(services, config, calculation, shards)
+            return await _dispatch_shards(services, config, calculation, shards, take_over)
     # The limit counts this job's own computing time, not time spent waiting for the
     # kernel thread that the jobs of this process share.
     budget = kind.time_limit_seconds
@@ -319,11 +321,17 @@ async def _execute(
 
 
 async def _dispatch_shards(
-    services: Infrastructure, config: RunnerConfig, calculation: Calculation, shards: int
+    services: Infrastructure,
+    config: RunnerConfig,
+    calculation: Calculation,
+    shards: int,
+    take_over: bool,
 ) -> RunOutcome:
     """Split the claimed calculation into ``shards`` (the first time) and send every shard
     that no live worker holds. A takeover of a split calculation (all its workers went
-    quiet) comes here again and re-sends only the shards not yet done."""
+    quiet) comes here again and re-sends only the shards not yet done; an immediate
+    takeover (``take_over``: the embedded mode after a restart) also re-sends the shards
+    that were running, whatever their last heartbeat."""
     send = config.send_shard
     assert send is not None
     async with unit_of_work(services.session_factory) as session:
@@ -333,6 +341,8 @@ async def _dispatch_shards(
             if split is None:
                 return RunOutcome.CANCELLED  # cancelled (or taken over) meanwhile
             calculation = split
+        elif take_over:
+            await repo.release_running(calculation.id)
         waiting = await repo.waiting(calculation.id, _now() - config.stale_after)
     logger.info("calculation %s runs as %d shards; sending %s", calculation.id, shards, waiting)
     await _announce(services, calculation)

@@ -77,7 +77,7 @@ class ShardRepository:
                         table.c.worker_id == worker_id,
                         table.c.shards == 1,
                     )
-                    .values(shards=shards, shards_done=0, device="cpu")
+                    .values(shards=shards, shards_done=0, device="cpu", version=table.c.version + 1)
                     .returning(*table.c)
                 )
             )
@@ -287,6 +287,19 @@ class ShardRepository:
             .execution_options(synchronize_session=False)
         )
         return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
+
+    async def release_running(self, calculation_id: uuid.UUID) -> None:
+        """RUNNING → QUEUED for every shard of the calculation: the caller knows their
+        workers are gone (the embedded mode after a restart, a takeover)."""
+        await self.session.execute(
+            update(CalculationShard)
+            .where(
+                CalculationShard.calculation_id == calculation_id,
+                CalculationShard.status == ShardStatus.RUNNING,
+            )
+            .values(status=ShardStatus.QUEUED, worker_id=None)
+            .execution_options(synchronize_session=False)
+        )
 
     async def release_stale(self, *, stale_before: datetime) -> list[tuple[uuid.UUID, int]]:
         """RUNNING → QUEUED for shards of active calculations whose worker stopped beating

@@ -245,12 +245,30 @@ async def test_a_takeover_of_a_split_calculation_re_sends_only_unfinished_shards
     calculation_id, sent = await split(services, "monteCarloPi", PI)
     for shard in (0, 2, 5):
         await run_shard(services, config(sent), calculation_id, shard)
+    # Shard 1 is held by a worker that still looks alive.
+    now = datetime.now(UTC)
+    async with unit_of_work(services.session_factory) as session:
+        assert await ShardRepository(session).claim(calculation_id, 1, "alive", now, now)
+    # The calculation's own heartbeat went stale: re-sent, claimed by another worker.
+    async with unit_of_work(services.session_factory) as session:
+        await session.execute(
+            update(Calculation)
+            .where(Calculation.id == calculation_id)
+            .values(heartbeat_at=now - timedelta(minutes=5))
+        )
     again = Sent()
-    stats = await run_calculation(services, config(again), calculation_id, take_over=True)
+    stats = await run_calculation(services, config(again), calculation_id)
     assert stats.outcome is RunOutcome.SPLIT
-    assert again.messages == [(calculation_id, s) for s in (1, 3, 4, 6, 7)]
+    assert again.messages == [(calculation_id, s) for s in (3, 4, 6, 7)]
     row = await load(services, calculation_id)
     assert row.shards == 8 and row.shards_done == 3 and row.attempts == 2
+    # An immediate takeover (the embedded mode after a restart: nothing it ran is alive)
+    # re-sends the running shard too.
+    restarted = Sent()
+    stats = await run_calculation(services, config(restarted), calculation_id, take_over=True)
+    assert stats.outcome is RunOutcome.SPLIT
+    assert restarted.messages == [(calculation_id, s) for s in (1, 3, 4, 6, 7)]
+    assert (await run_shard(services, config(sent), calculation_id, 1)).outcome is RunOutcome.SPLIT
 
 
 async def test_a_small_run_is_not_split(services: RunnerServices) -> None:
