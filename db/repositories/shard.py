@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Integer, Table, and_, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crunchql.db.models import (
@@ -130,37 +130,58 @@ class ShardRepository:
     ) -> Calculation | None:
         """QUEUED → RUNNING (or take over a stale RUNNING shard) while the calculation is
         active; the calculation's row, or None when there is nothing to run."""
+        shard_table = cast(Table, CalculationShard.__table__)
         calculation_active = exists().where(
-            Calculation.id == CalculationShard.calculation_id, _CALCULATION_ACTIVE
+            Calculation.id == shard_table.c.calculation_id, _CALCULATION_ACTIVE
         )
-        result = await self.session.execute(
-            update(CalculationShard)
-            .where(
-                CalculationShard.calculation_id == calculation_id,
-                CalculationShard.shard == shard,
-                or_(
-                    CalculationShard.status == ShardStatus.QUEUED,
-                    and_(
-                        CalculationShard.status == ShardStatus.RUNNING,
-                        or_(
-                            CalculationShard.heartbeat_at.is_(None),
-                            CalculationShard.heartbeat_at < stale_before,
+        attempts = (
+            await self.session.execute(
+                update(shard_table)
+                .where(
+                    shard_table.c.calculation_id == calculation_id,
+                    shard_table.c.shard == shard,
+                    or_(
+                        shard_table.c.status == ShardStatus.QUEUED,
+                        and_(
+                            shard_table.c.status == ShardStatus.RUNNING,
+                            or_(
+                                shard_table.c.heartbeat_at.is_(None),
+                                shard_table.c.heartbeat_at < stale_before,
+                            ),
                         ),
                     ),
-                ),
-                calculation_active,
+                    calculation_active,
+                )
+                .values(
+                    status=ShardStatus.RUNNING,
+                    worker_id=worker_id,
+                    heartbeat_at=now,
+                    attempts=shard_table.c.attempts + 1,
+                )
+                .returning(shard_table.c.attempts)
             )
-            .values(
-                status=ShardStatus.RUNNING,
-                worker_id=worker_id,
-                heartbeat_at=now,
-                attempts=CalculationShard.attempts + 1,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if (result.rowcount or 0) != 1:  # type: ignore[attr-defined]
+        ).scalar_one_or_none()
+        if attempts is None:
             return None
-        return await self.session.get(Calculation, calculation_id, populate_existing=True)
+        # The calculation's attempts: the most times any part of it was started, so a
+        # shard run again after its worker died (or stopped) counts as a restart.
+        table = cast(Table, Calculation.__table__)
+        row = (
+            (
+                await self.session.execute(
+                    update(table)
+                    .where(table.c.id == calculation_id)
+                    .values(
+                        attempts=_greatest(self.session, table.c.attempts, attempts),
+                        version=table.c.version + (table.c.attempts < attempts).cast(Integer),
+                    )
+                    .returning(*table.c)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return Calculation(**row)
 
     def _owned(self, calculation_id: uuid.UUID, shard: int, worker_id: str) -> Any:
         return and_(

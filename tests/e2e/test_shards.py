@@ -120,6 +120,7 @@ async def test_a_sharded_run_survives_a_killed_worker_with_the_unsplit_result(
     final = await wait_until(finished, 240, "the sharded calculation to finish")
     assert final["status"] == "SUCCEEDED", (final, stack.dump_logs())
     assert final["shards"] == 7 and final["shardsDone"] == 7 and final["device"] == "cpu"
+    assert final["attempts"] == 2  # the killed shard was started twice
     expected = await unsplit
     assert final["result"] == {
         "estimate": expected["estimate"],

@@ -234,6 +234,8 @@ async def test_a_shard_whose_worker_died_is_re_run_alone(services: RunnerService
     rows = await shard_rows(services, calculation_id)
     assert [s.attempts for s in rows] == [2] + [1] * (shards - 1)
     assert all(rows[s].partial == done_before[s] for s in range(1, shards))  # kept, not re-run
+    # A shard started twice: the calculation shows two attempts.
+    assert (await load(services, calculation_id)).attempts == 2
     assert (await load(services, calculation_id)).result == unsplit(
         "optionPricing", INPUTS["optionPricing"]
     )
