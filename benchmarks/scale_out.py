@@ -183,7 +183,8 @@ async def main() -> None:
         model_rows = []
         for cores in MODEL_CORES:
             for label, shards in (
-                ("2 s (default)", math.ceil(core_seconds / 2.0)),
+                # What the planner picks at the default size (its own rate constant).
+                ("2 s (default)", math.ceil(MODEL_SAMPLES / config.PI_SAMPLES_PER_CORE_SECOND / 2)),
                 (f"{core_seconds / cores:.2f} s (= work / cores)", cores),
             ):
                 waves = math.ceil(shards / cores)
