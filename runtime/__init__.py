@@ -31,6 +31,7 @@ from crunchql.services.container import JobQueue, Limits, RunnerServices, Servic
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
+from crunchql.workers.scheduler import Scheduler, build_scheduler
 
 logger = logging.getLogger("crunchql.app")
 
@@ -42,8 +43,11 @@ class Runtime:
     services: Services
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
+    scheduler: Scheduler | None = None
 
     async def close(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.embedded_queue is not None:
             await self.embedded_queue.close()
         await self.services.bus.close()
@@ -61,6 +65,8 @@ def limits_from(settings: Settings) -> Limits:
         rate_limit_window_seconds=settings.rate_limit_window_seconds,
         max_active_calculations=settings.max_active_calculations,
         subscription_max_seconds=settings.subscription_max_seconds,
+        max_active_schedules=settings.max_active_schedules,
+        cron_seconds_field=settings.scheduler_seconds_field,
     )
 
 
@@ -138,6 +144,17 @@ async def start_runtime(
         if pending:
             logger.info("resuming %d calculations left from the last run", len(pending))
         await embedded.recover(pending)
+    scheduler = None
+    if embedded is not None and run_jobs and settings.run_scheduler:
+        # Embedded mode: schedules fire in this process (with Redis, workers and
+        # `crunchql scheduler` processes fire them).
+        scheduler = build_scheduler(settings, session_factory, embedded, services.limits)
+        scheduler.start()
     return Runtime(
-        settings=settings, engine=engine, services=services, redis=redis, embedded_queue=embedded
+        settings=settings,
+        engine=engine,
+        services=services,
+        redis=redis,
+        embedded_queue=embedded,
+        scheduler=scheduler,
     )

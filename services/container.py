@@ -47,6 +47,9 @@ class Limits:
     rate_limit_window_seconds: int = 300
     max_active_calculations: int = 20
     subscription_max_seconds: float = 6 * 3600.0
+    max_active_schedules: int = 20
+    # Tests only: cron expressions with a sixth, leading seconds field.
+    cron_seconds_field: bool = False
 
 
 def user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:
