@@ -204,15 +204,12 @@ class ScheduleRepository:
         by_id = {claim.schedule_id: claim for claim in claims}
         finished = [c.schedule_id for c in claims if c.next_fire_at is None]
         instant = table.c.next_fire_at.type
-        next_fire = case(
-            {
-                c.schedule_id: literal(c.next_fire_at, instant)
-                for c in claims
-                if c.next_fire_at is not None
-            },
-            value=table.c.id,
-            else_=null(),
-        )
+        following = {
+            c.schedule_id: literal(c.next_fire_at, instant)
+            for c in claims
+            if c.next_fire_at is not None
+        }
+        next_fire = case(following, value=table.c.id, else_=null()) if following else null()
         skipped = [c for c in claims if c.skipped]
         values: dict[str, Any] = {"next_fire_at": next_fire}
         if finished:

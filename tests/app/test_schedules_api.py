@@ -4,13 +4,14 @@ pause/resume/delete, the ACTIVE-schedule limit."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.conftest import GraphQLClient, error_codes, make_settings, running_app
+from tests.conftest import GraphQLClient, error_codes, make_settings, running_app, wait_for
 
 FIELDS = """id name status kind input cron runAt timezone startsAt endsAt misfirePolicy
 nextRunAt skippedRuns createdAt owner { id } nextRuns(count: 3)"""
@@ -231,3 +232,20 @@ async def test_schedules_page_newest_first(app_client: GraphQLClient) -> None:
     assert [e["node"]["id"] for e in rest["data"]["schedules"]["edges"]] == [ids[0]]
     body = await app_client.execute('{ schedules(after: "garbage") { edges { cursor } } }')
     assert error_codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_readyz_says_who_leads_the_schedulers(database_url: str) -> None:
+    settings = make_settings(database_url=database_url, run_scheduler=True)
+    async with running_app(settings) as (_app, graphql):
+
+        async def leader() -> str | None:
+            body = (await graphql.http.get("/readyz")).json()
+            scheduler = body["scheduler"]
+            name = scheduler.get("leader") or (
+                scheduler.get("identity") if scheduler.get("role") == "leader" else None
+            )
+            return str(name) if name else None
+
+        # This process (embedded mode) leads: on PostgreSQL through the advisory lock.
+        name = await wait_for(leader, timeout=15, interval=0.1)
+        assert f":{os.getpid()}" in name
