@@ -77,6 +77,7 @@ def _check_field(index: int, field: str) -> None:
             )
 
 
+@lru_cache(maxsize=4096)
 def normalise_cron(expression: str, *, seconds_field: bool = False) -> str:
     """The five fields to evaluate (a macro expanded). ``seconds_field`` (tests only)
     accepts six fields, seconds first, to run schedules at second granularity."""
@@ -116,7 +117,9 @@ class Recurrence:
 
     def instants(self, after: datetime) -> Iterator[datetime]:
         """Fire instants strictly after ``after``, in UTC, oldest first."""
-        lower = after if self.starts_at is None else max(after, self.starts_at - _TICK)
+        lower = after
+        if self.starts_at is not None and self.starts_at > after:
+            lower = self.starts_at - _TICK
         if self.run_at is not None:
             if self.run_at > lower and (self.ends_at is None or self.run_at <= self.ends_at):
                 yield self.run_at
@@ -129,7 +132,11 @@ class Recurrence:
         except CronSimError as error:
             raise CronError(f"Cron expression is not valid: {error}.") from None
         last = lower
-        for local in iterator:
+        while True:
+            try:
+                local = next(iterator)
+            except (StopIteration, OverflowError, ValueError):
+                return  # none within 50 years, or past year 9999
             instant = local.astimezone(UTC)
             # Started inside a repeated hour (fold=1), cronsim may answer the first
             # occurrence, which is earlier: never step back.
@@ -160,11 +167,7 @@ def validate_cron(expression: str, timezone: str, *, seconds_field: bool = False
     recurrence = Recurrence(
         cron=expression, run_at=None, timezone=timezone, seconds_field=seconds_field
     )
-    try:
-        first = recurrence.next_after(datetime.now(UTC))
-    except StopIteration:  # cronsim gives up after 50 years without a match
-        first = None
-    if first is None:
+    if recurrence.next_after(datetime.now(UTC)) is None:
         raise CronError("Cron expression never fires.")
 
 

@@ -20,8 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crunchql.db.engine import after_commit, read_only, unit_of_work
-from crunchql.db.models import Schedule
+from crunchql.db.engine import after_commit, unit_of_work
 from crunchql.db.repositories.schedule import Claim, ScheduleRepository
 from crunchql.services.container import JobQueue, Limits
 from crunchql.services.recurrence import CronError, FirePlan, MisfirePolicy, plan_fire
@@ -60,11 +59,11 @@ class FireReport:
 
 @dataclass(frozen=True)
 class _Decision:
-    schedule: Schedule
+    schedule: Any  # a row of schedules (list_due)
     plan: FirePlan
 
 
-def _plan(schedule: Schedule, now: datetime, config: FireConfig) -> FirePlan:
+def _plan(schedule: Any, now: datetime, config: FireConfig) -> FirePlan:
     assert schedule.next_fire_at is not None
     try:
         return plan_fire(
@@ -93,15 +92,15 @@ async def fire_batch(
     """Act on up to ``batch_size`` schedules due at ``now``; ``processed`` says how many
     (a full batch means there may be more)."""
     report = FireReport()
-    async with read_only(session_factory) as session:
-        due = await ScheduleRepository(session).list_due(now, config.batch_size)
-    if not due:
-        return report
-    decisions = [_Decision(schedule, _plan(schedule, now, config)) for schedule in due]
+    claimed: set[uuid.UUID] = set()
     async with unit_of_work(session_factory) as session:
         if fence is not None:
             await fence(session)  # still the leader, checked inside this transaction
         repo = ScheduleRepository(session)
+        due = await repo.list_due(now, config.batch_size)
+        if not due:
+            return report
+        decisions = [_Decision(schedule, _plan(schedule, now, config)) for schedule in due]
         owners = await repo.lock_owners(d.schedule.owner_id for d in decisions)
         firing = [d for d in decisions if d.plan.fire_at is not None]
         active = await repo.count_active_calculations(d.schedule.owner_id for d in firing)
@@ -122,7 +121,7 @@ async def fire_batch(
             [
                 Claim(
                     schedule_id=d.schedule.id,
-                    due=d.schedule.next_fire_at,  # type: ignore[arg-type]
+                    due=d.schedule.next_fire_at,
                     next_fire_at=d.plan.next_fire_at,
                     skipped=int(outcomes.get(d.schedule.id) is FireOutcome.SKIPPED_LIMIT),
                 )
@@ -180,6 +179,6 @@ async def fire_batch(
 
         if ids:
             after_commit(session, send)
-    if len(claimed) < len(decisions):
-        logger.info("%d due schedules changed meanwhile; left alone", len(decisions) - len(claimed))
+    if len(claimed) < len(due):
+        logger.info("%d due schedules changed meanwhile; left alone", len(due) - len(claimed))
     return report

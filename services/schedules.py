@@ -80,7 +80,8 @@ def _owner_lock(owner_id: uuid.UUID) -> asyncio.Lock:
     return lock
 
 
-def recurrence_of(schedule: Schedule, limits: Limits) -> Recurrence:
+def recurrence_of(schedule: Any, limits: Limits) -> Recurrence:
+    """The recurrence of a schedule (a model or a row of the schedules table)."""
     return Recurrence(
         cron=schedule.cron,
         run_at=schedule.run_at,

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,7 @@ from crunchql.db.repositories.schedule import (
     LEADER_LOCK_KEY,
     ScheduleRepository,
 )
-from crunchql.observability.schedule_metrics import record_fires, set_leader
+from crunchql.observability.metrics import record_fires, set_leader
 from crunchql.services.container import JobQueue, Limits
 from crunchql.services.schedule_fire import FireConfig, fire_batch
 from crunchql.services.schedules import changes
@@ -172,11 +173,56 @@ class PostgresLeadership:
         await self._drop()
 
 
+class Outbox:
+    """Sends the committed fires' messages in the background, so the next batch of due
+    schedules does not wait on Redis (a thousand sends take a second or two). Still
+    only after commit; a message lost here (the process dies first) is re-sent by the
+    workers' lost-message sweep, as for any QUEUED calculation."""
+
+    def __init__(self, queue: JobQueue, senders: int = 4) -> None:
+        self.queue = queue
+        self.senders = senders
+        self._pending: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Cleared while the scheduler fires: sending (Redis, a thread hop per message)
+        # would take the CPU from the fires still to be made.
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
+        self._pending.put_nowait(calculation_id)
+
+    async def _send(self) -> None:
+        while True:
+            calculation_id = await self._pending.get()
+            await self.flowing.wait()
+            try:
+                await self.queue.enqueue(calculation_id)
+            except Exception as error:
+                logger.warning("sending calculation %s failed: %s", calculation_id, error)
+            finally:
+                self._pending.task_done()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self.flowing.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pending.join(), timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     fire: FireConfig
     max_sleep: float = 60.0
     follower_retry: float = 2.0
+    lanes: int = 4
 
 
 def config_from(settings: Settings, limits: Limits) -> SchedulerConfig:
@@ -206,7 +252,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.session_factory = session_factory
-        self.queue = queue
+        self.outbox = Outbox(queue)
         self.config = config
         self.leadership = leadership
         self.clock = clock
@@ -225,6 +271,7 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.outbox.close()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -232,6 +279,27 @@ class Scheduler:
             "identity": self.leadership.identity,
             "since": self.leader_since.isoformat() if self.leader_since else None,
         }
+
+    async def _fire_due(self, now: datetime) -> None:
+        while True:
+            report = await fire_batch(
+                self.session_factory,
+                self.outbox,
+                self.config.fire,
+                now,
+                fence=self.leadership.fence,
+                clock=self.clock,
+            )
+            if report.processed or report.misfires:
+                record_fires(
+                    {k.value: v for k, v in report.outcomes.items()},
+                    {k.value: v for k, v in report.misfires.items()},
+                    report.lags,
+                )
+            if report.misfires:
+                logger.warning("missed fires: %s", {k.value: v for k, v in report.misfires.items()})
+            if report.processed < self.config.fire.batch_size:
+                return
 
     def _lead(self, leading: bool) -> None:
         if leading != self.leading:
@@ -269,27 +337,18 @@ class Scheduler:
 
     async def pass_once(self) -> None:
         """Fire everything due, then sleep until the next instant or a change."""
-        while True:
-            # Cleared before reading: a change committed after the read wakes us.
-            self.wake.clear()
-            report = await fire_batch(
-                self.session_factory,
-                self.queue,
-                self.config.fire,
-                self.clock(),
-                fence=self.leadership.fence,
-                clock=self.clock,
-            )
-            if report.processed or report.misfires:
-                record_fires(
-                    {k.value: v for k, v in report.outcomes.items()},
-                    {k.value: v for k, v in report.misfires.items()},
-                    report.lags,
-                )
-            if report.misfires:
-                logger.warning("missed fires: %s", {k.value: v for k, v in report.misfires.items()})
-            if report.processed < self.config.fire.batch_size:
-                break
+        # Cleared before reading: a change committed after the read wakes us.
+        self.wake.clear()
+        now = self.clock()
+        # Several transactions at once on PostgreSQL (each takes different due rows:
+        # SKIP LOCKED), so a thousand fires due at one instant wait on the database
+        # in parallel rather than in turn. One on SQLite, which has one writer.
+        lanes = 1 if isinstance(self.leadership, LocalLeadership) else self.config.lanes
+        self.outbox.flowing.clear()
+        try:
+            await asyncio.gather(*(self._fire_due(now) for _ in range(lanes)))
+        finally:
+            self.outbox.flowing.set()
         async with read_only(self.session_factory) as session:
             next_due = await ScheduleRepository(session).next_due_at()
         delay = self.config.max_sleep

@@ -109,6 +109,8 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"cron": "* * * * *", "endsAt": "2020-01-01T00:00:00Z"}, "endsAt"),
     ({"runAt": _future(5), "endsAt": _future(4)}, "runAt"),
     ({"cron": "* * * * *", "name": "n" * 201}, "name"),
+    ({"cron": "0 0 1 1 *", "startsAt": "9999-12-31T23:59:00Z"}, "cron"),  # never fires
+    ({"runAt": "0001-01-01T00:00:00Z", "startsAt": "0001-01-01T00:00:00Z"}, "runAt"),
     ({"cron": "* * * * *", "calculation": {"monteCarloPi": {"samples": 0}}}, None),
 ]
 
