@@ -2,9 +2,11 @@
 `crunchql scheduler` process firing every-minute schedules.
 
     python -m benchmarks.schedules [--schedules 1000] [--minutes 3] [--batch-size 100]
+                                   [--lanes 4 | --lanes 1,4]
 
-Prints one table, one row per minute (each minute is one run: every schedule fires at
-the same instant) and their median:
+Prints one table per configuration (`--lanes 1,4`: one transaction at a time, then four
+at once, side by side in the summary), one row per minute (each minute is one run:
+every schedule fires at the same instant) and their median:
 - fire lag p50 / p99 / max: calculation row created minus fire instant (the
   contract: within 1 s while a scheduler runs);
 - scheduler CPU per fire (user + system time of the scheduler process over the whole
@@ -31,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,15 +115,18 @@ async def leader_pid(url: str) -> int | None:
     return int(pid.rsplit(":", 1)[1]) if pid else None
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--schedules", type=int, default=1000)
-    parser.add_argument("--minutes", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=100)
-    args = parser.parse_args()
+@dataclass
+class Outcome:
+    lanes: int
+    p50s: list[float]
+    p99s: list[float]
+    cpu_per_fire: float
+    duplicates: int
+    missing: int
 
+
+async def run(args: argparse.Namespace, lanes: int) -> Outcome:
+    """One configuration: a fresh database, the schedules, a scheduler, --minutes."""
     admin_url = normalise_database_url(PG_URL)
     name = f"crunchql_bench_{uuid.uuid4().hex[:10]}"
     admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -141,6 +147,7 @@ async def main() -> None:
             CRUNCHQL_METRICS="false",
             CRUNCHQL_LOG_LEVEL="WARNING",
             CRUNCHQL_SCHEDULER_BATCH_SIZE=str(args.batch_size),
+            CRUNCHQL_SCHEDULER_LANES=str(lanes),
         )
         scheduler = ServiceProcess(
             "scheduler", [*CRUNCHQL, "scheduler"], env, Path(tempfile.mkdtemp())
@@ -189,11 +196,7 @@ async def main() -> None:
     expected = {(sid, at) for sid in ids for at in instants}
     missing = len(expected - set(seen)) + (args.schedules - len(ids)) * args.minutes
     duplicates = sum(n - 1 for n in seen.values())
-    print(
-        f"crunchql scheduler benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} — "
-        f"{os.cpu_count()} cores — {args.schedules} every-minute schedules, "
-        f"batch {args.batch_size}"
-    )
+    print(f"\n{lanes} lane(s): one row per minute, every schedule due at that instant")
     print(f"{'minute (UTC)':<14} | {'fires':>6} | {'lag p50':>8} | {'lag p99':>8} | {'max':>8}")
     print(f"{'-' * 14}-|-{'-' * 6}-|-{'-' * 8}-|-{'-' * 8}-|-{'-' * 8}")
     p50s, p99s = [], []
@@ -210,18 +213,40 @@ async def main() -> None:
             f"{p99 * 1000:>6.0f}ms | {max(lags) * 1000:>6.0f}ms"
         )
     fires = sum(1 for row in rows if row[1] in set(instants))
-    if p99s:
-        print(
-            f"{'median':<14} | {'':>6} | {statistics.median(p50s) * 1000:>6.0f}ms | "
-            f"{statistics.median(p99s) * 1000:>6.0f}ms |"
-        )
-        print(f"p99 / target (1 s): {statistics.median(p99s) / 1.0:.2f}x")
-    print(
-        f"scheduler CPU: {cpu_used:.2f} s for {fires} fires = "
-        f"{cpu_used / max(fires, 1) * 1e3:.2f} ms per fire"
-    )
     print(f"duplicate fires: {duplicates}   missing: {missing}   skipped: {skipped or 0}")
-    if duplicates or missing:
+    return Outcome(lanes, p50s, p99s, cpu_used / max(fires, 1), duplicates, missing)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--schedules", type=int, default=1000)
+    parser.add_argument("--minutes", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lanes", default="4", help="comma-separated, e.g. 1,4")
+    args = parser.parse_args()
+    print(
+        f"crunchql scheduler benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} — "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} — "
+        f"{args.schedules} every-minute schedules, batch {args.batch_size}"
+    )
+    outcomes = [await run(args, int(lanes)) for lanes in args.lanes.split(",")]
+    base = outcomes[0]
+    print("\nsummary (medians over the minutes; ratio to the first configuration)")
+    print(
+        f"{'lanes':>5} | {'lag p50':>8} | {'lag p99':>8} | {'p99/1 s':>7} | {'ratio':>6} | CPU/fire"
+    )
+    print(f"{'-' * 5}-|-{'-' * 8}-|-{'-' * 8}-|-{'-' * 7}-|-{'-' * 6}-|---------")
+    for outcome in outcomes:
+        p50 = statistics.median(outcome.p50s) if outcome.p50s else float("nan")
+        p99 = statistics.median(outcome.p99s) if outcome.p99s else float("nan")
+        ratio = p99 / statistics.median(base.p99s) if base.p99s else float("nan")
+        print(
+            f"{outcome.lanes:>5} | {p50 * 1000:>6.0f}ms | {p99 * 1000:>6.0f}ms | "
+            f"{p99:>6.2f}x | {ratio:>5.2f}x | {outcome.cpu_per_fire * 1000:.2f} ms"
+        )
+    if any(outcome.duplicates or outcome.missing for outcome in outcomes):
         sys.exit(1)
 
 

@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     run_scheduler: bool = True
     scheduler_misfire_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
     scheduler_batch_size: int = Field(default=100, ge=1, le=1000)
+    scheduler_lanes: int = Field(default=4, ge=1, le=16)
     scheduler_max_sleep_seconds: float = Field(default=60.0, gt=0)
     scheduler_follower_retry_seconds: float = Field(default=2.0, gt=0, le=10)
     scheduler_metrics_port: int = Field(default=9101, ge=1, le=65535)

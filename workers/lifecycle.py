@@ -161,7 +161,7 @@ def start_scheduler(settings: Settings, broker: CrunchRedisBroker) -> Scheduler:
     synchronous commits: a fire it records must survive a database crash."""
     from crunchql.runtime import limits_from
 
-    engine = create_engine(settings.database_url, pool_size=4)
+    engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
     scheduler = build_scheduler(
         settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
     )

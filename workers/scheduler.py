@@ -234,6 +234,7 @@ def config_from(settings: Settings, limits: Limits) -> SchedulerConfig:
         ),
         max_sleep=settings.scheduler_max_sleep_seconds,
         follower_retry=settings.scheduler_follower_retry_seconds,
+        lanes=settings.scheduler_lanes,
     )
 
 
@@ -383,7 +384,7 @@ async def serve(settings: Settings) -> None:
     assert settings.redis_url
     if settings.metrics:
         start_worker_metrics_server(settings.scheduler_metrics_port)
-    engine = create_engine(settings.database_url, pool_size=4)
+    engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
     broker = create_broker(settings.redis_url, max_retries=settings.job_max_retries)
     scheduler = build_scheduler(
         settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
