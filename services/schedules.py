@@ -58,6 +58,9 @@ class ScheduleChanges:
     def listen(self, event: asyncio.Event) -> None:
         self._events.add(event)
 
+    def forget(self, event: asyncio.Event) -> None:
+        self._events.discard(event)
+
     def notify(self) -> None:
         for event in list(self._events):
             event.set()

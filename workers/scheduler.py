@@ -273,6 +273,7 @@ class Scheduler:
                 await self._task
             self._task = None
         await self.outbox.close()
+        changes.forget(self.wake)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -78,7 +78,7 @@ async def test_a_change_wakes_the_sleeping_leader(postgres_url: str) -> None:
         SchedulerConfig(fire=FireConfig(limits=Limits()), max_sleep=3600.0),
         leadership,
     )
-    changes._events.discard(scheduler.wake)  # only the database may wake it here
+    changes.forget(scheduler.wake)  # only the database may wake it here
     scheduler.start()
     try:
         await wait_for(lambda: _true(scheduler.leading), timeout=10)
