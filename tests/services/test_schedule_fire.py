@@ -244,5 +244,6 @@ async def test_the_scheduler_fires_each_second_exactly_once(database_url: str) -
     assert instants == [first + timedelta(seconds=i) for i in range(len(instants))]
     # Every calculation's message went out, once.
     assert sorted(harness.queue.sent) == sorted(uuid.UUID(node["id"]) for node in nodes)
+    # Each on time: after its instant, within the misfire grace (30 s).
     for node, instant in zip(nodes, instants, strict=True):
-        assert timedelta(0) <= parse(node["createdAt"]) - instant < timedelta(seconds=5)
+        assert timedelta(0) <= parse(node["createdAt"]) - instant <= timedelta(seconds=30)
