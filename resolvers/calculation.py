@@ -84,5 +84,5 @@ async def calculation_updates(
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
     with tracking_subscription():
-        async for row, overrides in calculations.watch(info.context.services, user, id):
-            yield Calculation.from_model(row, overrides)
+        async for snapshot in calculations.watch(info.context.services, user, id):
+            yield Calculation.from_model(snapshot)

@@ -108,7 +108,7 @@ class Schedule:
 
     @classmethod
     def from_model(cls, row: models.Schedule) -> Schedule:
-        active = row.status == models.ScheduleStatus.ACTIVE.value
+        active = row.status == models.ScheduleStatus.ACTIVE
         return cls(
             id=strawberry.ID(str(row.id)),
             name=row.name,

@@ -52,7 +52,7 @@ class Limits:
     cron_seconds_field: bool = False
 
 
-def user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:
+def new_user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:
     """Users by id, for a few seconds: every authenticated request needs its caller,
     and a database round trip per request would cost more than all the rest of a
     small query. A disabled account is refused within ``seconds``."""
@@ -60,7 +60,9 @@ def user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]
 
 
 @dataclass
-class Services:
+class ServiceContainer:
+    """Everything the API's use cases need, built once per process by ``runtime``."""
+
     session_factory: async_sessionmaker[AsyncSession]
     hasher: PasswordHasher
     tokens: TokenService
@@ -68,4 +70,4 @@ class Services:
     bus: EventBus
     queue: JobQueue
     limits: Limits
-    users: TTLCache[UUID, User] = field(default_factory=user_cache)
+    user_cache: TTLCache[UUID, User] = field(default_factory=new_user_cache)

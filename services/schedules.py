@@ -20,7 +20,7 @@ from crunchql.db.models import Calculation, Role, Schedule, ScheduleStatus, User
 from crunchql.db.repositories import UserRepository
 from crunchql.db.repositories.schedule import SchedulePage, ScheduleRepository
 from crunchql.services.calculations import MAX_PAGE_SIZE, decode_cursor, parse_id
-from crunchql.services.container import Limits, Services
+from crunchql.services.container import Limits, ServiceContainer
 from crunchql.services.recurrence import (
     CronError,
     MisfirePolicy,
@@ -184,7 +184,7 @@ async def _check_active_limit(
         )
 
 
-async def create(services: Services, user: User, request: ScheduleRequest) -> Schedule:
+async def create(services: ServiceContainer, user: User, request: ScheduleRequest) -> Schedule:
     now = datetime.now(UTC)
     columns = _validated(request, services.limits, now)
     # Count and insert under the owner's lock (row lock on PostgreSQL, in-process lock
@@ -197,7 +197,7 @@ async def create(services: Services, user: User, request: ScheduleRequest) -> Sc
             Schedule(
                 id=uuid.uuid4(),
                 owner_id=user.id,
-                status=ScheduleStatus.ACTIVE.value,
+                status=ScheduleStatus.ACTIVE,
                 skipped_runs=0,
                 created_at=now,
                 updated_at=now,
@@ -209,7 +209,7 @@ async def create(services: Services, user: User, request: ScheduleRequest) -> Sc
     return schedule
 
 
-async def get_visible(services: Services, user: User, raw_id: str) -> Schedule | None:
+async def get_visible(services: ServiceContainer, user: User, raw_id: str) -> Schedule | None:
     schedule_id = parse_id(raw_id)
     if schedule_id is None:
         return None
@@ -221,7 +221,12 @@ async def get_visible(services: Services, user: User, raw_id: str) -> Schedule |
 
 
 async def list_own(
-    services: Services, user: User, *, first: int, after: str | None, status: ScheduleStatus | None
+    services: ServiceContainer,
+    user: User,
+    *,
+    first: int,
+    after: str | None,
+    status: ScheduleStatus | None,
 ) -> SchedulePage:
     _check_page(first)
     position = decode_cursor(after) if after else None
@@ -245,7 +250,7 @@ def _check_page(first: int) -> None:
 
 
 async def list_runs(
-    services: Services, schedule: Schedule, *, first: int, after: str | None
+    services: ServiceContainer, schedule: Schedule, *, first: int, after: str | None
 ) -> tuple[list[Calculation], bool]:
     """The runs of a schedule the caller already sees."""
     _check_page(first)
@@ -262,20 +267,20 @@ def next_runs(schedule: Schedule, limits: Limits, count: int) -> list[datetime]:
             f"count must be between 0 and {MAX_NEXT_RUNS} (got {count}).", field="count"
         )
     due = schedule.next_fire_at
-    if schedule.status != ScheduleStatus.ACTIVE.value or due is None or count == 0:
+    if schedule.status != ScheduleStatus.ACTIVE or due is None or count == 0:
         return []
     return [due, *recurrence_of(schedule, limits).upcoming(due, count - 1)]
 
 
-async def pause(services: Services, user: User, raw_id: str) -> Schedule:
+async def pause(services: ServiceContainer, user: User, raw_id: str) -> Schedule:
     schedule_id = parse_id(raw_id)
     async with unit_of_work(services.session_factory) as session:
         repo = ScheduleRepository(session)
         schedule = await _owned(repo, user, schedule_id)
-        if schedule.status == ScheduleStatus.FINISHED.value:
+        if schedule.status == ScheduleStatus.FINISHED:
             raise ConflictError("The schedule is FINISHED; it cannot be paused.")
-        if schedule.status == ScheduleStatus.ACTIVE.value:
-            schedule.status = ScheduleStatus.PAUSED.value
+        if schedule.status == ScheduleStatus.ACTIVE:
+            schedule.status = ScheduleStatus.PAUSED
             schedule.next_fire_at = None
             schedule.updated_at = datetime.now(UTC)
             await session.flush()
@@ -284,7 +289,7 @@ async def pause(services: Services, user: User, raw_id: str) -> Schedule:
     return schedule
 
 
-async def resume(services: Services, user: User, raw_id: str) -> Schedule:
+async def resume(services: ServiceContainer, user: User, raw_id: str) -> Schedule:
     """Fires resume from the next instant after now: nothing missed while paused runs."""
     schedule_id = parse_id(raw_id)
     async with read_only(services.session_factory) as session:
@@ -296,15 +301,13 @@ async def resume(services: Services, user: User, raw_id: str) -> Schedule:
         # writer takes.
         await UserRepository(session).lock(owner_id)
         schedule = await _owned(repo, user, schedule_id)
-        if schedule.status == ScheduleStatus.FINISHED.value:
+        if schedule.status == ScheduleStatus.FINISHED:
             raise ConflictError("The schedule is FINISHED; it cannot be resumed.")
-        if schedule.status == ScheduleStatus.PAUSED.value:
+        if schedule.status == ScheduleStatus.PAUSED:
             await _check_active_limit(repo, owner_id, services.limits)
             now = datetime.now(UTC)
             following = recurrence_of(schedule, services.limits).next_after(now)
-            schedule.status = (
-                ScheduleStatus.ACTIVE.value if following else ScheduleStatus.FINISHED.value
-            )
+            schedule.status = ScheduleStatus.ACTIVE if following else ScheduleStatus.FINISHED
             schedule.next_fire_at = following
             schedule.updated_at = now
             await session.flush()
@@ -313,7 +316,7 @@ async def resume(services: Services, user: User, raw_id: str) -> Schedule:
     return schedule
 
 
-async def delete(services: Services, user: User, raw_id: str) -> bool:
+async def delete(services: ServiceContainer, user: User, raw_id: str) -> bool:
     schedule_id = parse_id(raw_id)
     async with unit_of_work(services.session_factory) as session:
         repo = ScheduleRepository(session)

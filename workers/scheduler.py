@@ -386,7 +386,7 @@ async def serve(settings: Settings) -> None:
     if settings.metrics:
         start_worker_metrics_server(settings.scheduler_metrics_port)
     engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
-    broker = create_broker(settings.redis_url, max_retries=settings.job_max_retries)
+    broker = create_broker(settings.redis_url)
     scheduler = build_scheduler(
         settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
     )

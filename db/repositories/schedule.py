@@ -104,7 +104,7 @@ class ScheduleRepository:
 
     async def count_active(self, owner_id: uuid.UUID) -> int:
         statement = select(func.count()).where(
-            Schedule.owner_id == owner_id, Schedule.status == ScheduleStatus.ACTIVE.value
+            Schedule.owner_id == owner_id, Schedule.status == ScheduleStatus.ACTIVE
         )
         return int((await self.session.execute(statement)).scalar_one())
 
@@ -164,7 +164,7 @@ class ScheduleRepository:
         table = cast(Table, Schedule.__table__)
         statement = (
             select(*table.c)
-            .where(table.c.status == ScheduleStatus.ACTIVE.value, table.c.next_fire_at <= now)
+            .where(table.c.status == ScheduleStatus.ACTIVE, table.c.next_fire_at <= now)
             # By owner within an instant: concurrent batches then mostly lock
             # different owners (lock_owners), instead of queueing behind each other.
             .order_by(table.c.next_fire_at, table.c.owner_id)
@@ -176,7 +176,7 @@ class ScheduleRepository:
 
     async def next_due_at(self) -> datetime | None:
         statement = select(func.min(Schedule.next_fire_at)).where(
-            Schedule.status == ScheduleStatus.ACTIVE.value
+            Schedule.status == ScheduleStatus.ACTIVE
         )
         value: datetime | None = (await self.session.execute(statement)).scalar_one()
         return value
@@ -198,7 +198,7 @@ class ScheduleRepository:
             select(Calculation.owner_id, func.count())
             .where(
                 Calculation.owner_id.in_(list(set(owner_ids))),
-                Calculation.status.in_([status.value for status in ACTIVE_STATUSES]),
+                Calculation.status.in_(sorted(ACTIVE_STATUSES)),
             )
             .group_by(Calculation.owner_id)
         )
@@ -223,7 +223,7 @@ class ScheduleRepository:
         values: dict[str, Any] = {"next_fire_at": next_fire}
         if finished:
             values["status"] = case(
-                (table.c.id.in_(finished), ScheduleStatus.FINISHED.value),
+                (table.c.id.in_(finished), ScheduleStatus.FINISHED),
                 else_=table.c.status,
             )
         if skipped:
@@ -233,7 +233,7 @@ class ScheduleRepository:
         statement = (
             update(table)
             .where(
-                table.c.status == ScheduleStatus.ACTIVE.value,
+                table.c.status == ScheduleStatus.ACTIVE,
                 tuple_(table.c.id, table.c.next_fire_at).in_(
                     [(c.schedule_id, c.due) for c in by_id.values()]
                 ),
@@ -252,7 +252,7 @@ class ScheduleRepository:
         times more CPU per row; the columns' defaults fill in the rest)."""
         if rows:
             for row in rows:
-                row.setdefault("status", CalculationStatus.QUEUED.value)
+                row.setdefault("status", CalculationStatus.QUEUED)
             await self.session.execute(insert(cast(Table, Calculation.__table__)), rows)
 
     async def leader(self) -> dict[str, Any] | None:
