@@ -65,6 +65,7 @@ FIELD_WEIGHTS: Mapping[tuple[str, str], int] = {
 SCALAR_WEIGHTS: Mapping[str, int] = {"JSON": 10}  # a calculation's input: up to kilobytes
 
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
+MAX_ECHO = 100
 
 
 def _root_fields(
@@ -306,22 +307,39 @@ class OperationGuard(SchemaExtension):
 
 
 _SUGGESTION = re.compile(r"\s*Did you mean\b[^?]*\?")
+_QUOTED = re.compile(f"'[^']{{{MAX_ECHO + 1},}}'|\"[^\"]{{{MAX_ECHO + 1},}}\"")
+_LONG_WORD = re.compile(rf"\S{{{MAX_ECHO + 1},}}")
 
 
-class NoSuggestions(SchemaExtension):
-    """Removes every "Did you mean ...?" (types, fields, arguments, enum values, input
-    fields, directives) from error messages: with introspection off they would reveal
-    the schema one guess at a time."""
+def clip_echoes(message: str) -> str:
+    """At most ``MAX_ECHO`` characters of any one value the client sent (messages of
+    graphql-core quote the offending value, a 5,000-digit number included)."""
+    if len(message) <= MAX_ECHO:
+        return message
+    message = _QUOTED.sub(lambda m: m.group()[: MAX_ECHO - 5] + "…" + m.group()[-1], message)
+    return _LONG_WORD.sub(lambda m: m.group()[:MAX_ECHO] + "…", message)
 
-    def _strip(self, result: object) -> None:
+
+class CleanMessages(SchemaExtension):
+    """The last word on every error message: at most ``MAX_ECHO`` characters of any
+    one input echoed, and, with ``suggestions=False`` (introspection off), no "Did you
+    mean ...?" of any kind (types, fields, arguments, enum values, input fields,
+    directives): it would reveal the schema one guess at a time."""
+
+    def __init__(self, *, suggestions: bool = True) -> None:
+        self.suggestions = suggestions
+
+    def _clean(self, result: object) -> None:
         for error in getattr(result, "errors", None) or ():
-            if "Did you mean" in error.message:
-                error.message = _SUGGESTION.sub("", error.message)
+            message = error.message
+            if not self.suggestions and "Did you mean" in message:
+                message = _SUGGESTION.sub("", message)
+            error.message = clip_echoes(message)
 
     def on_operation(self) -> Iterator[None]:
         yield
-        self._strip(self.execution_context.result)
+        self._clean(self.execution_context.result)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
-        self._strip(result)
+        self._clean(result)
         yield

@@ -28,7 +28,7 @@ from crunchql.schema.extensions import (
     OperationName,
     depth_limit_rule,
 )
-from crunchql.schema.guards import NoSuggestions, OperationGuard, SingleAuthMutationRule
+from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
 from crunchql.schema.types import (
     AuthPayload,
@@ -126,8 +126,8 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         lambda: ValidationCache(maxsize=1024),
         lambda: OperationGuard(max_cost=options.max_cost),
     ]
-    if not options.field_suggestions:
-        extensions.insert(0, NoSuggestions)  # outermost: sees every message last
+    # Outermost: its after-hook sees every message last.
+    extensions.insert(0, lambda: CleanMessages(suggestions=options.field_suggestions))
     if not options.introspection:
         extensions.append(DisableIntrospection)
     if options.metrics:

@@ -168,8 +168,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at = datetime.fromisoformat(created)
         if created_at.tzinfo is None:
             raise ValueError("cursor without offset")
-        return created_at, uuid.UUID(raw_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # In UTC here, so that a date near the ends of the calendar fails now and not
+        # in the database driver (year 1 at +05:00 is before year 1 in UTC).
+        return created_at.astimezone(UTC), uuid.UUID(raw_id)
+    except (ValueError, binascii.Error, UnicodeError, OverflowError):
         raise BadUserInputError("Cursor is not valid.", field="after") from None
 
 
