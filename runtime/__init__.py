@@ -106,6 +106,7 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        max_running_per_user=settings.max_running_per_user,
     )
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue

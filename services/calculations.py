@@ -121,18 +121,18 @@ async def submit(
         raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
     async with _owner_lock(user.id), unit_of_work(services.session_factory) as session:
         repo = CalculationRepository(session)
-        if services.limits.rate_limits:
-            # Count and insert under the owner's lock, so parallel submits cannot all
-            # pass the count (row lock on PostgreSQL, across API processes; an
-            # in-process lock as well, which is what serialises them on SQLite).
-            await UserRepository(session).lock(user.id)
-            active = await repo.count_active(user.id)
-            if active >= services.limits.max_active_calculations:
-                raise RateLimitedError(
-                    f"You have {active} calculations queued or running; the limit is "
-                    f"{services.limits.max_active_calculations}. Wait for one to finish "
-                    "or cancel one."
-                )
+        # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. Count and insert
+        # under the owner's lock, so parallel submits cannot all pass the count (row
+        # lock on PostgreSQL, across API processes; an in-process lock as well, which
+        # is what serialises them on SQLite).
+        await UserRepository(session).lock(user.id)
+        active = await repo.count_active(user.id)
+        if active >= services.limits.max_active_calculations:
+            raise RateLimitedError(
+                f"You have {active} calculations queued or running; the limit is "
+                f"{services.limits.max_active_calculations}. Wait for one to finish "
+                "or cancel one."
+            )
         calculation = await repo.create(
             owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC)
         )

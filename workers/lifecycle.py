@@ -74,6 +74,7 @@ class WorkerRuntime:
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
+                max_running_per_user=settings.max_running_per_user,
             ),
             # One kernel thread per process: kernels are parallel inside, and numba's
             # default threading layer must not run two parallel regions at once.

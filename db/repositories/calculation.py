@@ -10,8 +10,10 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
+from crunchql.db.repositories.user import UserRepository
 
 _IS_ACTIVE = Calculation.status.in_([status.value for status in ACTIVE_STATUSES])
 
@@ -99,12 +101,22 @@ class CalculationRepository:
         return Calculation(**row) if row is not None else None
 
     async def claim(
-        self, calculation_id: uuid.UUID, worker_id: str, now: datetime, stale_before: datetime
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        now: datetime,
+        stale_before: datetime,
+        *,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
     ) -> Calculation | None:
         """QUEUED → RUNNING, or take over a RUNNING one whose worker stopped beating.
 
         None when the calculation is finished, cancelled or alive elsewhere: a duplicate
-        or late message then does nothing.
+        or late message then does nothing. With ``max_running``, also None (and the row
+        left QUEUED, untouched) while its owner already has that many runs alive
+        (heartbeat after ``alive_after``): the caller drops the message and the owner's
+        next finishing run sends it again (``list_waiting_for_owner``).
         """
         condition = or_(
             Calculation.status == CalculationStatus.QUEUED.value,
@@ -113,6 +125,13 @@ class CalculationRepository:
                 or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
             ),
         )
+        if max_running is not None:
+            condition = and_(
+                condition,
+                await self._owner_has_room(
+                    calculation_id, max_running, alive_after or stale_before
+                ),
+            )
         return await self._update_returning(
             calculation_id,
             condition,
@@ -126,6 +145,48 @@ class CalculationRepository:
                 "error": None,
             },
         )
+
+    async def _owner_has_room(
+        self, calculation_id: uuid.UUID, max_running: int, alive_after: datetime
+    ) -> Any:
+        """The claim's extra condition: fewer than ``max_running`` other live runs of the
+        same owner. Part of the UPDATE itself, so SQLite (one writer) decides it
+        atomically; on PostgreSQL claims for one owner also queue on the owner's row,
+        so two workers cannot both count the same free slot."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            owner_id = (
+                await self.session.execute(
+                    select(Calculation.owner_id).where(Calculation.id == calculation_id)
+                )
+            ).scalar_one_or_none()
+            if owner_id is not None:
+                await UserRepository(self.session).lock(owner_id)
+        other = aliased(Calculation)
+        running = (
+            select(func.count())
+            .select_from(other)
+            .where(
+                other.owner_id == Calculation.owner_id,
+                other.id != Calculation.id,
+                other.status == CalculationStatus.RUNNING.value,
+                other.heartbeat_at >= alive_after,
+            )
+            .scalar_subquery()
+        )
+        return running < max_running
+
+    async def list_waiting_for_owner(self, owner_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+        """The owner's oldest QUEUED calculations: the next to start when a run ends."""
+        statement = (
+            select(Calculation.id)
+            .where(
+                Calculation.owner_id == owner_id,
+                Calculation.status == CalculationStatus.QUEUED.value,
+            )
+            .order_by(Calculation.created_at, Calculation.id)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
 
     def _owned_run(self, worker_id: str) -> Any:
         return and_(
