@@ -28,7 +28,6 @@ from crunchql.pubsub.bus import Event
 from crunchql.services.container import Infrastructure, Services
 
 MAX_PAGE_SIZE = 100
-IDLE_RECHECK_SECONDS = 30.0
 STATUS_RANK = {
     CalculationStatus.QUEUED.value: 0,
     CalculationStatus.RUNNING.value: 1,
@@ -254,7 +253,9 @@ async def watch(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            event = await subscription.get(timeout=min(IDLE_RECHECK_SECONDS, remaining))
+            # No periodic re-read: an idle subscription costs no query. What could be
+            # missed (a lost Redis connection, a full mailbox) arrives as a resync.
+            event = await subscription.get(timeout=remaining)
             overrides: dict[str, Any] | None = None
             event_rank = STATUS_RANK.get(str((event or {}).get("status")), -1)
             if event is not None and event.get("snapshot") and not event.get("reload"):
