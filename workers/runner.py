@@ -65,14 +65,14 @@ def _now() -> datetime:
 async def _announce(services: Infrastructure, calculation: Calculation) -> None:
     try:
         await publish_status(services, calculation)
-    except Exception as error:  # the row is saved; subscribers re-read it when idle
+    except Exception as error:  # the row is saved; subscribers re-read it on a resync
         logger.warning("could not publish a status change: %s", error)
 
 
 async def _publish(bus: EventBus, event: dict[str, Any]) -> None:
     try:
         await bus.publish(event["id"], event)
-    except Exception as error:  # a lost event is recovered by subscribers' re-reads
+    except Exception as error:  # a lost event: the next one (or a resync) catches up
         logger.warning("could not publish an event: %s", error)
 
 
