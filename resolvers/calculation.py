@@ -89,7 +89,8 @@ async def calculation_updates(
     if slot is None:
         raise RateLimitedError(
             f"The limit of {limit} open subscriptions per user (all sockets together) is "
-            "reached; complete one first."
+            "reached; complete one first.",
+            retry_after=calculations.COUNT_LIMIT_RETRY_SECONDS,
         )
     async with services.slots.holding(slot):
         with tracking_subscription():

@@ -28,6 +28,7 @@ from crunchql.pubsub.bus import Event
 from crunchql.services.container import Infrastructure, Services
 
 MAX_PAGE_SIZE = 100
+COUNT_LIMIT_RETRY_SECONDS = 5.0
 STATUS_RANK = {
     CalculationStatus.QUEUED.value: 0,
     CalculationStatus.RUNNING.value: 1,
@@ -130,7 +131,9 @@ async def submit(
             raise RateLimitedError(
                 f"You have {active} calculations queued or running; the limit is "
                 f"{services.limits.max_active_calculations}. Wait for one to finish "
-                "or cancel one."
+                "or cancel one.",
+                # A count, not a window: when to try again is a suggestion.
+                retry_after=COUNT_LIMIT_RETRY_SECONDS,
             )
         calculation = await repo.create(
             owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC)

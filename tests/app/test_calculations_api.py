@@ -210,6 +210,7 @@ async def test_active_calculations_per_user_are_limited(
             await submit(client, {"monteCarloPi": {"samples": 10}})
         refused = await client.execute(SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}})
         assert error_codes(refused) == ["RATE_LIMITED"]
+        assert refused["errors"][0]["extensions"]["retryAfter"] > 0
         # Another user is not affected.
         other = (await client.register())["accessToken"]
         accepted = await client.execute(

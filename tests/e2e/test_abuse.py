@@ -147,6 +147,7 @@ async def test_subscriptions_per_user_count_across_sockets(server: str) -> None:
         assert refused["type"] == "next", refused
         error = refused["payload"]["errors"][0]
         assert error["extensions"]["code"] == "RATE_LIMITED"
+        assert error["extensions"]["retryAfter"] > 0
     for calculation_id in ids:
         await graphql.execute(
             "mutation($id: ID!) { cancelCalculation(id: $id) { id } }", {"id": calculation_id}
