@@ -12,7 +12,11 @@
 - ``application/graphql-response+json`` is spoken when the client prefers it; under it
   a request refused before execution (no ``data`` entry) is a 400;
 - every GraphQL error carries an ``extensions.code`` from the contract;
-- browsers get our own GraphiQL page with its assets served from the package.
+- a response that consumed rate limits carries ``RateLimit-Policy``/``RateLimit``
+  headers, and one over ``max_response_bytes`` is replaced by an error before encoding;
+- WebSockets: a per-socket operation rate, and a per-user cap on open sockets (4429);
+- browsers get our own GraphiQL page with its assets served from the package (unless
+  switched off: the default in production).
 """
 
 from __future__ import annotations
@@ -349,14 +353,14 @@ class CrunchGraphQL(GraphQL[Context, None]):
             return
         request = Request(scope, receive=self._limited(receive))
         with tracking_usage() as usages:
-            response = await self._answer(request, scope)
+            response = await self._answer(request)
         if response is None:
             return
         if usages:
             response.headers.update(rate_limit_headers(usages))
         await response(scope, receive, send)
 
-    async def _answer(self, request: Request, scope: Scope) -> Response | None:
+    async def _answer(self, request: Request) -> Response | None:
         try:
             response = await self._respond(request)
         except ViewError as error:
