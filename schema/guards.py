@@ -61,6 +61,8 @@ DEFAULT_LIST_SIZE = 10
 FIELD_WEIGHTS: Mapping[tuple[str, str], int] = {
     # A PNG of up to 4096 x 4096 pixels: up to ~17 MiB base64.
     ("MandelbrotResult", "png"): 2000,
+    # Up to 256 x 64 coordinates: ~0.3 MiB.
+    ("KMeansResult", "centroids"): 50,
 }
 SCALAR_WEIGHTS: Mapping[str, int] = {"JSON": 10}  # a calculation's input: up to kilobytes
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from crunchql.services.container import RunnerServices
 from crunchql.workers.queues import EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
 from tests.conftest import wait_for
+from tests.workers.test_runner import AnyParams
 
 
 @pytest.fixture
@@ -57,11 +58,15 @@ class SleepyJob:
         return {"steps": self.count}
 
 
-def sleepy_kind(name: str, steps: int, seconds: float) -> Kind:
-    return Kind(
-        name=name, description="test", validate=dict, start=lambda _p: SleepyJob(steps, seconds),
-        warm_up=lambda: None,
-    )  # fmt: skip
+def sleepy_kind(name: str, steps: int, seconds: float) -> Kind[Any]:
+    class SleepyKind(Kind[Any]):
+        def start(self, params: Mapping[str, Any]) -> SleepyJob:
+            return SleepyJob(steps, seconds)
+
+        def warm_up(self) -> None:
+            pass
+
+    return SleepyKind(name=name, description="test", params=AnyParams, kernel="-")
 
 
 async def new_user(services: RunnerServices) -> uuid.UUID:
