@@ -9,7 +9,7 @@ import pytest
 from crunchql.auth import concurrency
 from crunchql.auth.concurrency import SlotLimiter
 from crunchql.pubsub.redis_client import create_redis
-from tests.conftest import flush_redis
+from tests.conftest import flush_redis, wait_for
 
 
 async def test_one_process_counts_and_frees() -> None:
@@ -49,22 +49,20 @@ async def test_slots_of_a_dead_process_expire(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await flush_redis(redis_url)
-    monkeypatch.setattr(concurrency, "LEASE_SECONDS", 0.3)
+    monkeypatch.setattr(concurrency, "LEASE_SECONDS", 2.0)
     dead_redis, live_redis = create_redis(redis_url), create_redis(redis_url)
     dead, live = SlotLimiter(dead_redis), SlotLimiter(live_redis)
     try:
         assert await dead.acquire("sockets:u", 1) is not None
         await dead.close()  # the process is gone: nobody renews its lease
         assert await live.acquire("sockets:u", 1) is None
-        slot = None
-        for _ in range(100):
-            slot = await live.acquire("sockets:u", 1)
-            if slot is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert slot is not None
+
+        async def free_again() -> bool:
+            return await live.acquire("sockets:u", 1) is not None
+
+        await wait_for(free_again, timeout=15, interval=0.1)
         # A live holder renews its lease and keeps its slot past the lease time.
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(3.0)
         assert await SlotLimiter(dead_redis).acquire("sockets:u", 1) is None
     finally:
         await live.close()
