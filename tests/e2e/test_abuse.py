@@ -14,7 +14,14 @@ import pytest
 import websockets
 
 from crunchql.db.migrate import upgrade_async
-from tests.e2e.processes import HttpGraphQL, service_env, start_api, wait_healthy, ws_session
+from tests.e2e.processes import (
+    HttpGraphQL,
+    service_env,
+    start_api,
+    wait_healthy,
+    wait_until,
+    ws_session,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -120,14 +127,16 @@ async def test_open_sockets_per_user_are_capped(server: str) -> None:
             )
             assert await _closed_code(extra) == 4429
         # One closed: a new one is admitted (its slot is freed as the socket ends).
-        for _ in range(100):
+
+        async def admitted() -> bool:
             try:
-                async with ws_session(server, token):
-                    break
-            except AssertionError:
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("a freed socket slot was never reused")
+                async with ws_session(server, token) as socket_:
+                    probe = await _operation(socket_, "probe", "{ __typename }", {})
+                    return bool(probe["type"] == "next")
+            except websockets.ConnectionClosed:
+                return False
+
+        await wait_until(admitted, 30, "a freed socket slot")
     await graphql.close()
 
 
