@@ -109,12 +109,21 @@ class WorkerRuntime:
             repo = CalculationRepository(session)
             resend = await repo.release_stale_runs(stale_before=now - self.config.stale_after)
             if await asyncio.to_thread(self.broker.do_qsize, QUEUE_NAME) == 0:
-                resend += await repo.list_waiting(created_before=now - QUEUED_RESEND_AFTER)
+                resend += await repo.list_waiting(
+                    created_before=now - QUEUED_RESEND_AFTER,
+                    # Waiting for a free per-user slot is not a lost message.
+                    max_running=self.config.max_running_per_user,
+                    alive_after=now - self.config.stale_after,
+                )
             else:
                 clock = time.monotonic()
                 period = QUEUED_RESEND_ALWAYS_AFTER.total_seconds()
                 self.resent = {k: t for k, t in self.resent.items() if clock - t < period}
-                old = await repo.list_waiting(created_before=now - QUEUED_RESEND_ALWAYS_AFTER)
+                old = await repo.list_waiting(
+                    created_before=now - QUEUED_RESEND_ALWAYS_AFTER,
+                    max_running=self.config.max_running_per_user,
+                    alive_after=now - self.config.stale_after,
+                )
                 resend += [each for each in old if each not in self.resent]
                 self.resent.update(dict.fromkeys(resend, clock))
             await WorkerRepository(session).prune(now, timedelta(hours=1))

@@ -24,6 +24,23 @@ class CalculationPage:
     has_next_page: bool
 
 
+def _other_live_runs_of_owner(alive_after: datetime) -> Any:
+    """For the calculation row of the enclosing statement: how many OTHER calculations of
+    its owner are RUNNING with a heartbeat after ``alive_after`` (a correlated count)."""
+    other = aliased(Calculation)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.owner_id == Calculation.owner_id,
+            other.id != Calculation.id,
+            other.status == CalculationStatus.RUNNING.value,
+            other.heartbeat_at >= alive_after,
+        )
+        .scalar_subquery()
+    )
+
+
 class CalculationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -161,19 +178,7 @@ class CalculationRepository:
             ).scalar_one_or_none()
             if owner_id is not None:
                 await UserRepository(self.session).lock(owner_id)
-        other = aliased(Calculation)
-        running = (
-            select(func.count())
-            .select_from(other)
-            .where(
-                other.owner_id == Calculation.owner_id,
-                other.id != Calculation.id,
-                other.status == CalculationStatus.RUNNING.value,
-                other.heartbeat_at >= alive_after,
-            )
-            .scalar_subquery()
-        )
-        return running < max_running
+        return _other_live_runs_of_owner(alive_after) < max_running
 
     async def list_waiting_for_owner(self, owner_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
         """The owner's oldest QUEUED calculations: the next to start when a run ends."""
@@ -301,17 +306,24 @@ class CalculationRepository:
         )
         return list((await self.session.execute(statement)).scalars())
 
-    async def list_waiting(self, *, created_before: datetime, limit: int = 500) -> list[uuid.UUID]:
-        """QUEUED rows older than ``created_before``, oldest first."""
-        statement = (
-            select(Calculation.id)
-            .where(
-                Calculation.status == CalculationStatus.QUEUED.value,
-                Calculation.created_at < created_before,
-            )
-            .order_by(Calculation.created_at)
-            .limit(limit)
+    async def list_waiting(
+        self,
+        *,
+        created_before: datetime,
+        limit: int = 500,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
+    ) -> list[uuid.UUID]:
+        """QUEUED rows older than ``created_before``, oldest first. With
+        ``max_running``, only those whose owner could start one now: the others wait
+        for their owner's runs to end, and re-sending them would only be refused."""
+        statement = select(Calculation.id).where(
+            Calculation.status == CalculationStatus.QUEUED.value,
+            Calculation.created_at < created_before,
         )
+        if max_running is not None and alive_after is not None:
+            statement = statement.where(_other_live_runs_of_owner(alive_after) < max_running)
+        statement = statement.order_by(Calculation.created_at).limit(limit)
         return list((await self.session.execute(statement)).scalars())
 
     async def list_active_ids(self) -> list[uuid.UUID]:

@@ -192,12 +192,22 @@ async def test_claims_beyond_the_running_limit_leave_the_row_queued(
     claimed = await asyncio.gather(*(claim(each) for each in ids))
     assert sum(claimed) == 2
     assert await count(services, owner, CalculationStatus.QUEUED) == 4
-    # A run whose worker stopped beating no longer counts against its owner.
     async with unit_of_work(factory) as session:
         waiting = await CalculationRepository(session).list_waiting_for_owner(owner, 10)
-    assert len(waiting) == 4 and set(waiting) == {
-        i for i, ok in zip(ids, claimed, strict=True) if not ok
-    }
+    refused = {each for each, ok in zip(ids, claimed, strict=True) if not ok}
+    assert len(waiting) == 4 and set(waiting) == refused
+    # The sweeper does not re-send what waits for its owner's slot (it would be refused).
+    async with unit_of_work(factory) as session:
+        repo = CalculationRepository(session)
+        created_before = now + timedelta(seconds=1)
+        assert len(await repo.list_waiting(created_before=created_before)) == 4
+        assert not await repo.list_waiting(
+            created_before=created_before, max_running=2, alive_after=stale_before
+        )
+        assert len(await repo.list_waiting(
+            created_before=created_before, max_running=3, alive_after=stale_before
+        )) == 4  # fmt: skip
+    # A run whose worker stopped beating no longer counts against its owner.
     later = now + timedelta(minutes=5)
     async with unit_of_work(factory) as session:
         row = await CalculationRepository(session).claim(
