@@ -94,5 +94,5 @@ async def calculation_updates(
         )
     async with services.slots.holding(slot):
         with tracking_subscription():
-            async for row, overrides in calculations.watch(services, user, id):
-                yield Calculation.from_model(row, overrides)
+            async for snapshot in calculations.watch(services, user, id):
+                yield Calculation.from_model(snapshot)

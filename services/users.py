@@ -20,7 +20,7 @@ from crunchql.core.errors import (
 from crunchql.db.engine import read_only, unit_of_work
 from crunchql.db.models import RefreshToken, Role, User
 from crunchql.db.repositories import RefreshTokenRepository, UserRepository
-from crunchql.services.container import Limits, Services
+from crunchql.services.container import Limits, ServiceContainer
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL_LENGTH = 254
@@ -49,7 +49,10 @@ def normalise_email(raw: str) -> str:
 
 
 async def _issue(
-    services: Services, repo: RefreshTokenRepository, user: User, family_id: uuid.UUID | None = None
+    services: ServiceContainer,
+    repo: RefreshTokenRepository,
+    user: User,
+    family_id: uuid.UUID | None = None,
 ) -> AuthResult:
     now = datetime.now(UTC)
     raw = services.tokens.new_refresh_token()
@@ -67,7 +70,7 @@ async def _issue(
 
 
 async def register(
-    services: Services, email: str, password: str, *, client: str, role: Role = Role.USER
+    services: ServiceContainer, email: str, password: str, *, client: str, role: Role = Role.USER
 ) -> AuthResult:
     if services.limits.rate_limits:
         await services.rate_limiter.hit(
@@ -84,7 +87,7 @@ async def register(
             users = UserRepository(session)
             if await users.get_by_email(email) is not None:
                 raise ConflictError("An account with this email already exists.")
-            user = await users.add(User(email=email, password_hash=password_hash, role=role.value))
+            user = await users.add(User(email=email, password_hash=password_hash, role=role))
             return await _issue(services, RefreshTokenRepository(session), user)
     except IntegrityError:
         # Two registrations of the same email raced; the unique index decided.
@@ -113,7 +116,9 @@ def _failure_keys(limits: Limits, account: str, client: str) -> list[tuple[str, 
     ]
 
 
-async def login(services: Services, email: str, password: str, *, client: str) -> AuthResult:
+async def login(
+    services: ServiceContainer, email: str, password: str, *, client: str
+) -> AuthResult:
     normalised = unicodedata.normalize("NFKC", email).strip().lower()
     limits = services.limits
     limiter = services.rate_limiter
@@ -149,7 +154,7 @@ async def login(services: Services, email: str, password: str, *, client: str) -
         return await _issue(services, RefreshTokenRepository(session), user)
 
 
-async def refresh(services: Services, refresh_token: str) -> AuthResult:
+async def refresh(services: ServiceContainer, refresh_token: str) -> AuthResult:
     invalid = UnauthenticatedError("Refresh token is invalid or expired; log in again.")
     if not refresh_token or len(refresh_token) > 200:
         raise invalid
@@ -171,15 +176,15 @@ async def refresh(services: Services, refresh_token: str) -> AuthResult:
         return await _issue(services, tokens, user, family_id=token.family_id)
 
 
-async def get_active_user(services: Services, user_id: uuid.UUID) -> User | None:
+async def get_active_user(services: ServiceContainer, user_id: uuid.UUID) -> User | None:
     """The user behind a token, if still active: from the process's short-lived cache,
     else the database (so a disabled account is refused within the cache time, on
     HTTP and on long-lived WebSockets alike)."""
-    user = services.users.get(user_id)
+    user = services.user_cache.get(user_id)
     if user is None:
         async with read_only(services.session_factory) as session:
             user = await UserRepository(session).get_by_id(user_id)
         if user is None:
             return None
-        services.users[user_id] = user
+        services.user_cache[user_id] = user
     return user if user.is_active else None

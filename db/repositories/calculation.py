@@ -15,7 +15,7 @@ from sqlalchemy.orm import aliased
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
 from crunchql.db.repositories.user import UserRepository
 
-_IS_ACTIVE = Calculation.status.in_([status.value for status in ACTIVE_STATUSES])
+_IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _other_live_runs_of_owner(alive_after: datetime) -> Any:
         .where(
             other.owner_id == Calculation.owner_id,
             other.id != Calculation.id,
-            other.status == CalculationStatus.RUNNING.value,
+            other.status == CalculationStatus.RUNNING,
             other.heartbeat_at >= alive_after,
         )
         .scalar_subquery()
@@ -45,11 +45,6 @@ class CalculationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, calculation: Calculation) -> Calculation:
-        self.session.add(calculation)
-        await self.session.flush()
-        return calculation
-
     async def create(
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
     ) -> Calculation:
@@ -59,7 +54,7 @@ class CalculationRepository:
             insert(table)
             .values(
                 id=uuid.uuid4(), owner_id=owner_id, kind=kind, input=params,
-                status=CalculationStatus.QUEUED.value, progress=0.0, created_at=now,
+                status=CalculationStatus.QUEUED, progress=0.0, created_at=now,
                 attempts=0, version=0,
             )
             .returning(*table.c)
@@ -88,7 +83,7 @@ class CalculationRepository:
         """Newest first, keyset-paginated on (created_at, id)."""
         statement = select(Calculation).where(Calculation.owner_id == owner_id)
         if status is not None:
-            statement = statement.where(Calculation.status == status.value)
+            statement = statement.where(Calculation.status == status)
         if after is not None:
             created_at, last_id = after
             statement = statement.where(
@@ -136,9 +131,9 @@ class CalculationRepository:
         next finishing run sends it again (``list_waiting_for_owner``).
         """
         condition = or_(
-            Calculation.status == CalculationStatus.QUEUED.value,
+            Calculation.status == CalculationStatus.QUEUED,
             and_(
-                Calculation.status == CalculationStatus.RUNNING.value,
+                Calculation.status == CalculationStatus.RUNNING,
                 or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
             ),
         )
@@ -153,7 +148,7 @@ class CalculationRepository:
             calculation_id,
             condition,
             {
-                "status": CalculationStatus.RUNNING.value,
+                "status": CalculationStatus.RUNNING,
                 "started_at": now,
                 "attempts": Calculation.attempts + 1,
                 "worker_id": worker_id,
@@ -186,7 +181,7 @@ class CalculationRepository:
             select(Calculation.id)
             .where(
                 Calculation.owner_id == owner_id,
-                Calculation.status == CalculationStatus.QUEUED.value,
+                Calculation.status == CalculationStatus.QUEUED,
             )
             .order_by(Calculation.created_at, Calculation.id)
             .limit(limit)
@@ -195,7 +190,7 @@ class CalculationRepository:
 
     def _owned_run(self, worker_id: str) -> Any:
         return and_(
-            Calculation.status == CalculationStatus.RUNNING.value,
+            Calculation.status == CalculationStatus.RUNNING,
             Calculation.worker_id == worker_id,
         )
 
@@ -242,7 +237,7 @@ class CalculationRepository:
         error: str | None = None,
     ) -> Calculation | None:
         values: dict[str, Any] = {
-            "status": status.value,
+            "status": status,
             "finished_at": now,
             "result": result,
             "error": error,
@@ -259,7 +254,7 @@ class CalculationRepository:
         result = await self.session.execute(
             update(Calculation)
             .where(Calculation.id == calculation_id, self._owned_run(worker_id))
-            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .values(status=CalculationStatus.QUEUED, worker_id=None)
             .execution_options(synchronize_session=False)
         )
         return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
@@ -272,7 +267,7 @@ class CalculationRepository:
             calculation_id,
             _IS_ACTIVE,
             {
-                "status": CalculationStatus.FAILED.value,
+                "status": CalculationStatus.FAILED,
                 "finished_at": now,
                 "error": error,
                 "version": Calculation.version + 1,
@@ -285,7 +280,7 @@ class CalculationRepository:
             calculation_id,
             _IS_ACTIVE,
             {
-                "status": CalculationStatus.CANCELLED.value,
+                "status": CalculationStatus.CANCELLED,
                 "finished_at": now,
                 "version": Calculation.version + 1,
             },
@@ -298,10 +293,10 @@ class CalculationRepository:
         statement = (
             update(table)
             .where(
-                table.c.status == CalculationStatus.RUNNING.value,
+                table.c.status == CalculationStatus.RUNNING,
                 or_(table.c.heartbeat_at.is_(None), table.c.heartbeat_at < stale_before),
             )
-            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .values(status=CalculationStatus.QUEUED, worker_id=None)
             .returning(table.c.id)
         )
         return list((await self.session.execute(statement)).scalars())
@@ -318,7 +313,7 @@ class CalculationRepository:
         ``max_running``, only those whose owner could start one now: the others wait
         for their owner's runs to end, and re-sending them would only be refused."""
         statement = select(Calculation.id).where(
-            Calculation.status == CalculationStatus.QUEUED.value,
+            Calculation.status == CalculationStatus.QUEUED,
             Calculation.created_at < created_before,
         )
         if max_running is not None and alive_after is not None:
