@@ -109,10 +109,9 @@ async def fire_batch(
             owner = decision.schedule.owner_id
             if not owners.get(owner, False):
                 outcomes[decision.schedule.id] = FireOutcome.SKIPPED_DISABLED
-            elif (
-                config.limits.rate_limits
-                and active.get(owner, 0) >= config.limits.max_active_calculations
-            ):
+            elif active.get(owner, 0) >= config.limits.max_active_calculations:
+                # As in submitCalculation: a cap, not a rate limit (CRUNCHQL_RATE_LIMITS
+                # does not turn it off).
                 outcomes[decision.schedule.id] = FireOutcome.SKIPPED_LIMIT
             else:
                 outcomes[decision.schedule.id] = FireOutcome.CREATED
