@@ -114,6 +114,9 @@ class CalculationSnapshot:
     shards: int = 1
     shards_done: int = 0
     device: str | None = None
+    # Set for a calculation a schedule created (never changes).
+    schedule_id: uuid.UUID | None = None
+    scheduled_for: datetime | None = None
 
 
 class EventKind(StrEnum):

@@ -37,6 +37,7 @@ from crunchql.workers.runner import (
     _now,
     _process_is_ending,
     _publish,
+    _start_waiting,
     _timed_step,
     is_transient,
 )
@@ -111,6 +112,10 @@ async def run_shard(
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind, shard=str(shard))
     started = time.monotonic()
     outcome = await _execute(services, config, calculation, shard, executor)
+    if outcome in (RunOutcome.SUCCEEDED, RunOutcome.FAILED, RunOutcome.CANCELLED):
+        # The calculation ended (or this shard saw it end): its owner's waiting runs
+        # may start (the fair-share limit counts a split calculation as one run).
+        await _start_waiting(services, config, calculation.owner_id)
     return ShardStats(outcome, calculation.kind, time.monotonic() - started)
 
 

@@ -5,7 +5,7 @@ Adds ``calculations.shards`` (1 when not split), ``calculations.shards_done`` an
 its own claim (worker, heartbeat), progress and stored partial result.
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-11-28
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from crunchql.db import types as db_types
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
