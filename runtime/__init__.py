@@ -131,8 +131,9 @@ async def start_runtime(
             RunnerServices(session_factory=session_factory, bus=bus),
             config,
         )
-        config.shard_seconds = settings.shard_seconds
-        config.send_shard = embedded.enqueue_shard
+        # No shards in the embedded mode: one process with one kernel thread gains
+        # nothing from splitting, and a split run shows no running estimate. (The
+        # embedded queue can run shards: EmbeddedJobQueue.enqueue_shard.)
         queue = embedded
     services = ServiceContainer(
         session_factory=session_factory,
