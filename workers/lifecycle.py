@@ -217,7 +217,11 @@ class WorkerLifecycle(Middleware):
         warm_up_all()
         logger.info("kernels ready in %.2f s", time.perf_counter() - started)
 
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # Before, not after: Dramatiq starts the worker threads between the two hooks,
+        # so a message fetched at once would find no runtime and fail for good (its
+        # calculation then waited a minute for the sweeper). AsyncIO's own
+        # before_worker_boot, earlier in the middleware list, has started the loop.
         global _runtime
         loop_thread = get_event_loop_thread()
         assert loop_thread is not None
