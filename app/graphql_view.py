@@ -35,9 +35,14 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
 from crunchql.app.graphiql import content_security_policy, graphiql_html
@@ -175,8 +180,45 @@ class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_connection_init(message)
 
 
+def _is_unauthenticated(result: ExecutionResult) -> bool:
+    return bool(result.errors) and all(
+        (error.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value
+        for error in result.errors or []
+    )
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, with the contract's rule for subscriptions that lose their
+    authentication (a revoked session, a disabled account): the operation ends with an
+    ``error`` message carrying UNAUTHENTICATED, not a ``next`` with errors; the socket
+    stays open. (Strawberry otherwise sends errors raised mid-stream as ``next``.)"""
+
+    async def _send_result_stream(
+        self, operation: Operation[Context, None], result_source: Any
+    ) -> None:
+        is_first_result = True
+        async for result in result_source:
+            if (
+                isinstance(result, ExecutionResult)
+                and not isinstance(result, PreExecutionError)
+                and result.data is None
+                and _is_unauthenticated(result)
+            ):
+                await operation.send_initial_errors(list(result.errors or []))
+                return
+            if is_first_result and isinstance(result, PreExecutionError):
+                await self._handle_pre_execution_error(operation, result)
+                return
+            if not isinstance(result, ExecutionResult):
+                await self._reject_incremental_delivery(operation)
+                return
+            await operation.send_next(result)
+            is_first_result = False
+
+
 class CrunchGraphQL(GraphQL[Context, None]):
     graphql_ws_handler_class = LegacyGraphQLWSHandler
+    graphql_transport_ws_handler_class = TransportWSHandler
 
     def __init__(
         self,

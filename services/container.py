@@ -14,6 +14,7 @@ from crunchql.auth.rate_limit import RateLimiter
 from crunchql.auth.tokens import TokenService
 from crunchql.db.models import User
 from crunchql.pubsub.bus import EventBus
+from crunchql.services.revocation import SessionGuard
 
 
 class JobQueue(Protocol):
@@ -66,3 +67,5 @@ class Services:
     queue: JobQueue
     limits: Limits
     users: TTLCache[UUID, User] = field(default_factory=user_cache)
+    # Revoked and recently checked sessions, and the open subscriptions to end.
+    session_guard: SessionGuard = field(default_factory=SessionGuard)

@@ -22,10 +22,11 @@ from redis.asyncio import Redis
 from crunchql.compute.catalog import warm_up_all
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
-from crunchql.db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
+from crunchql.db.repositories import CalculationRepository, WorkerRepository
 from crunchql.observability.metrics import start_worker_metrics_server
 from crunchql.pubsub.bus import RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
+from crunchql.services.audit import apply_retention
 from crunchql.services.container import RunnerServices
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.queues import DramatiqJobQueue
@@ -117,7 +118,9 @@ class WorkerRuntime:
                 resend += [each for each in old if each not in self.resent]
                 self.resent.update(dict.fromkeys(resend, clock))
             await WorkerRepository(session).prune(now, timedelta(hours=1))
-            await RefreshTokenRepository(session).purge_expired(now - timedelta(days=1))
+            await apply_retention(
+                session, now, audit_retention=timedelta(days=self.settings.audit_retention_days)
+            )
         queue = DramatiqJobQueue(self.broker)
         for calculation_id in resend:
             logger.warning(
