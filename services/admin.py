@@ -3,7 +3,8 @@
 Authorisation (ADMIN only) is the caller's business (the GraphQL edge checks the
 caller; the CLI is the operator). The last active ADMIN can never be demoted or
 disabled: every such change first locks the active ADMINs' rows (PostgreSQL, across
-processes) under a per-process lock (which is what serialises them on SQLite).
+processes), or takes a per-process lock on SQLite (which has no row locks, and whose
+database belongs to one process).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import uuid
 import weakref
 
@@ -122,7 +124,12 @@ async def _change(
     role: Role | None = None,
     active: bool | None = None,
 ) -> User:
-    async with _admin_change_lock(), unit_of_work(services.session_factory) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if services.session_factory.kw["bind"].dialect.name == "sqlite":
+            # No row locks there (one process owns an embedded database): held until
+            # the transaction below has committed.
+            await stack.enter_async_context(_admin_change_lock())
+        session = await stack.enter_async_context(unit_of_work(services.session_factory))
         users = UserRepository(session)
         admins = await users.lock_active_admins()
         target = await users.get_by_id(target_id)

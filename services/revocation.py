@@ -171,11 +171,14 @@ class SessionGuard:
                 await asyncio.wait_for(self.listening.wait(), 5.0)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        # Python 3.11's wait_for (inside Subscription.get) can swallow a cancellation
+        # that lands as its inner get completes: cancel until the task has ended.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            logger.warning("session guard had stopped: %r", task.exception())
 
     async def _listen(self, bus: EventBus, factory: async_sessionmaker[AsyncSession]) -> None:
         async with bus.subscribe(SESSION_EVENTS) as subscription:
