@@ -124,11 +124,16 @@ def _run_admin_command(work: Callable[[Any], Awaitable[None]]) -> int:
     server's jobs; revocations it causes are announced on the bus (REDIS_URL) or, on the
     embedded path, seen by the server within CRUNCHQL_SESSION_RECHECK_SECONDS."""
     from crunchql.core.errors import CrunchError
+    from crunchql.core.logging import configure_logging
     from crunchql.core.settings import get_settings
     from crunchql.runtime import start_runtime
 
+    settings = get_settings()
+    # Log lines (the audit records among them) go to stderr, as the server's do.
+    configure_logging(settings)
+
     async def run() -> None:
-        runtime = await start_runtime(get_settings(), run_jobs=False)
+        runtime = await start_runtime(settings, run_jobs=False)
         try:
             await work(runtime.services)
         finally:
