@@ -50,6 +50,7 @@ from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
 from crunchql.services.container import Services
+from crunchql.services.sessions import ensure_live
 
 logger = logging.getLogger("crunchql.graphql")
 
@@ -275,6 +276,12 @@ class CrunchGraphQL(GraphQL[Context, None]):
         if header is None:
             return None  # anonymous: protected operations answer UNAUTHENTICATED
         self._authenticate(context, header)
+        if context.claims is not None:
+            try:
+                # A token of an ended session is as bad as an expired one.
+                await ensure_live(self.services, context.claims)
+            except CrunchError as error:
+                context.auth_error = error
         if context.auth_error is not None:
             raise ConnectionRejectionError({"message": context.auth_error.message})
         return None

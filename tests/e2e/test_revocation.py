@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import websockets
 
 from tests.app.accounts_helpers import sql
 from tests.conftest import flush_redis, truncate
@@ -136,6 +137,18 @@ async def test_logout_everywhere_on_one_api_ends_the_other_apis_requests_and_soc
         assert again["type"] == "error"
         assert again["payload"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     assert await refused(here)
+    # A new socket with a token of the ended session is refused like a bad token.
+    async with websockets.connect(
+        f"ws://{second_api}/graphql", subprotocols=["graphql-transport-ws"]
+    ) as socket_:
+        await socket_.send(
+            json.dumps(
+                {"type": "connection_init", "payload": {"Authorization": f"Bearer {there.token}"}}
+            )
+        )
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket_.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
     for client in (registering, here, there):
         await client.close()
 
