@@ -1,35 +1,48 @@
 """The event bus that carries calculation updates from runners to subscriptions.
 
-Events are small JSON objects: ``{"id": ..., "status": ..., "progress": ...,
-"version": ..., "partialResult": ..., "terminal": bool}``. A subscriber may also
-receive ``{"resync": true}``: something may have been missed (the Redis connection
+What travels is a :class:`~crunchql.core.lifecycle.CalculationEvent` (its ``encode``d
+form over Redis), delivered to the subscribers of its calculation id. A subscriber may
+also receive :data:`RESYNC`: something may have been missed (the Redis connection
 dropped, or the subscriber fell behind) and it must re-read the state.
 
 ``RedisEventBus`` holds ONE pub/sub connection per process for all subscribers.
 ``InProcessEventBus`` serves the embedded mode with the same interface.
+
+The same connection carries session events (revocations, account changes: see
+``services/revocation.py``) on their own channel to process-wide ``SessionListener``s:
+every API process hears each one, and a listener is told to resync like any
+subscriber when events may have been lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import enum
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Final, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crunchql.pubsub.channels import CALCULATION_EVENTS
+from crunchql.core.lifecycle import CalculationEvent, MalformedEventError
+from crunchql.pubsub.channels import CALCULATION_EVENTS, SESSION_EVENTS
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-RESYNC: Event = {"resync": True}
+
+class Signal(enum.Enum):
+    RESYNC = "resync"
+
+
+# Delivered instead of events that may have been lost: re-read the state.
+RESYNC: Final = Signal.RESYNC
+Delivery = CalculationEvent | Literal[Signal.RESYNC]
 SUBSCRIBER_QUEUE_SIZE = 64
 
 
@@ -37,11 +50,11 @@ class Subscription:
     """One subscriber's mailbox. Bounded: when it overflows, the backlog is replaced
     by a single resync marker (the reader re-reads the state instead)."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: uuid.UUID) -> None:
         self.key = key
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, event: Delivery) -> None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -49,7 +62,7 @@ class Subscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(RESYNC)
 
-    async def get(self, timeout: float | None = None) -> Event | None:
+    async def get(self, timeout: float | None = None) -> Delivery | None:
         """The next event, or None after ``timeout`` seconds."""
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
@@ -57,14 +70,30 @@ class Subscription:
             return None
 
 
+class SessionListener(Protocol):
+    def deliver(self, data: str | bytes) -> None:
+        """One encoded session event (decoding it is the listener's business)."""
+        ...
+
+    def resync(self) -> None:
+        """Session events may have been lost: re-read the truth."""
+        ...
+
+
 class EventBus(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def publish(self, key: str, event: Event) -> None: ...
+    async def publish(self, event: CalculationEvent) -> None: ...
 
-    def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    async def publish_session_event(self, data: str) -> None: ...
+
+    def add_session_listener(self, listener: SessionListener) -> None: ...
+
+    def remove_session_listener(self, listener: SessionListener) -> None: ...
+
+    def subscribe(self, key: uuid.UUID) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
     @property
     def subscriber_count(self) -> int: ...
@@ -72,23 +101,37 @@ class EventBus(Protocol):
 
 class _FanOut:
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
+        self._session_listeners: list[SessionListener] = []
+
+    def add_session_listener(self, listener: SessionListener) -> None:
+        self._session_listeners.append(listener)
+
+    def remove_session_listener(self, listener: SessionListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._session_listeners.remove(listener)
+
+    def dispatch_session_event(self, data: str | bytes) -> None:
+        for listener in tuple(self._session_listeners):
+            listener.deliver(data)
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
-    def dispatch(self, key: str, event: Event) -> None:
-        for subscription in tuple(self._subscribers.get(key, ())):
+    def dispatch(self, event: CalculationEvent) -> None:
+        for subscription in tuple(self._subscribers.get(event.id, ())):
             subscription.deliver(event)
 
     def resync_all(self) -> None:
         for subs in tuple(self._subscribers.values()):
             for subscription in tuple(subs):
                 subscription.deliver(RESYNC)
+        for listener in tuple(self._session_listeners):
+            listener.resync()
 
     @asynccontextmanager
-    async def subscribe(self, key: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, key: uuid.UUID) -> AsyncIterator[Subscription]:
         subscription = Subscription(key)
         self._subscribers.setdefault(key, set()).add(subscription)
         try:
@@ -102,14 +145,19 @@ class _FanOut:
 
 
 class InProcessEventBus(_FanOut):
+    """The embedded mode's bus: events are immutable, so subscribers share the object."""
+
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
 
-    async def publish(self, key: str, event: Event) -> None:
-        self.dispatch(key, event)
+    async def publish(self, event: CalculationEvent) -> None:
+        self.dispatch(event)
+
+    async def publish_session_event(self, data: str) -> None:
+        self.dispatch_session_event(data)
 
 
 class RedisEventBus(_FanOut):
@@ -138,21 +186,24 @@ class RedisEventBus(_FanOut):
                 await self._task
             self._task = None
 
-    async def publish(self, key: str, event: Event) -> None:
-        message = json.dumps({"key": key, "event": event}, separators=(",", ":"))
-        await self.redis.publish(CALCULATION_EVENTS, message)
+    async def publish(self, event: CalculationEvent) -> None:
+        await self.redis.publish(CALCULATION_EVENTS, event.encode())
+
+    async def publish_session_event(self, data: str) -> None:
+        await self.redis.publish(SESSION_EVENTS, data)
 
     async def _listen(self) -> None:
         delay = 0.05
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(CALCULATION_EVENTS)
-                # Wait for the confirmation, so "connected" means events now flow.
-                while True:
+                await pubsub.subscribe(CALCULATION_EVENTS, SESSION_EVENTS)
+                # Wait for the confirmations, so "connected" means events now flow.
+                confirmed = 0
+                while confirmed < 2:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is not None and message["type"] == "subscribe":
-                        break
+                        confirmed += 1
                 if not self.connected and self._ready.is_set():
                     logger.warning("event bus reconnected to Redis; resyncing subscribers")
                     # Anything published while we were away is lost: every
@@ -166,10 +217,17 @@ class RedisEventBus(_FanOut):
                     if message is None:
                         continue
                     if message["type"] == "message":
-                        self._on_message(message["data"])
-                    elif message["type"] == "subscribe":
-                        # redis-py reconnected under us and subscribed again: events
-                        # published in between are lost, so subscribers re-read.
+                        if message["channel"] in (SESSION_EVENTS, SESSION_EVENTS.encode()):
+                            self.dispatch_session_event(message["data"])
+                        else:
+                            self._on_message(message["data"])
+                    elif message["type"] == "subscribe" and message["channel"] in (
+                        CALCULATION_EVENTS,
+                        CALCULATION_EVENTS.encode(),
+                    ):
+                        # redis-py reconnected under us and subscribed again (to both
+                        # channels; one resync is enough): events published in between
+                        # are lost, so subscribers re-read.
                         logger.warning("event bus reconnected to Redis; resyncing subscribers")
                         self.resync_all()
             except asyncio.CancelledError:
@@ -186,8 +244,14 @@ class RedisEventBus(_FanOut):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     def _on_message(self, data: bytes | str) -> None:
+        # Every API process hears every calculation's events: decode only those that
+        # someone here watches.
+        key = CalculationEvent.peek_id(data)
+        if key is not None and key not in self._subscribers:
+            return
         try:
-            decoded = json.loads(data)
-            self.dispatch(str(decoded["key"]), decoded["event"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("dropped a malformed event bus message")
+            event = CalculationEvent.decode(data)
+        except MalformedEventError as error:
+            logger.warning("dropped a malformed event bus message: %s", error)
+            return
+        self.dispatch(event)

@@ -12,6 +12,6 @@ def queue_wakeup_key(queue_name: str) -> str:
     return f"crunchql:wakeup:{queue_name}"
 
 
-# Session revocations and account changes share the event bus (and so its one Redis
-# channel) under this key: every API process listens to it once.
+# Session revocations and account changes: their own channel, heard over the event
+# bus's one pub/sub connection by every API process.
 SESSION_EVENTS = "crunchql:session-events"

@@ -90,5 +90,5 @@ async def calculation_updates(
     # ended anywhere: the guard sets `ended` from the event bus.
     with tracking_subscription(), guard.watching(current_claims(info).session_id, user.id) as ended:
         updates = calculations.watch(info.context.services, user, id)
-        async for row, overrides in until_ended(updates, ended):
-            yield Calculation.from_model(row, overrides)
+        async for snapshot in until_ended(updates, ended):
+            yield Calculation.from_model(snapshot)

@@ -23,6 +23,7 @@ from crunchql.auth.rate_limit import (
     RedisRateLimiter,
 )
 from crunchql.auth.tokens import TokenService
+from crunchql.core.lifecycle import RetryPolicy
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.migrate import upgrade_async
@@ -30,7 +31,13 @@ from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
 from crunchql.services.audit import purge_expired_records
-from crunchql.services.container import JobQueue, Limits, RunnerServices, Services, user_cache
+from crunchql.services.container import (
+    JobQueue,
+    Limits,
+    RunnerServices,
+    ServiceContainer,
+    new_user_cache,
+)
 from crunchql.services.revocation import SessionGuard
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
@@ -42,7 +49,7 @@ logger = logging.getLogger("crunchql.app")
 RETENTION_SWEEP_SECONDS = 3600.0
 
 
-async def _retention_loop(services: Services, retention: timedelta) -> None:
+async def _retention_loop(services: ServiceContainer, retention: timedelta) -> None:
     """Embedded mode has no worker sweep: the API process applies retention itself."""
     while True:
         try:
@@ -56,7 +63,7 @@ async def _retention_loop(services: Services, retention: timedelta) -> None:
 class Runtime:
     settings: Settings
     engine: AsyncEngine
-    services: Services
+    services: ServiceContainer
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -121,21 +128,19 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        retry=RetryPolicy(max_retries=settings.job_max_retries),
     )
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue
     if settings.redis_url:
-        queue = DramatiqJobQueue(
-            create_broker(settings.redis_url, max_retries=settings.job_max_retries)
-        )
+        queue = DramatiqJobQueue(create_broker(settings.redis_url))
     else:
         embedded = EmbeddedJobQueue(
             RunnerServices(session_factory=session_factory, bus=bus),
             config,
-            max_retries=settings.job_max_retries,
         )
         queue = embedded
-    services = Services(
+    services = ServiceContainer(
         session_factory=session_factory,
         hasher=PasswordHasher(settings.bcrypt_rounds),
         tokens=TokenService(
@@ -150,7 +155,7 @@ async def start_runtime(
         bus=bus,
         queue=queue,
         limits=limits_from(settings),
-        users=user_cache(settings.user_cache_seconds),
+        user_cache=new_user_cache(settings.user_cache_seconds),
         session_guard=SessionGuard(
             recheck_seconds=settings.session_recheck_seconds,
             # As long as an access token of a revoked session could still be presented.
@@ -158,7 +163,7 @@ async def start_runtime(
         ),
     )
     await bus.start()
-    users = services.users
+    users = services.user_cache
     await services.session_guard.start(
         bus, session_factory, forget_user=lambda user_id: users.pop(user_id, None)
     )

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Union, cast
+from typing import TYPE_CHECKING, Annotated, Any, Union, cast
 
 import strawberry
 from strawberry.types import Info
 
+from crunchql.compute.base import JSONDict
+from crunchql.core.lifecycle import CalculationSnapshot
 from crunchql.db import models
-from crunchql.schema.scalars import JSON, BigInt
+from crunchql.schema.kinds import BY_KIND, KIND_SCHEMAS
+from crunchql.schema.scalars import JSON
 
 
+# The contract's enums, member for member the models' (tests/schema checks it).
 @strawberry.enum
 class Role(Enum):
     USER = "USER"
@@ -29,24 +31,6 @@ class CalculationStatus(Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
-
-
-@strawberry.enum
-class OptionType(Enum):
-    CALL = "CALL"
-    PUT = "PUT"
-
-
-@strawberry.enum(description="ASIAN: arithmetic average over the monitoring dates.")
-class OptionStyle(Enum):
-    EUROPEAN = "EUROPEAN"
-    ASIAN = "ASIAN"
-
-
-@strawberry.enum
-class NBodyPreset(Enum):
-    SOLAR_SYSTEM = "SOLAR_SYSTEM"
-    RANDOM_CLUSTER = "RANDOM_CLUSTER"
 
 
 @strawberry.type
@@ -63,7 +47,7 @@ class User:
         return cls(
             id=strawberry.ID(str(user.id)),
             email=user.email,
-            role=Role(user.role),
+            role=Role(user.role.value),
             created_at=user.created_at,
             is_active=user.is_active,
             last_login_at=user.last_login_at,
@@ -77,83 +61,25 @@ class AuthPayload:
     user: User
 
 
-@strawberry.type
-class MonteCarloPiResult:
-    estimate: float
-    standard_error: float
-    samples: BigInt
+if TYPE_CHECKING:
+    CalculationResult = Any
+else:
+    # One member per kind, from the kinds' schema modules (schema/kinds/), in their order.
+    CalculationResult = Annotated[
+        Union[tuple(schema.result for schema in KIND_SCHEMAS)],  # noqa: UP007 - built at run time
+        strawberry.union("CalculationResult"),
+    ]
 
 
-@strawberry.type
-class OptionPricingResult:
-    price: float
-    standard_error: float
-    confidence_low: float = strawberry.field(description="Lower end of the 95 % interval.")
-    confidence_high: float = strawberry.field(description="Upper end of the 95 % interval.")
-    analytic_price: float | None = strawberry.field(
-        default=None, description="Black-Scholes price, for EUROPEAN options."
-    )
+def result_from_json(kind: str, data: JSONDict | None) -> Any:
+    """The ``CalculationResult`` member of ``kind`` built from its stored camelCase JSON.
 
-
-@strawberry.type
-class PrimeCountResult:
-    limit: BigInt
-    count: BigInt
-
-
-@strawberry.type
-class MandelbrotResult:
-    width: int
-    height: int
-    inside_fraction: float = strawberry.field(description="Share of pixels that never escaped.")
-    png: str = strawberry.field(description="Base64-encoded PNG image.")
-
-
-@strawberry.type
-class NBodyResult:
-    bodies: int
-    steps: int
-    initial_energy: float
-    final_energy: float
-    relative_energy_error: float
-
-
-CalculationResult = Annotated[
-    Union[  # noqa: UP007 - strawberry.union needs the typing form here
-        MonteCarloPiResult, OptionPricingResult, PrimeCountResult, MandelbrotResult, NBodyResult
-    ],
-    strawberry.union("CalculationResult"),
-]
-
-RESULT_TYPES: dict[str, type[Any]] = {
-    "monteCarloPi": MonteCarloPiResult,
-    "optionPricing": OptionPricingResult,
-    "primeCount": PrimeCountResult,
-    "mandelbrot": MandelbrotResult,
-    "nBody": NBodyResult,
-}
-
-
-def result_from_json(kind: str, data: dict[str, Any] | None) -> Any:
-    """The union member for ``kind`` built from the stored camelCase result."""
+    Raises KeyError for a kind that has no schema module (the completeness test in
+    tests/test_kinds.py keeps the catalog and the schema in step).
+    """
     if data is None:
         return None
-    result_type = RESULT_TYPES[kind]
-    fields = {
-        field.graphql_name or field.python_name: field.python_name
-        for field in result_type.__strawberry_definition__.fields
-    }
-    names = {f.name for f in dataclasses.fields(result_type)}
-    values = {}
-    for key, value in data.items():
-        python_name = fields.get(key) or _snake(key)
-        if python_name in names:
-            values[python_name] = value
-    return result_type(**values)
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    return BY_KIND[kind].result_from_json(data)
 
 
 @strawberry.type
@@ -183,20 +109,17 @@ class Calculation:
         return User.from_model(user)
 
     @classmethod
-    def from_model(
-        cls, row: models.Calculation, overrides: Mapping[str, Any] | None = None
-    ) -> Calculation:
-        overrides = overrides or {}
-        partial = overrides.get("partial_result", row.partial_result)
-        status = CalculationStatus(row.status)
+    def from_model(cls, row: models.Calculation | CalculationSnapshot) -> Calculation:
+        """From a row, or from the snapshot a subscription is shown."""
+        status = CalculationStatus(row.status.value)
         return cls(
             id=strawberry.ID(str(row.id)),
             kind=row.kind,
             status=status,
-            progress=float(overrides.get("progress", row.progress)),
+            progress=float(row.progress),
             input=cast(JSON, row.input),
             result=result_from_json(row.kind, row.result),
-            partial_result=result_from_json(row.kind, partial)
+            partial_result=result_from_json(row.kind, row.partial_result)
             if status is CalculationStatus.RUNNING
             else None,
             error=row.error,

@@ -28,7 +28,7 @@ from crunchql.db.repositories import (
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
 from crunchql.services.calculations import MAX_PAGE_SIZE, decode_cursor
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 from crunchql.services.revocation import SessionEvent
 from crunchql.services.sessions import announce_after_commit, end_sessions
 
@@ -75,7 +75,7 @@ def decode_user_cursor(cursor: str) -> tuple[str, uuid.UUID]:
 
 
 async def list_users(
-    services: Services, *, first: int, after: str | None, search: str | None
+    services: ServiceContainer, *, first: int, after: str | None, search: str | None
 ) -> UserPage:
     _check_page_size(first)
     if search is not None and len(search) > MAX_SEARCH_LENGTH:
@@ -88,7 +88,7 @@ async def list_users(
 
 
 async def list_calculations(
-    services: Services,
+    services: ServiceContainer,
     *,
     first: int,
     after: str | None,
@@ -107,7 +107,7 @@ async def list_calculations(
         )
 
 
-async def find_user(services: Services, email: str) -> User:
+async def find_user(services: ServiceContainer, email: str) -> User:
     async with read_only(services.session_factory) as session:
         user = await UserRepository(session).get_by_email(email.strip().lower())
     if user is None:
@@ -116,7 +116,7 @@ async def find_user(services: Services, email: str) -> User:
 
 
 async def _change(
-    services: Services,
+    services: ServiceContainer,
     actor: User | None,
     target_id: uuid.UUID,
     client: ClientInfo,
@@ -173,13 +173,13 @@ async def _change(
 
 
 async def set_role(
-    services: Services, actor: User | None, raw_id: str, role: Role, client: ClientInfo
+    services: ServiceContainer, actor: User | None, raw_id: str, role: Role, client: ClientInfo
 ) -> User:
     return await _change(services, actor, _target(raw_id), client, role=role)
 
 
 async def set_active(
-    services: Services, actor: User | None, raw_id: str, active: bool, client: ClientInfo
+    services: ServiceContainer, actor: User | None, raw_id: str, active: bool, client: ClientInfo
 ) -> User:
     return await _change(services, actor, _target(raw_id), client, active=active)
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,8 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crunchql.core.errors import UnauthenticatedError
 from crunchql.db.engine import read_only
 from crunchql.db.repositories import AuthSessionRepository
-from crunchql.pubsub.bus import Event, EventBus
-from crunchql.pubsub.channels import SESSION_EVENTS
+from crunchql.pubsub.bus import EventBus
 
 logger = logging.getLogger("crunchql.sessions")
 T = TypeVar("T")
@@ -60,16 +59,21 @@ class SessionEvent:
     # Every subscription of the user ends (disabled, role changed).
     end_user: bool = False
 
-    def encode(self) -> Event:
-        return {
-            "sessions": [str(each) for each in self.session_ids],
-            "user": str(self.user_id) if self.user_id else None,
-            "accountChanged": self.account_changed,
-            "endUser": self.end_user,
-        }
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "sessions": [str(each) for each in self.session_ids],
+                "user": str(self.user_id) if self.user_id else None,
+                "accountChanged": self.account_changed,
+                "endUser": self.end_user,
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
-    def decode(cls, event: Event) -> SessionEvent:
+    def decode(cls, data: str | bytes) -> SessionEvent:
+        """Raises ValueError (or KeyError, TypeError) on a malformed message."""
+        event = json.loads(data)
         user = event.get("user")
         return cls(
             session_ids=tuple(uuid.UUID(str(each)) for each in event["sessions"]),
@@ -99,9 +103,21 @@ class SessionGuard:
         self._by_user: dict[uuid.UUID, set[_Watch]] = {}
         self._forget_user: Callable[[uuid.UUID], object] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.listening = asyncio.Event()
+        self._bus: EventBus | None = None
+        self._wake = asyncio.Event()
 
-    # ---- what the bus delivers -------------------------------------------------
+    # ---- what the bus delivers (a SessionListener) ------------------------------
+
+    def deliver(self, data: str | bytes) -> None:
+        try:
+            self.apply(SessionEvent.decode(data))
+        except (KeyError, TypeError, ValueError):
+            logger.warning("dropped a malformed session event")
+
+    def resync(self) -> None:
+        # Events may have been lost while the bus was away: re-read everything now.
+        self.live.clear()
+        self._wake.set()
 
     def apply(self, event: SessionEvent) -> None:
         for session_id in event.session_ids:
@@ -155,7 +171,7 @@ class SessionGuard:
             self.live.pop(session_id, None)
             self._end(self._by_session.get(session_id, ()))
 
-    # ---- the listener -------------------------------------------------------------
+    # ---- listening, and the periodic re-read ------------------------------------------
 
     async def start(
         self,
@@ -166,41 +182,30 @@ class SessionGuard:
     ) -> None:
         self._forget_user = forget_user
         if self._task is None:
-            self._task = asyncio.create_task(self._listen(bus, factory), name="session-guard")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.listening.wait(), 5.0)
+            self._bus = bus
+            bus.add_session_listener(self)
+            self._task = asyncio.create_task(self._recheck_loop(factory), name="session-guard")
 
     async def close(self) -> None:
+        if self._bus is not None:
+            self._bus.remove_session_listener(self)
+            self._bus = None
         task, self._task = self._task, None
-        # Python 3.11's wait_for (inside Subscription.get) can swallow a cancellation
-        # that lands as its inner get completes: cancel until the task has ended.
+        # Python 3.11's wait_for can swallow a cancellation that lands as its inner
+        # wait completes: cancel until the task has ended.
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.5)
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            logger.warning("session guard had stopped: %r", task.exception())
 
-    async def _listen(self, bus: EventBus, factory: async_sessionmaker[AsyncSession]) -> None:
-        async with bus.subscribe(SESSION_EVENTS) as subscription:
-            self.listening.set()
-            next_recheck = time.monotonic() + self.recheck_seconds
-            while True:
-                event = await subscription.get(max(0.0, next_recheck - time.monotonic()))
-                if event is not None and event.get("resync"):
-                    # Events may have been lost while the bus was away.
-                    self.live.clear()
-                    next_recheck = 0.0
-                elif event is not None:
-                    try:
-                        self.apply(SessionEvent.decode(event))
-                    except (KeyError, TypeError, ValueError):
-                        logger.warning("dropped a malformed session event")
-                if time.monotonic() >= next_recheck:
-                    next_recheck = time.monotonic() + self.recheck_seconds
-                    try:
-                        await self.recheck(factory)
-                    except Exception as error:  # the next round tries again
-                        logger.warning("session recheck failed: %s", error)
+    async def _recheck_loop(self, factory: async_sessionmaker[AsyncSession]) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.recheck_seconds)
+            self._wake.clear()
+            try:
+                await self.recheck(factory)
+            except Exception as error:  # the next round tries again
+                logger.warning("session recheck failed: %s", error)
 
 
 async def until_ended(source: AsyncIterator[T], ended: asyncio.Event) -> AsyncIterator[T]:

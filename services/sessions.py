@@ -20,10 +20,9 @@ from crunchql.db.repositories import (
     RefreshTokenRepository,
     UserRepository,
 )
-from crunchql.pubsub.channels import SESSION_EVENTS
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 from crunchql.services.revocation import SessionEndedError, SessionEvent
 
 # lastUsedAt is written at most this often per session (it is a write on a read path).
@@ -43,7 +42,7 @@ class AuthResult:
 
 
 async def issue_tokens(
-    services: Services,
+    services: ServiceContainer,
     session: AsyncSession,
     user: User,
     auth_session: AuthSession,
@@ -72,7 +71,7 @@ async def issue_tokens(
 
 
 async def start_session(
-    services: Services, session: AsyncSession, user: User, client: ClientInfo
+    services: ServiceContainer, session: AsyncSession, user: User, client: ClientInfo
 ) -> AuthResult:
     """A new session (login, register, password change), valid for the refresh
     lifetime from now and never longer."""
@@ -94,15 +93,17 @@ async def start_session(
 # ---- ending ----------------------------------------------------------------------------
 
 
-async def announce(services: Services, event: SessionEvent) -> None:
+async def announce(services: ServiceContainer, event: SessionEvent) -> None:
     """Tell this process at once and every other one through the bus."""
     services.session_guard.apply(event)
     if event.account_changed and event.user_id is not None:
-        services.users.pop(event.user_id, None)
-    await services.bus.publish(SESSION_EVENTS, event.encode())
+        services.user_cache.pop(event.user_id, None)
+    await services.bus.publish_session_event(event.encode())
 
 
-def announce_after_commit(services: Services, session: AsyncSession, event: SessionEvent) -> None:
+def announce_after_commit(
+    services: ServiceContainer, session: AsyncSession, event: SessionEvent
+) -> None:
     async def send() -> None:
         await announce(services, event)
 
@@ -110,7 +111,7 @@ def announce_after_commit(services: Services, session: AsyncSession, event: Sess
 
 
 async def end_sessions(
-    services: Services,
+    services: ServiceContainer,
     session: AsyncSession,
     reason: AuditAction,
     *,
@@ -129,7 +130,7 @@ async def end_sessions(
 # ---- the check on every request ------------------------------------------------------
 
 
-async def ensure_live(services: Services, claims: AccessClaims) -> None:
+async def ensure_live(services: ServiceContainer, claims: AccessClaims) -> None:
     """Refuse an access token whose session ended. Hot path: a revoked session is
     known from the bus at once; a live one is re-read from the database only every
     few seconds (the guard's recheck bound)."""
@@ -157,12 +158,12 @@ async def ensure_live(services: Services, claims: AccessClaims) -> None:
 # ---- use cases -------------------------------------------------------------------------
 
 
-async def list_live(services: Services, user: User) -> list[AuthSession]:
+async def list_live(services: ServiceContainer, user: User) -> list[AuthSession]:
     async with read_only(services.session_factory) as session:
         return await AuthSessionRepository(session).list_live_for_user(user.id, datetime.now(UTC))
 
 
-async def logout(services: Services, refresh_token: str, client: ClientInfo) -> bool:
+async def logout(services: ServiceContainer, refresh_token: str, client: ClientInfo) -> bool:
     """End the session of ``refresh_token``; False when it names no live session."""
     if not refresh_token or len(refresh_token) > 200:
         return False
@@ -187,7 +188,7 @@ async def logout(services: Services, refresh_token: str, client: ClientInfo) -> 
     return True
 
 
-async def logout_everywhere(services: Services, user: User, client: ClientInfo) -> bool:
+async def logout_everywhere(services: ServiceContainer, user: User, client: ClientInfo) -> bool:
     async with unit_of_work(services.session_factory) as session:
         ended = await end_sessions(
             services, session, AuditAction.LOGGED_OUT_EVERYWHERE, user_id=user.id
@@ -203,7 +204,7 @@ async def logout_everywhere(services: Services, user: User, client: ClientInfo) 
     return True
 
 
-async def revoke(services: Services, user: User, raw_id: str, client: ClientInfo) -> bool:
+async def revoke(services: ServiceContainer, user: User, raw_id: str, client: ClientInfo) -> bool:
     """End one of the caller's sessions; False when it had already ended."""
     try:
         session_id = uuid.UUID(str(raw_id))
@@ -230,7 +231,7 @@ async def revoke(services: Services, user: User, raw_id: str, client: ClientInfo
 
 
 async def change_password(
-    services: Services,
+    services: ServiceContainer,
     user: User,
     current_password: str,
     new_password: str,

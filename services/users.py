@@ -25,7 +25,7 @@ from crunchql.db.models import AuditAction, Role, User
 from crunchql.db.repositories import AuthSessionRepository, RefreshTokenRepository, UserRepository
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 from crunchql.services.sessions import AuthResult, end_sessions, issue_tokens, start_session
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -46,7 +46,7 @@ def normalise_email(raw: str) -> str:
 
 
 async def register(
-    services: Services,
+    services: ServiceContainer,
     email: str,
     password: str,
     *,
@@ -69,7 +69,7 @@ async def register(
             users = UserRepository(session)
             if await users.get_by_email(email) is not None:
                 raise ConflictError("An account with this email already exists.")
-            user = await users.add(User(email=email, password_hash=password_hash, role=role.value))
+            user = await users.add(User(email=email, password_hash=password_hash, role=role))
             result = await start_session(services, session, user, info)
             await audit.record(
                 session,
@@ -91,7 +91,7 @@ _rate_limited_recorded: TTLCache[tuple[str, str], bool] = TTLCache(10_000, 60)
 
 
 async def login(
-    services: Services,
+    services: ServiceContainer,
     email: str,
     password: str,
     *,
@@ -160,7 +160,11 @@ async def login(
 
 
 async def refresh(
-    services: Services, refresh_token: str, *, client: str = "", user_agent: str | None = None
+    services: ServiceContainer,
+    refresh_token: str,
+    *,
+    client: str = "",
+    user_agent: str | None = None,
 ) -> AuthResult:
     invalid = UnauthenticatedError("Refresh token is invalid or expired; log in again.")
     if not refresh_token or len(refresh_token) > 200:
@@ -208,15 +212,15 @@ async def refresh(
     )
 
 
-async def get_active_user(services: Services, user_id: uuid.UUID) -> User | None:
+async def get_active_user(services: ServiceContainer, user_id: uuid.UUID) -> User | None:
     """The user behind a token, if still active: from the process's short-lived cache,
     else the database (so a disabled account is refused within the cache time, on
     HTTP and on long-lived WebSockets alike)."""
-    user = services.users.get(user_id)
+    user = services.user_cache.get(user_id)
     if user is None:
         async with read_only(services.session_factory) as session:
             user = await UserRepository(session).get_by_id(user_id)
         if user is None:
             return None
-        services.users[user_id] = user
+        services.user_cache[user_id] = user
     return user if user.is_active else None

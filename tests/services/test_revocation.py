@@ -17,8 +17,7 @@ from crunchql.db.engine import create_engine, create_session_factory, unit_of_wo
 from crunchql.db.models import AuthSession, User
 from crunchql.db.repositories import AuthSessionRepository
 from crunchql.pubsub.bus import InProcessEventBus
-from crunchql.pubsub.channels import SESSION_EVENTS
-from crunchql.services.container import Limits, Services
+from crunchql.services.container import Limits, ServiceContainer
 from crunchql.services.revocation import (
     SessionEndedError,
     SessionEvent,
@@ -34,9 +33,9 @@ class NoQueue:
 
 
 @pytest.fixture
-async def services(database_url: str) -> AsyncIterator[Services]:
+async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
-    services = Services(
+    services = ServiceContainer(
         session_factory=create_session_factory(engine),
         hasher=PasswordHasher(rounds=4),
         tokens=TokenService(secret="s" * 40),
@@ -51,7 +50,7 @@ async def services(database_url: str) -> AsyncIterator[Services]:
     await engine.dispose()
 
 
-async def make_session(services: Services) -> tuple[User, AuthSession]:
+async def make_session(services: ServiceContainer) -> tuple[User, AuthSession]:
     async with unit_of_work(services.session_factory) as session:
         user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
         session.add(user)
@@ -86,32 +85,33 @@ async def forever() -> AsyncIterator[int]:
 
 
 async def test_an_open_stream_ends_when_its_session_is_revoked_elsewhere(
-    services: Services,
+    services: ServiceContainer,
 ) -> None:
     user, auth_session = await make_session(services)
     other_user, other_session = await make_session(services)
     guard = services.session_guard
     await guard.start(services.bus, services.session_factory)
     received: list[int] = []
+    streaming = [asyncio.Event(), asyncio.Event()]
 
-    async def consume(session_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    async def consume(session_id: uuid.UUID, user_id: uuid.UUID, started: asyncio.Event) -> None:
         with guard.watching(session_id, user_id) as ended:
             async for item in until_ended(forever(), ended):
                 received.append(item)
+                started.set()
 
-    mine = asyncio.create_task(consume(auth_session.id, user.id))
-    theirs = asyncio.create_task(consume(other_session.id, other_user.id))
-    await asyncio.sleep(0)
+    mine = asyncio.create_task(consume(auth_session.id, user.id, streaming[0]))
+    theirs = asyncio.create_task(consume(other_session.id, other_user.id, streaming[1]))
+    for started in streaming:
+        await asyncio.wait_for(started.wait(), 5)
     # What another process publishes: only the event, nothing applied locally.
-    await services.bus.publish(
-        SESSION_EVENTS, SessionEvent(session_ids=(auth_session.id,)).encode()
-    )
+    await services.bus.publish_session_event(SessionEvent(session_ids=(auth_session.id,)).encode())
     with pytest.raises(SessionEndedError):
         await asyncio.wait_for(mine, 5)
     assert not theirs.done()
     # A whole account ended (disabled, role changed): every stream of that user.
-    await services.bus.publish(
-        SESSION_EVENTS, SessionEvent(user_id=other_user.id, end_user=True).encode()
+    await services.bus.publish_session_event(
+        SessionEvent(user_id=other_user.id, end_user=True).encode()
     )
     with pytest.raises(SessionEndedError):
         await asyncio.wait_for(theirs, 5)
@@ -119,7 +119,7 @@ async def test_an_open_stream_ends_when_its_session_is_revoked_elsewhere(
     assert guard.watched_count == 0
 
 
-async def test_a_lost_event_is_made_up_for_by_the_database(services: Services) -> None:
+async def test_a_lost_event_is_made_up_for_by_the_database(services: ServiceContainer) -> None:
     user, auth_session = await make_session(services)
     guard = services.session_guard
     await guard.start(services.bus, services.session_factory)
@@ -132,7 +132,9 @@ async def test_a_lost_event_is_made_up_for_by_the_database(services: Services) -
         await asyncio.wait_for(ended.wait(), 5)  # recheck_seconds is 0.2 here
 
 
-async def test_requests_of_a_revoked_session_are_refused_at_once(services: Services) -> None:
+async def test_requests_of_a_revoked_session_are_refused_at_once(
+    services: ServiceContainer,
+) -> None:
     user, auth_session = await make_session(services)
     claims = claims_of(user, auth_session)
     await ensure_live(services, claims)  # live, and now cached as live
@@ -150,7 +152,7 @@ async def test_requests_of_a_revoked_session_are_refused_at_once(services: Servi
         await ensure_live(services, claims)
 
 
-async def test_an_expired_session_is_refused(services: Services) -> None:
+async def test_an_expired_session_is_refused(services: ServiceContainer) -> None:
     user, auth_session = await make_session(services)
     async with unit_of_work(services.session_factory) as session:
         row = await session.get(AuthSession, auth_session.id)
@@ -160,7 +162,7 @@ async def test_an_expired_session_is_refused(services: Services) -> None:
         await ensure_live(services, claims_of(user, auth_session))
 
 
-async def test_a_stream_that_ends_by_itself_is_closed_normally(services: Services) -> None:
+async def test_a_stream_that_ends_by_itself_is_closed_normally(services: ServiceContainer) -> None:
     async def three() -> AsyncIterator[int]:
         for item in range(3):
             yield item
