@@ -22,6 +22,41 @@ JSONType = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "post
 UTC = db_types.UTCDateTime(timezone=True)
 
 
+def _refresh_tokens(*, with_session_key: bool = False) -> sa.Table:
+    """refresh_tokens as revision 0001 made it (for SQLite's batch rebuild)."""
+    metadata = sa.MetaData()
+    sa.Table("users", metadata, sa.Column("id", sa.Uuid(), primary_key=True))
+    sa.Table("auth_sessions", metadata, sa.Column("id", sa.Uuid(), primary_key=True))
+    return sa.Table(
+        "refresh_tokens",
+        metadata,
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("family_id", sa.Uuid(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", UTC, nullable=False),
+        sa.Column("expires_at", UTC, nullable=False),
+        sa.Column("used_at", UTC, nullable=True),
+        sa.Column("revoked_at", UTC, nullable=True),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name="fk_refresh_tokens_user_id_users", ondelete="CASCADE"
+        ),
+        *(
+            [
+                sa.ForeignKeyConstraint(
+                    ["family_id"], ["auth_sessions.id"],
+                    name="fk_refresh_tokens_family_id_auth_sessions", ondelete="CASCADE",
+                )
+            ]
+            if with_session_key
+            else []
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_refresh_tokens"),
+        sa.UniqueConstraint("token_hash", name="uq_refresh_tokens_token_hash"),
+        sa.Index("ix_refresh_tokens_family_id", "family_id"),
+    )  # fmt: skip
+
+
 def upgrade() -> None:
     # Not in batch mode: SQLite adds a column in place, and rebuilding the table would
     # lose the expression index on lower(email).
@@ -55,10 +90,19 @@ def upgrade() -> None:
         "CASE WHEN count(*) = count(revoked_at) THEN 'MIGRATED' END "
         "FROM refresh_tokens GROUP BY family_id, user_id"
     )
-    if op.get_bind().dialect.name != "sqlite":
-        # SQLite cannot add a constraint without rebuilding the table (and a rebuild
-        # would drag in users and its expression index); there, tokens are purged on
-        # their own expiry, which never outlasts their session.
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite adds a constraint only by rebuilding the table: from this description
+        # of it, so that nothing is reflected (reflection would drag in users and the
+        # expression index it cannot read).
+        with op.batch_alter_table("refresh_tokens", copy_from=_refresh_tokens()) as batch:
+            batch.create_foreign_key(
+                op.f("fk_refresh_tokens_family_id_auth_sessions"),
+                "auth_sessions",
+                ["family_id"],
+                ["id"],
+                ondelete="CASCADE",
+            )
+    else:
         op.create_foreign_key(
             op.f("fk_refresh_tokens_family_id_auth_sessions"),
             "refresh_tokens",
@@ -95,7 +139,14 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_events")
-    if op.get_bind().dialect.name != "sqlite":
+    if op.get_bind().dialect.name == "sqlite":
+        with op.batch_alter_table(
+            "refresh_tokens", copy_from=_refresh_tokens(with_session_key=True)
+        ) as batch:
+            batch.drop_constraint(
+                op.f("fk_refresh_tokens_family_id_auth_sessions"), type_="foreignkey"
+            )
+    else:
         op.drop_constraint(
             op.f("fk_refresh_tokens_family_id_auth_sessions"), "refresh_tokens", "foreignkey"
         )
