@@ -5,7 +5,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from crunchql.compute.catalog import KINDS
-from crunchql.core.errors import BadUserInputError
+from crunchql.core.errors import BadUserInputError, RateLimitedError
 from crunchql.db.models import CalculationStatus as ModelStatus
 from crunchql.observability.metrics import record_submitted, tracking_subscription
 from crunchql.resolvers.context import GraphQLInfo, client_info, current_claims, current_user
@@ -85,10 +85,23 @@ async def calculation_updates(
     id: strawberry.ID,
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
-    guard = info.context.services.session_guard
-    # The stream ends with UNAUTHENTICATED as soon as the session (or the account) is
-    # ended anywhere: the guard sets `ended` from the event bus.
-    with tracking_subscription(), guard.watching(current_claims(info).session_id, user.id) as ended:
-        updates = calculations.watch(info.context.services, user, id)
-        async for snapshot in until_ended(updates, ended):
-            yield Calculation.from_model(snapshot)
+    services = info.context.services
+    limit = services.limits.ws_max_subscriptions_per_user
+    slot = await services.slots.acquire(f"subscriptions:{user.id}", limit)
+    if slot is None:
+        raise RateLimitedError(
+            f"The limit of {limit} open subscriptions per user (all sockets together) is "
+            "reached; complete one first.",
+            retry_after=calculations.COUNT_LIMIT_RETRY_SECONDS,
+        )
+    guard = services.session_guard
+    async with services.slots.holding(slot):
+        # The stream ends with UNAUTHENTICATED as soon as the session (or the account)
+        # is ended anywhere: the guard sets `ended` from the event bus.
+        with (
+            tracking_subscription(),
+            guard.watching(current_claims(info).session_id, user.id) as ended,
+        ):
+            updates = calculations.watch(services, user, id)
+            async for snapshot in until_ended(updates, ended):
+                yield Calculation.from_model(snapshot)

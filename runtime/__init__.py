@@ -15,6 +15,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crunchql.auth.concurrency import SlotLimiter
 from crunchql.auth.passwords import PasswordHasher
 from crunchql.auth.rate_limit import (
     DisabledRateLimiter,
@@ -42,6 +43,7 @@ from crunchql.services.revocation import SessionGuard
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
+from crunchql.workers.scheduler import Scheduler, build_scheduler
 
 logger = logging.getLogger("crunchql.app")
 
@@ -67,6 +69,7 @@ class Runtime:
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    scheduler: Scheduler | None = None
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -74,9 +77,12 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.services.session_guard.close()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.embedded_queue is not None:
             await self.embedded_queue.close()
         await self.services.bus.close()
+        await self.services.slots.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -86,11 +92,19 @@ def limits_from(settings: Settings) -> Limits:
     return Limits(
         rate_limits=settings.rate_limits,
         login_attempts_per_account=settings.login_attempts_per_account,
+        login_failures_per_address=settings.login_failures_per_address,
+        login_failures_per_account=settings.login_failures_per_account,
         login_attempts_per_address=settings.login_attempts_per_address,
         register_attempts_per_address=settings.register_attempts_per_address,
         rate_limit_window_seconds=settings.rate_limit_window_seconds,
         max_active_calculations=settings.max_active_calculations,
+        max_running_per_user=settings.max_running_per_user,
+        ws_max_sockets_per_user=settings.ws_max_sockets_per_user,
+        ws_max_subscriptions_per_user=settings.ws_max_subscriptions_per_user,
+        ws_operations_per_minute=settings.ws_operations_per_minute,
         subscription_max_seconds=settings.subscription_max_seconds,
+        max_active_schedules=settings.max_active_schedules,
+        cron_seconds_field=settings.scheduler_seconds_field,
     )
 
 
@@ -128,6 +142,7 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        max_running_per_user=settings.max_running_per_user,
         retry=RetryPolicy(max_retries=settings.job_max_retries),
     )
     embedded: EmbeddedJobQueue | None = None
@@ -161,6 +176,7 @@ async def start_runtime(
             # As long as an access token of a revoked session could still be presented.
             remember_seconds=settings.access_token_minutes * 60.0 + 60.0,
         ),
+        slots=SlotLimiter(redis),
     )
     await bus.start()
     users = services.user_cache
@@ -178,6 +194,12 @@ async def start_runtime(
         await embedded.recover(pending)
         retention = timedelta(days=settings.audit_retention_days)
         tasks.append(asyncio.create_task(_retention_loop(services, retention)))
+    scheduler = None
+    if embedded is not None and run_jobs and settings.run_scheduler:
+        # Embedded mode: schedules fire in this process (with Redis, workers and
+        # `crunchql scheduler` processes fire them).
+        scheduler = build_scheduler(settings, session_factory, embedded, services.limits)
+        scheduler.start()
     return Runtime(
         settings=settings,
         engine=engine,
@@ -185,4 +207,5 @@ async def start_runtime(
         redis=redis,
         embedded_queue=embedded,
         tasks=tasks,
+        scheduler=scheduler,
     )

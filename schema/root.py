@@ -22,6 +22,7 @@ from crunchql.observability.metrics import GraphQLMetrics
 from crunchql.resolvers import account as account_resolvers
 from crunchql.resolvers import admin as admin_resolvers
 from crunchql.resolvers import calculation as calculation_resolvers
+from crunchql.resolvers import schedule as schedule_resolvers
 from crunchql.resolvers import user as user_resolvers
 from crunchql.resolvers.context import GraphQLInfo
 from crunchql.schema.extensions import (
@@ -30,7 +31,9 @@ from crunchql.schema.extensions import (
     OperationName,
     depth_limit_rule,
 )
+from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
+from crunchql.schema.schedule import Schedule, ScheduleConnection
 from crunchql.schema.types import (
     AuditEventConnection,
     AuthPayload,
@@ -70,6 +73,13 @@ class Query:
     )
     audit_events: AuditEventConnection = strawberry.field(
         resolver=admin_resolvers.audit_events, description="ADMIN. Newest first."
+    )
+    schedule: Schedule | None = strawberry.field(
+        resolver=schedule_resolvers.schedule, description="Null when absent or not the caller's."
+    )
+    schedules: ScheduleConnection = strawberry.field(
+        resolver=schedule_resolvers.schedules_page,
+        description="The caller's schedules, newest first.",
     )
 
 
@@ -111,6 +121,15 @@ class Mutation:
         resolver=admin_resolvers.set_user_active,
         description="ADMIN. Disabling ends every session of that user.",
     )
+    create_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.create_schedule)
+    pause_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.pause_schedule)
+    resume_schedule: Schedule = strawberry.mutation(
+        resolver=schedule_resolvers.resume_schedule,
+        description="Fires resume from the next instant after now.",
+    )
+    delete_schedule: bool = strawberry.mutation(
+        resolver=schedule_resolvers.delete_schedule, description="Its calculations stay."
+    )
 
 
 @strawberry.type
@@ -145,6 +164,7 @@ class SchemaOptions:
     introspection: bool = True
     field_suggestions: bool = True
     metrics: bool = False
+    max_cost: int = 5000
 
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
@@ -153,6 +173,7 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     # MaxAliasesLimiter makes a new class each time it is constructed.
     rules = [
         depth_limit_rule(options.max_depth),
+        SingleAuthMutationRule,
         *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
     ]
     # Factories: a fresh extension per operation (the parser and validation caches
@@ -164,7 +185,10 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
         lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=1024),
+        lambda: OperationGuard(max_cost=options.max_cost),
     ]
+    # Outermost: its after-hook sees every message last.
+    extensions.insert(0, lambda: CleanMessages(suggestions=options.field_suggestions))
     if not options.introspection:
         extensions.append(DisableIntrospection)
     if options.metrics:

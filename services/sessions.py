@@ -240,21 +240,25 @@ async def change_password(
     """Check the current password, apply the policy, then in one transaction: the new
     hash, every session ended, a new session started."""
     limits = services.limits
-    key = f"password:acct:{user.id}"
+    key = f"password:fail:{user.id}"
     if limits.rate_limits:
         # Guessing the current password with a stolen access token is brute force
-        # like any other: the same allowance of failures as a login.
-        await services.rate_limiter.check(
-            key, limits.login_attempts_per_account, limits.rate_limit_window_seconds
+        # like any other: the same allowance as a login, counted before bcrypt (so
+        # parallel guesses cannot overrun it) and given back when the password is right.
+        await services.rate_limiter.hit(
+            key,
+            limits.login_attempts_per_account,
+            limits.rate_limit_window_seconds,
+            policy="change-password",
         )
     async with read_only(services.session_factory) as session:
         stored = await UserRepository(session).get_by_id(user.id)
     if stored is None:
         raise SessionEndedError()
     if not await services.hasher.verify(current_password, stored.password_hash):
-        if limits.rate_limits:
-            await services.rate_limiter.record(key, limits.rate_limit_window_seconds)
         raise BadUserInputError(CURRENT_PASSWORD_WRONG, field="currentPassword")
+    if limits.rate_limits:
+        await services.rate_limiter.refund(key)
     await asyncio.to_thread(check_password_policy, new_password, email=stored.email)
     if new_password == current_password:
         raise BadUserInputError(

@@ -25,7 +25,7 @@ from crunchql.db.models import AuditAction, Role, User
 from crunchql.db.repositories import AuthSessionRepository, RefreshTokenRepository, UserRepository
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
-from crunchql.services.container import ServiceContainer
+from crunchql.services.container import Limits, ServiceContainer
 from crunchql.services.sessions import AuthResult, end_sessions, issue_tokens, start_session
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -60,6 +60,7 @@ async def register(
             f"register:addr:{client}",
             services.limits.register_attempts_per_address,
             services.limits.rate_limit_window_seconds,
+            policy="register",
         )
     email = normalise_email(email)
     await asyncio.to_thread(check_password_policy, password, email=email)
@@ -88,6 +89,26 @@ async def register(
 # A refused flood is recorded once per (account, address) and minute per process, not
 # once per attempt: the audit log must not become the flood's target.
 _rate_limited_recorded: TTLCache[tuple[str, str], bool] = TTLCache(10_000, 60)
+ACCOUNT_CEILING_WINDOW_SECONDS = 3600
+
+
+def _failure_keys(limits: Limits, account: str, client: str) -> list[tuple[str, int, int, str]]:
+    """The failure budgets one login draws on: (key, limit, window, policy name)."""
+    window = limits.rate_limit_window_seconds
+    return [
+        # The brute-force brake: one address guessing one account's password. Locking
+        # out this pair leaves the owner's own address untouched.
+        (f"login:fail:{account}:{client}", limits.login_attempts_per_account, window, "login"),
+        # One address spraying one password over many accounts.
+        (f"login:fail-addr:{client}", limits.login_failures_per_address, window, "login-address"),
+        # A distributed guess at one account: a ceiling far above what its owner reaches.
+        (
+            f"login:fail-acct:{account}",
+            limits.login_failures_per_account,
+            ACCOUNT_CEILING_WINDOW_SECONDS,
+            "login-account",
+        ),
+    ]
 
 
 async def login(
@@ -99,24 +120,35 @@ async def login(
     user_agent: str | None = None,
 ) -> AuthResult:
     info = ClientInfo.of(client, user_agent)
-    normalised = unicodedata.normalize("NFKC", email).strip().lower()[:MAX_EMAIL_LENGTH]
-    if services.limits.rate_limits:
-        window = services.limits.rate_limit_window_seconds
+    normalised = unicodedata.normalize("NFKC", email).strip().lower()
+    limits = services.limits
+    limiter = services.rate_limiter
+    counted: list[str] = []
+    if limits.rate_limits:
         try:
-            await services.rate_limiter.hit(
-                f"login:addr:{client}", services.limits.login_attempts_per_address, window
+            await limiter.hit(
+                f"login:addr:{client}",
+                limits.login_attempts_per_address,
+                limits.rate_limit_window_seconds,
+                policy="login-requests",
             )
-            # Only failed attempts count against an account (brute force), so logging
-            # in correctly and often never locks anyone out.
-            await services.rate_limiter.check(
-                f"login:acct:{normalised}", services.limits.login_attempts_per_account, window
-            )
+            # Every attempt counts as a failure BEFORE the password is checked, in one
+            # atomic step per budget: thirty parallel guesses count thirty, and at most
+            # the limit of them reach bcrypt. A right password gives its counts back below.
+            try:
+                for key, limit, window, policy in _failure_keys(limits, normalised, client):
+                    await limiter.hit(key, limit, window, policy=policy, escalate=policy == "login")
+                    counted.append(key)
+            except RateLimitedError:
+                for key in counted:
+                    await limiter.refund(key)  # a refused attempt is not a guess
+                raise
         except RateLimitedError:
             if (normalised, client) not in _rate_limited_recorded:
                 _rate_limited_recorded[(normalised, client)] = True
                 await audit.record_alone(
                     services.session_factory, AuditAction.LOGIN_RATE_LIMITED, info,
-                    email=normalised,
+                    email=normalised[:MAX_EMAIL_LENGTH],
                 )  # fmt: skip
             raise
     async with read_only(services.session_factory) as session:
@@ -125,20 +157,18 @@ async def login(
     # No database connection is held during bcrypt: a login flood must not drain the pool.
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok or not user.is_active:
-        if services.limits.rate_limits:
-            await services.rate_limiter.record(
-                f"login:acct:{normalised}", services.limits.rate_limit_window_seconds
-            )
         reason = "unknown email" if user is None else "wrong password" if not ok else "disabled"
         await audit.record_alone(
             services.session_factory,
             AuditAction.LOGIN_FAILED,
             info,
             target_user_id=user.id if user else None,
-            email=normalised,
+            email=normalised[:MAX_EMAIL_LENGTH],
             reason=reason,
         )
         raise UnauthenticatedError(LOGIN_FAILED)
+    for key in counted:
+        await limiter.refund(key)
     async with unit_of_work(services.session_factory) as session:
         # Conditional on the account still being active: disabled during bcrypt means
         # no session.
