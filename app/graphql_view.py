@@ -69,6 +69,7 @@ from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
 from crunchql.services.container import ServiceContainer
+from crunchql.services.revocation import SessionEndedError
 from crunchql.services.sessions import ensure_live
 
 logger = logging.getLogger("crunchql.graphql")
@@ -185,19 +186,18 @@ async def _run_on_close(context: Context) -> None:
             await context.on_close.pop()()
 
 
-def _is_unauthenticated(result: ExecutionResult) -> bool:
-    return bool(result.errors) and all(
-        (error.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value
-        for error in result.errors or []
-    )
+def _ends_session(result: ExecutionResult) -> bool:
+    """True for the answer of an operation whose session (or account) was ended."""
+    return any(isinstance(error.original_error, SessionEndedError) for error in result.errors or [])
 
 
 class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with a per-socket operation rate and a per-user socket cap,
-    and the contract's rule for subscriptions that lose their authentication (a revoked
-    session, a disabled account): the operation ends with an ``error`` message carrying
-    UNAUTHENTICATED, not a ``next`` with errors; the socket stays open. (Strawberry
-    otherwise sends errors raised mid-stream as ``next``.)"""
+    and the contract's rule for operations whose session ends (a revoked session, a
+    disabled account): a running subscription ends with an ``error`` message carrying
+    UNAUTHENTICATED, not a ``next`` with errors, and so does any operation started with
+    that session afterwards; the socket stays open. (Strawberry otherwise sends errors
+    raised mid-stream as ``next``; other errors keep that form.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -236,7 +236,7 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 isinstance(result, ExecutionResult)
                 and not isinstance(result, PreExecutionError)
                 and result.data is None
-                and _is_unauthenticated(result)
+                and _ends_session(result)
             ):
                 await operation.send_initial_errors(list(result.errors or []))
                 return
