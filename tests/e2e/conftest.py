@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,11 +10,14 @@ import pytest
 from tests.conftest import flush_redis, truncate
 from tests.e2e.processes import (
     ServiceProcess,
+    calculation_kinds,
+    paused,
     service_env,
     start_api,
     start_worker,
+    wait_for_workers,
     wait_healthy,
-    wait_ready,
+    worker_boot_deadline,
 )
 
 
@@ -36,6 +40,9 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def paused_workers(self) -> AbstractContextManager[None]:
+        return paused(self.workers)
+
     def dump_logs(self) -> str:
         return "\n".join(
             f"===== {p.name} =====\n{p.log()[-6000:]}" for p in [self.api, *self.workers]
@@ -55,7 +62,10 @@ async def stack(
     try:
         await wait_healthy(base, api)
         worker = result.add_worker()
-        await wait_ready(base, worker)
+        # The first worker of a fresh clone compiles every kind's kernels before its
+        # first heartbeat: no test's job pays (or times out on) a compile.
+        deadline = worker_boot_deadline(await calculation_kinds(base))
+        await wait_for_workers(base, 1, worker, timeout=deadline)
         yield result
     finally:
         for process in [*result.workers, api]:
