@@ -78,8 +78,11 @@ class ServiceProcess:
             os.killpg(self.process.pid, sig)
 
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to the main process only, as `docker stop` and Kubernetes do (it
+        passes it on to its own processes; a second SIGTERM straight to a Dramatiq
+        worker process means "die now"), then SIGKILL to the group after ``timeout``."""
         if self.process.poll() is None:
-            self.kill(signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -229,13 +232,34 @@ def paused(processes: list[ServiceProcess]) -> Iterator[None]:
 
 
 class HttpGraphQL:
-    def __init__(self, base: str, scheme: str = "http", verify: Any = True) -> None:
+    def __init__(
+        self,
+        base: str,
+        scheme: str = "http",
+        verify: Any = True,
+        *,
+        local_address: str | None = None,
+    ) -> None:
+        """``local_address``: connect from this address (any 127.x.y.z on loopback), to
+        be a different client as far as per-address limits go."""
         self.url = f"{scheme}://{base}/graphql"
-        self.http = httpx.AsyncClient(timeout=30, verify=verify)
+        transport = (
+            httpx.AsyncHTTPTransport(local_address=local_address, verify=verify)
+            if local_address
+            else None
+        )
+        self.http = httpx.AsyncClient(timeout=30, verify=verify, transport=transport)
         self.token: str | None = None
 
-    async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    async def execute(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         response = await self.http.post(
             self.url, json={"query": query, "variables": variables or {}}, headers=headers
         )
@@ -243,12 +267,19 @@ class HttpGraphQL:
         body: dict[str, Any] = response.json()
         return body
 
-    async def register(self) -> str:
-        body = await self.execute(
+    async def try_register(
+        self, email: str | None = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The register mutation's whole answer (data or errors)."""
+        return await self.execute(
             'mutation($e: String!) { register(email: $e, password: "correct horse battery") '
             "{ accessToken } }",
-            {"e": f"e2e-{uuid.uuid4().hex[:10]}@example.com"},
+            {"e": email or f"e2e-{uuid.uuid4().hex[:10]}@example.com"},
+            headers,
         )
+
+    async def register(self) -> str:
+        body = await self.try_register()
         assert "errors" not in body, body
         self.token = body["data"]["register"]["accessToken"]
         return self.token
@@ -302,11 +333,11 @@ async def ws_session(
         f"{scheme}://{base}/graphql",
         subprotocols=["graphql-transport-ws"],
         ssl=ssl,
-        open_timeout=10,
+        open_timeout=MARGIN_SECONDS,
     ) as socket_:
         payload = {"Authorization": f"Bearer {token}"} if token else {}
         await socket_.send(json.dumps({"type": "connection_init", "payload": payload}))
-        ack = json.loads(await asyncio.wait_for(socket_.recv(), 10))
+        ack = json.loads(await asyncio.wait_for(socket_.recv(), MARGIN_SECONDS))
         assert ack["type"] == "connection_ack", ack
         yield socket_
 
