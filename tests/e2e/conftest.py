@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import flush_redis, truncate
+from tests.conftest import truncate
 from tests.e2e.processes import (
+    PrivateRedis,
     ServiceProcess,
     calculation_kinds,
     paused,
@@ -26,11 +27,15 @@ class Stack:
     """PostgreSQL + Redis + one Uvicorn API + worker processes, as in production."""
 
     database_url: str
-    redis_url: str
+    redis: PrivateRedis
     log_dir: Path
     api: ServiceProcess
     base: str
     workers: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
 
     def env(self) -> dict[str, str]:
         return service_env(self.database_url, self.redis_url)
@@ -51,15 +56,18 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     await truncate(postgres_url)
-    await flush_redis(redis_url)
     log_dir = tmp_path_factory.mktemp("e2e-logs")
-    env = service_env(postgres_url, redis_url)
-    api, base = start_api(env, log_dir)
-    result = Stack(postgres_url, redis_url, log_dir, api, base)
+    redis = PrivateRedis(log_dir)
+    api: ServiceProcess | None = None
+    result: Stack | None = None
     try:
+        await redis.wait()
+        env = service_env(postgres_url, redis.url)
+        api, base = start_api(env, log_dir)
+        result = Stack(postgres_url, redis, log_dir, api, base)
         await wait_healthy(base, api)
         worker = result.add_worker()
         # The first worker of a fresh clone compiles every kind's kernels before its
@@ -68,6 +76,6 @@ async def stack(
         await wait_for_workers(base, 1, worker, timeout=deadline)
         yield result
     finally:
-        for process in [*result.workers, api]:
+        for process in [*(result.workers if result else []), *([api] if api else [])]:
             process.stop()
-        await flush_redis(redis_url)
+        redis.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +91,59 @@ class ServiceProcess:
                 self.kill(signal.SIGKILL)
                 self.process.wait(5)
         self._log.close()
+
+
+class PrivateRedis:
+    """A redis-server of the stack's own, on a free port.
+
+    Not the shared TEST_REDIS_URL server: a test here stops and restarts Redis, which
+    (with nothing persisted) wipes every database of that server, and pub/sub channels
+    are server-wide, not per database. A stack on its own server neither disturbs other
+    suites running on the machine nor loses its queue to their restarts.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+                pytest.fail("redis-server is not installed: CI=true requires it")
+            pytest.skip("!!! redis-server is not installed: skipping (runs in CI)")
+        self.binary = binary
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.process = self._spawn()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _spawn(self) -> ServiceProcess:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no"]
+        return ServiceProcess("redis", args, dict(os.environ), self.log_dir)
+
+    async def wait(self) -> None:
+        from redis.asyncio import Redis
+
+        async def ping() -> bool:
+            client = Redis.from_url(self.url)
+            try:
+                return bool(await client.ping())
+            except OSError:
+                return False
+            finally:
+                await client.aclose()
+
+        await wait_until(ping, MARGIN_SECONDS, "redis-server to answer", self.process)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    async def restart(self) -> None:
+        """A fresh, empty server on the same port (as a Redis restart without
+        persistence is)."""
+        self.process = self._spawn()
+        await self.wait()
 
 
 def start_api(

@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import ssl
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,12 +24,13 @@ import websockets
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import flush_redis, truncate
+from tests.conftest import truncate
 from tests.e2e.nginx import local_config, nginx_binary
 from tests.e2e.processes import (
     LOAD_FACTOR,
     MARGIN_SECONDS,
     HttpGraphQL,
+    PrivateRedis,
     ServiceProcess,
     calculation_kinds,
     collect_updates,
@@ -50,11 +50,6 @@ from tests.e2e.processes import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
-REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-    "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
 # A job the test stops mid-run: 60 chunks, ~4-6 s on 2 idle cores, seen running after
 # its first chunk, so 59 chunks are left to outlast the test's reaction.
 INTERRUPTED_SAMPLES = 4_000_000_000
@@ -63,7 +58,7 @@ INTERRUPTED_SAMPLES = 4_000_000_000
 @dataclass
 class Topology:
     database_url: str
-    redis_url: str
+    redis: PrivateRedis
     workdir: Path
     apis: list[tuple[ServiceProcess, str]]
     workers: list[ServiceProcess]
@@ -75,6 +70,10 @@ class Topology:
     @property
     def front(self) -> str:
         return f"127.0.0.1:{self.https_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.certificate))
@@ -112,18 +111,19 @@ def start_nginx(
 
 @pytest.fixture(scope="module")
 async def topology(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Topology]:
     binary = nginx_binary()
     await truncate(postgres_url)
-    await flush_redis(redis_url)
     workdir = tmp_path_factory.mktemp("topology")
-    env = service_env(postgres_url, redis_url)
+    redis = PrivateRedis(workdir)
+    await redis.wait()
+    env = service_env(postgres_url, redis.url)
     apis = [start_api(env, workdir) for _ in range(2)]
     workers = [start_worker(env, workdir) for _ in range(2)]
     nginx, http_port, https_port = start_nginx(binary, workdir, [base for _, base in apis], env)
     result = Topology(
-        postgres_url, redis_url, workdir, apis, workers, nginx, http_port, https_port,
+        postgres_url, redis, workdir, apis, workers, nginx, http_port, https_port,
         workdir / "certs" / "tls.crt",
     )  # fmt: skip
     try:
@@ -134,9 +134,9 @@ async def topology(
         await wait_for_workers(apis[0][1], len(workers), workers[0], timeout=deadline)
         yield result
     finally:
-        for process in [nginx, *workers, *(api for api, _ in apis)]:
+        for process in [nginx, *result.workers, *(api for api, _ in apis)]:
             process.stop()
-        await flush_redis(redis_url)
+        redis.stop()
 
 
 async def test_http_redirects_to_https(topology: Topology) -> None:
@@ -214,7 +214,7 @@ async def test_readyz_follows_redis(topology: Topology) -> None:
 
         assert await status() == 200
         assert (await http.get(url)).json()["workers"]["alive"] == len(topology.workers)
-        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False)
+        topology.redis.stop()
         try:
             down = await wait_until(
                 lambda: _status_is(http, url, 503), 30, "/readyz to say 503 without Redis"
@@ -222,7 +222,7 @@ async def test_readyz_follows_redis(topology: Topology) -> None:
             assert down["checks"]["redis"]["ok"] is False
             assert down["checks"]["database"]["ok"] is True
         finally:
-            subprocess.run(REDIS_START, check=True)
+            await topology.redis.restart()
         up = await wait_until(lambda: _status_is(http, url, 200), 60, "/readyz back to 200")
         assert up["checks"]["redis"]["ok"] is True
 
@@ -369,13 +369,15 @@ class Front:
 
 @pytest.fixture(scope="module")
 async def limited_front(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Front]:
     binary = nginx_binary()
     workdir = tmp_path_factory.mktemp("limited")
+    redis = PrivateRedis(workdir)
+    await redis.wait()
     env = service_env(
         postgres_url,
-        redis_url,
+        redis.url,
         CRUNCHQL_RATE_LIMITS="on",
         CRUNCHQL_REGISTER_ATTEMPTS_PER_ADDRESS=str(REGISTER_LIMIT),
         # nginx's address and nothing else, as docker-compose.yml does.
@@ -389,6 +391,7 @@ async def limited_front(
     finally:
         nginx.stop()
         api.stop()
+        redis.stop()
 
 
 async def _register_outcomes(graphql: HttpGraphQL, attempts: int) -> list[str]:
