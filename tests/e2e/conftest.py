@@ -60,11 +60,10 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     await truncate(postgres_url)
     log_dir = tmp_path_factory.mktemp("e2e-logs")
-    redis = PrivateRedis(log_dir)
+    redis = await PrivateRedis.start(log_dir)
     api: ServiceProcess | None = None
     result: Stack | None = None
     try:
-        await redis.wait()
         env = service_env(postgres_url, redis.url)
         api, base = start_api(env, log_dir)
         result = Stack(postgres_url, redis, log_dir, api, base)

@@ -113,6 +113,17 @@ class PrivateRedis:
         self.port = free_port()
         self.process = self._spawn()
 
+    @classmethod
+    async def start(cls, log_dir: Path) -> PrivateRedis:
+        """A server that answers (or stopped again, and the error raised)."""
+        redis = cls(log_dir)
+        try:
+            await redis.wait()
+        except BaseException:
+            redis.stop()
+            raise
+        return redis
+
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
@@ -124,13 +135,14 @@ class PrivateRedis:
 
     async def wait(self) -> None:
         from redis.asyncio import Redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         async def ping() -> bool:
             client = Redis.from_url(self.url)
             try:
                 return bool(await client.ping())
-            except OSError:
-                return False
+            except (RedisConnectionError, OSError):
+                return False  # not listening yet
             finally:
                 await client.aclose()
 

@@ -116,8 +116,7 @@ async def topology(
     binary = nginx_binary()
     await truncate(postgres_url)
     workdir = tmp_path_factory.mktemp("topology")
-    redis = PrivateRedis(workdir)
-    await redis.wait()
+    redis = await PrivateRedis.start(workdir)
     env = service_env(postgres_url, redis.url)
     apis = [start_api(env, workdir) for _ in range(2)]
     workers = [start_worker(env, workdir) for _ in range(2)]
@@ -373,8 +372,7 @@ async def limited_front(
 ) -> AsyncIterator[Front]:
     binary = nginx_binary()
     workdir = tmp_path_factory.mktemp("limited")
-    redis = PrivateRedis(workdir)
-    await redis.wait()
+    redis = await PrivateRedis.start(workdir)
     env = service_env(
         postgres_url,
         redis.url,
