@@ -1,8 +1,8 @@
 """The event bus that carries calculation updates from runners to subscriptions.
 
-Events are small JSON objects: ``{"id": ..., "status": ..., "progress": ...,
-"version": ..., "partialResult": ..., "terminal": bool}``. A subscriber may also
-receive ``{"resync": true}``: something may have been missed (the Redis connection
+What travels is a :class:`~crunchql.core.lifecycle.CalculationEvent` (its ``encode``d
+form over Redis), delivered to the subscribers of its calculation id. A subscriber may
+also receive :data:`RESYNC`: something may have been missed (the Redis connection
 dropped, or the subscriber fell behind) and it must re-read the state.
 
 ``RedisEventBus`` holds ONE pub/sub connection per process for all subscribers.
@@ -13,35 +13,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import enum
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Final, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from crunchql.core.lifecycle import CalculationEvent, MalformedEventError
 from crunchql.pubsub.channels import CALCULATION_EVENTS
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-RESYNC: Event = {"resync": True}
+
+class Signal(enum.Enum):
+    RESYNC = "resync"
+
+
+# Delivered instead of events that may have been lost: re-read the state.
+RESYNC: Final = Signal.RESYNC
+Delivery = CalculationEvent | Literal[Signal.RESYNC]
 SUBSCRIBER_QUEUE_SIZE = 64
+MALFORMED_RESYNC_SECONDS = 5.0
 
 
 class Subscription:
     """One subscriber's mailbox. Bounded: when it overflows, the backlog is replaced
     by a single resync marker (the reader re-reads the state instead)."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: uuid.UUID) -> None:
         self.key = key
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, event: Delivery) -> None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -49,7 +59,7 @@ class Subscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(RESYNC)
 
-    async def get(self, timeout: float | None = None) -> Event | None:
+    async def get(self, timeout: float | None = None) -> Delivery | None:
         """The next event, or None after ``timeout`` seconds."""
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
@@ -62,9 +72,9 @@ class EventBus(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, key: str, event: Event) -> None: ...
+    async def publish(self, event: CalculationEvent) -> None: ...
 
-    def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    def subscribe(self, key: uuid.UUID) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
     @property
     def subscriber_count(self) -> int: ...
@@ -72,14 +82,14 @@ class EventBus(Protocol):
 
 class _FanOut:
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
-    def dispatch(self, key: str, event: Event) -> None:
-        for subscription in tuple(self._subscribers.get(key, ())):
+    def dispatch(self, event: CalculationEvent) -> None:
+        for subscription in tuple(self._subscribers.get(event.id, ())):
             subscription.deliver(event)
 
     def resync_all(self) -> None:
@@ -87,8 +97,12 @@ class _FanOut:
             for subscription in tuple(subs):
                 subscription.deliver(RESYNC)
 
+    def resync(self, key: uuid.UUID) -> None:
+        for subscription in tuple(self._subscribers.get(key, ())):
+            subscription.deliver(RESYNC)
+
     @asynccontextmanager
-    async def subscribe(self, key: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, key: uuid.UUID) -> AsyncIterator[Subscription]:
         subscription = Subscription(key)
         self._subscribers.setdefault(key, set()).add(subscription)
         try:
@@ -102,14 +116,16 @@ class _FanOut:
 
 
 class InProcessEventBus(_FanOut):
+    """The embedded mode's bus: events are immutable, so subscribers share the object."""
+
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
 
-    async def publish(self, key: str, event: Event) -> None:
-        self.dispatch(key, event)
+    async def publish(self, event: CalculationEvent) -> None:
+        self.dispatch(event)
 
 
 class RedisEventBus(_FanOut):
@@ -117,6 +133,7 @@ class RedisEventBus(_FanOut):
 
     def __init__(self, redis: Redis, *, reconnect_max_delay: float = 2.0) -> None:
         super().__init__()
+        self._malformed_resync_at = -MALFORMED_RESYNC_SECONDS
         self.redis = redis
         self.reconnect_max_delay = reconnect_max_delay
         self._task: asyncio.Task[None] | None = None
@@ -138,9 +155,8 @@ class RedisEventBus(_FanOut):
                 await self._task
             self._task = None
 
-    async def publish(self, key: str, event: Event) -> None:
-        message = json.dumps({"key": key, "event": event}, separators=(",", ":"))
-        await self.redis.publish(CALCULATION_EVENTS, message)
+    async def publish(self, event: CalculationEvent) -> None:
+        await self.redis.publish(CALCULATION_EVENTS, event.encode())
 
     async def _listen(self) -> None:
         delay = 0.05
@@ -186,8 +202,22 @@ class RedisEventBus(_FanOut):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     def _on_message(self, data: bytes | str) -> None:
+        # Every API process hears every calculation's events: decode only those that
+        # someone here watches.
+        key = CalculationEvent.peek_id(data)
+        if key is not None and key not in self._subscribers:
+            return
         try:
-            decoded = json.loads(data)
-            self.dispatch(str(decoded["key"]), decoded["event"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("dropped a malformed event bus message")
+            event = CalculationEvent.decode(data)
+        except MalformedEventError as error:
+            logger.warning("dropped a malformed event bus message: %s", error)
+            # Subscriptions do not poll: what the dropped message said (another
+            # version's format during a roll) is read from the database instead, for
+            # everyone at most every MALFORMED_RESYNC_SECONDS when it names no one.
+            if key is not None:
+                self.resync(key)
+            elif time.monotonic() - self._malformed_resync_at >= MALFORMED_RESYNC_SECONDS:
+                self._malformed_resync_at = time.monotonic()
+                self.resync_all()
+            return
+        self.dispatch(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,14 +18,14 @@ from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import read_only
 from crunchql.db.models import User
 from crunchql.db.repositories import UserRepository
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 from crunchql.services.users import get_active_user
 
 
-def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]:
+def users_by_id_loader(services: ServiceContainer) -> DataLoader[uuid.UUID, User | None]:
     """Batches ``owner`` and caller look-ups of one request: the process's short-lived
     user cache first, then one short read for the rest."""
-    cache = services.users
+    cache = services.user_cache
 
     async def load(ids: list[uuid.UUID]) -> list[User | None]:
         missing = [user_id for user_id in set(ids) if user_id not in cache]
@@ -39,7 +40,7 @@ def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]
 
 @dataclass
 class Context:
-    services: Services
+    services: ServiceContainer
     connection: HTTPConnection
     client: str
     claims: AccessClaims | None = None
@@ -48,6 +49,8 @@ class Context:
     # Filled in by Strawberry from the WebSocket connection_init payload.
     connection_params: dict[str, Any] | None = None
     request_id: str = ""
+    # Run when the WebSocket closes (frees the user's socket slot).
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.users_by_id = users_by_id_loader(self.services)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crunchql.auth.concurrency import SlotLimiter
 from crunchql.auth.passwords import PasswordHasher
 from crunchql.auth.rate_limit import (
     DisabledRateLimiter,
@@ -21,13 +22,20 @@ from crunchql.auth.rate_limit import (
     RedisRateLimiter,
 )
 from crunchql.auth.tokens import TokenService
+from crunchql.core.lifecycle import RetryPolicy
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.migrate import upgrade_async
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
-from crunchql.services.container import JobQueue, Limits, RunnerServices, Services, user_cache
+from crunchql.services.container import (
+    JobQueue,
+    Limits,
+    RunnerServices,
+    ServiceContainer,
+    new_user_cache,
+)
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
@@ -39,7 +47,7 @@ logger = logging.getLogger("crunchql.app")
 class Runtime:
     settings: Settings
     engine: AsyncEngine
-    services: Services
+    services: ServiceContainer
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
 
@@ -47,6 +55,7 @@ class Runtime:
         if self.embedded_queue is not None:
             await self.embedded_queue.close()
         await self.services.bus.close()
+        await self.services.slots.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -56,10 +65,16 @@ def limits_from(settings: Settings) -> Limits:
     return Limits(
         rate_limits=settings.rate_limits,
         login_attempts_per_account=settings.login_attempts_per_account,
+        login_failures_per_address=settings.login_failures_per_address,
+        login_failures_per_account=settings.login_failures_per_account,
         login_attempts_per_address=settings.login_attempts_per_address,
         register_attempts_per_address=settings.register_attempts_per_address,
         rate_limit_window_seconds=settings.rate_limit_window_seconds,
         max_active_calculations=settings.max_active_calculations,
+        max_running_per_user=settings.max_running_per_user,
+        ws_max_sockets_per_user=settings.ws_max_sockets_per_user,
+        ws_max_subscriptions_per_user=settings.ws_max_subscriptions_per_user,
+        ws_operations_per_minute=settings.ws_operations_per_minute,
         subscription_max_seconds=settings.subscription_max_seconds,
     )
 
@@ -98,21 +113,20 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        max_running_per_user=settings.max_running_per_user,
+        retry=RetryPolicy(max_retries=settings.job_max_retries),
     )
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue
     if settings.redis_url:
-        queue = DramatiqJobQueue(
-            create_broker(settings.redis_url, max_retries=settings.job_max_retries)
-        )
+        queue = DramatiqJobQueue(create_broker(settings.redis_url))
     else:
         embedded = EmbeddedJobQueue(
             RunnerServices(session_factory=session_factory, bus=bus),
             config,
-            max_retries=settings.job_max_retries,
         )
         queue = embedded
-    services = Services(
+    services = ServiceContainer(
         session_factory=session_factory,
         hasher=PasswordHasher(settings.bcrypt_rounds),
         tokens=TokenService(
@@ -127,7 +141,8 @@ async def start_runtime(
         bus=bus,
         queue=queue,
         limits=limits_from(settings),
-        users=user_cache(settings.user_cache_seconds),
+        user_cache=new_user_cache(settings.user_cache_seconds),
+        slots=SlotLimiter(redis),
     )
     await bus.start()
     if embedded is not None and run_jobs:

@@ -10,10 +10,12 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
+from crunchql.db.repositories.user import UserRepository
 
-_IS_ACTIVE = Calculation.status.in_([status.value for status in ACTIVE_STATUSES])
+_IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
 
 
 @dataclass(frozen=True)
@@ -22,14 +24,26 @@ class CalculationPage:
     has_next_page: bool
 
 
+def _other_live_runs_of_owner(alive_after: datetime) -> Any:
+    """For the calculation row of the enclosing statement: how many OTHER calculations of
+    its owner are RUNNING with a heartbeat after ``alive_after`` (a correlated count)."""
+    other = aliased(Calculation)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.owner_id == Calculation.owner_id,
+            other.id != Calculation.id,
+            other.status == CalculationStatus.RUNNING,
+            other.heartbeat_at >= alive_after,
+        )
+        .scalar_subquery()
+    )
+
+
 class CalculationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def add(self, calculation: Calculation) -> Calculation:
-        self.session.add(calculation)
-        await self.session.flush()
-        return calculation
 
     async def create(
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
@@ -40,7 +54,7 @@ class CalculationRepository:
             insert(table)
             .values(
                 id=uuid.uuid4(), owner_id=owner_id, kind=kind, input=params,
-                status=CalculationStatus.QUEUED.value, progress=0.0, created_at=now,
+                status=CalculationStatus.QUEUED, progress=0.0, created_at=now,
                 attempts=0, version=0,
             )
             .returning(*table.c)
@@ -69,7 +83,7 @@ class CalculationRepository:
         """Newest first, keyset-paginated on (created_at, id)."""
         statement = select(Calculation).where(Calculation.owner_id == owner_id)
         if status is not None:
-            statement = statement.where(Calculation.status == status.value)
+            statement = statement.where(Calculation.status == status)
         if after is not None:
             created_at, last_id = after
             statement = statement.where(
@@ -99,25 +113,42 @@ class CalculationRepository:
         return Calculation(**row) if row is not None else None
 
     async def claim(
-        self, calculation_id: uuid.UUID, worker_id: str, now: datetime, stale_before: datetime
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        now: datetime,
+        stale_before: datetime,
+        *,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
     ) -> Calculation | None:
         """QUEUED → RUNNING, or take over a RUNNING one whose worker stopped beating.
 
         None when the calculation is finished, cancelled or alive elsewhere: a duplicate
-        or late message then does nothing.
+        or late message then does nothing. With ``max_running``, also None (and the row
+        left QUEUED, untouched) while its owner already has that many runs alive
+        (heartbeat after ``alive_after``): the caller drops the message and the owner's
+        next finishing run sends it again (``list_waiting_for_owner``).
         """
         condition = or_(
-            Calculation.status == CalculationStatus.QUEUED.value,
+            Calculation.status == CalculationStatus.QUEUED,
             and_(
-                Calculation.status == CalculationStatus.RUNNING.value,
+                Calculation.status == CalculationStatus.RUNNING,
                 or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
             ),
         )
+        if max_running is not None:
+            condition = and_(
+                condition,
+                await self._owner_has_room(
+                    calculation_id, max_running, alive_after or stale_before
+                ),
+            )
         return await self._update_returning(
             calculation_id,
             condition,
             {
-                "status": CalculationStatus.RUNNING.value,
+                "status": CalculationStatus.RUNNING,
                 "started_at": now,
                 "attempts": Calculation.attempts + 1,
                 "worker_id": worker_id,
@@ -127,9 +158,39 @@ class CalculationRepository:
             },
         )
 
+    async def _owner_has_room(
+        self, calculation_id: uuid.UUID, max_running: int, alive_after: datetime
+    ) -> Any:
+        """The claim's extra condition: fewer than ``max_running`` other live runs of the
+        same owner. Part of the UPDATE itself, so SQLite (one writer) decides it
+        atomically; on PostgreSQL claims for one owner also queue on the owner's row,
+        so two workers cannot both count the same free slot."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            owner_id = (
+                await self.session.execute(
+                    select(Calculation.owner_id).where(Calculation.id == calculation_id)
+                )
+            ).scalar_one_or_none()
+            if owner_id is not None:
+                await UserRepository(self.session).lock(owner_id)
+        return _other_live_runs_of_owner(alive_after) < max_running
+
+    async def list_waiting_for_owner(self, owner_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+        """The owner's oldest QUEUED calculations: the next to start when a run ends."""
+        statement = (
+            select(Calculation.id)
+            .where(
+                Calculation.owner_id == owner_id,
+                Calculation.status == CalculationStatus.QUEUED,
+            )
+            .order_by(Calculation.created_at, Calculation.id)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
+
     def _owned_run(self, worker_id: str) -> Any:
         return and_(
-            Calculation.status == CalculationStatus.RUNNING.value,
+            Calculation.status == CalculationStatus.RUNNING,
             Calculation.worker_id == worker_id,
         )
 
@@ -176,7 +237,7 @@ class CalculationRepository:
         error: str | None = None,
     ) -> Calculation | None:
         values: dict[str, Any] = {
-            "status": status.value,
+            "status": status,
             "finished_at": now,
             "result": result,
             "error": error,
@@ -193,7 +254,7 @@ class CalculationRepository:
         result = await self.session.execute(
             update(Calculation)
             .where(Calculation.id == calculation_id, self._owned_run(worker_id))
-            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .values(status=CalculationStatus.QUEUED, worker_id=None)
             .execution_options(synchronize_session=False)
         )
         return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
@@ -206,7 +267,7 @@ class CalculationRepository:
             calculation_id,
             _IS_ACTIVE,
             {
-                "status": CalculationStatus.FAILED.value,
+                "status": CalculationStatus.FAILED,
                 "finished_at": now,
                 "error": error,
                 "version": Calculation.version + 1,
@@ -219,7 +280,7 @@ class CalculationRepository:
             calculation_id,
             _IS_ACTIVE,
             {
-                "status": CalculationStatus.CANCELLED.value,
+                "status": CalculationStatus.CANCELLED,
                 "finished_at": now,
                 "version": Calculation.version + 1,
             },
@@ -232,25 +293,32 @@ class CalculationRepository:
         statement = (
             update(table)
             .where(
-                table.c.status == CalculationStatus.RUNNING.value,
+                table.c.status == CalculationStatus.RUNNING,
                 or_(table.c.heartbeat_at.is_(None), table.c.heartbeat_at < stale_before),
             )
-            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .values(status=CalculationStatus.QUEUED, worker_id=None)
             .returning(table.c.id)
         )
         return list((await self.session.execute(statement)).scalars())
 
-    async def list_waiting(self, *, created_before: datetime, limit: int = 500) -> list[uuid.UUID]:
-        """QUEUED rows older than ``created_before``, oldest first."""
-        statement = (
-            select(Calculation.id)
-            .where(
-                Calculation.status == CalculationStatus.QUEUED.value,
-                Calculation.created_at < created_before,
-            )
-            .order_by(Calculation.created_at)
-            .limit(limit)
+    async def list_waiting(
+        self,
+        *,
+        created_before: datetime,
+        limit: int = 500,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
+    ) -> list[uuid.UUID]:
+        """QUEUED rows older than ``created_before``, oldest first. With
+        ``max_running``, only those whose owner could start one now: the others wait
+        for their owner's runs to end, and re-sending them would only be refused."""
+        statement = select(Calculation.id).where(
+            Calculation.status == CalculationStatus.QUEUED,
+            Calculation.created_at < created_before,
         )
+        if max_running is not None and alive_after is not None:
+            statement = statement.where(_other_live_runs_of_owner(alive_after) < max_running)
+        statement = statement.order_by(Calculation.created_at).limit(limit)
         return list((await self.session.execute(statement)).scalars())
 
     async def list_active_ids(self) -> list[uuid.UUID]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from crunchql.core.lifecycle import RunOutcome
 from crunchql.db.engine import create_engine, create_session_factory
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices
@@ -182,7 +183,7 @@ async def test_cancelled_while_queued_never_runs(queued_client: Any) -> None:
         uuid.UUID(submitted["id"]),
     )
     await engine.dispose()
-    assert stats.outcome == "skipped"
+    assert stats.outcome is RunOutcome.SKIPPED
     calc = await status_of(client, submitted["id"])
     assert calc["status"] == "CANCELLED" and calc["attempts"] == 0
     again = await client.execute(
@@ -191,13 +192,17 @@ async def test_cancelled_while_queued_never_runs(queued_client: Any) -> None:
     assert error_codes(again) == ["CONFLICT"]
 
 
-async def test_active_calculations_per_user_are_limited(database_url: str, redis_url: str) -> None:
+@pytest.mark.parametrize("rate_limits", [True, False])
+async def test_active_calculations_per_user_are_limited(
+    database_url: str, redis_url: str, rate_limits: bool
+) -> None:
+    """The finding: CRUNCHQL_RATE_LIMITS=off silently removed the active cap as well."""
     await truncate(database_url)
     await flush_redis(redis_url)
     settings = make_settings(
         database_url=database_url,
         redis_url=redis_url,
-        rate_limits=True,
+        rate_limits=rate_limits,
         max_active_calculations=3,
     )
     async with running_app(settings) as (_app, client):
@@ -206,6 +211,7 @@ async def test_active_calculations_per_user_are_limited(database_url: str, redis
             await submit(client, {"monteCarloPi": {"samples": 10}})
         refused = await client.execute(SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}})
         assert error_codes(refused) == ["RATE_LIMITED"]
+        assert refused["errors"][0]["extensions"]["retryAfter"] > 0
         # Another user is not affected.
         other = (await client.register())["accessToken"]
         accepted = await client.execute(

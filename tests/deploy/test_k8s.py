@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import dramatiq
 import pytest
+import yaml
 
 from crunchql.workers.broker import QUEUE_NAME, create_broker
 from tests.conftest import REDIS_URL, require_service
-from tests.deploy.conftest import THIRD_PARTY_ENV
+from tests.deploy.conftest import DEPLOY, THIRD_PARTY_ENV
 
 ACTOR_NAME = "calculation.run"  # workers.queues.ACTOR_NAME (that module imports the kernels)
 
@@ -133,7 +135,7 @@ def test_worker_scales_on_the_dramatiq_queue(k8s_documents: list[dict[str, Any]]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "crunchql-worker"
     assert scaled["spec"]["minReplicaCount"] >= 1, "workers run the sweeper and every job"
     (trigger,) = scaled["spec"]["triggers"]
-    broker = create_broker("redis://127.0.0.1:6379/0", max_retries=0)  # no I/O until used
+    broker = create_broker("redis://127.0.0.1:6379/0")  # no I/O until used
     assert trigger["type"] == "redis"
     assert trigger["metadata"]["listName"] == f"{broker.namespace}:{QUEUE_NAME}"
 
@@ -146,7 +148,7 @@ def test_queue_key_on_real_redis(k8s_documents: list[dict[str, Any]]) -> None:
     import redis
 
     list_name = scaled_object(k8s_documents)["spec"]["triggers"][0]["metadata"]["listName"]
-    broker = create_broker(REDIS_URL, max_retries=0)
+    broker = create_broker(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL)
     existed = {key for key in (list_name, f"{list_name}.msgs") if client.exists(key)}
     message: dramatiq.Message[None] = dramatiq.Message(
@@ -184,3 +186,45 @@ def test_forwarded_headers_are_believed_from_the_ingress_only(
     assert trusted and "*" not in trusted
     for item in trusted:
         ipaddress.ip_network(item, strict=True)  # an address or a CIDR, or it raises
+
+
+def test_ingress_terminates_tls_and_routes_only_public_paths(
+    k8s_documents: list[dict[str, Any]],
+) -> None:
+    """The finding: the Kubernetes manifests shipped no ingress (no TLS, no limits)."""
+    ingress = of_kind(k8s_documents, "Ingress")["crunchql-api"]
+    spec = ingress["spec"]
+    hosts = {host for tls in spec["tls"] for host in tls["hosts"]}
+    assert all(tls["secretName"] for tls in spec["tls"])
+    assert {rule["host"] for rule in spec["rules"]} <= hosts  # every routed host has TLS
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+    services = of_kind(k8s_documents, "Service")
+    paths = [path for rule in spec["rules"] for path in rule["http"]["paths"]]
+    assert {path["path"] for path in paths} == {"/graphql", "/graphiql-assets"}
+    for path in paths:
+        backend = path["backend"]["service"]
+        port_names = {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
+        assert backend["port"]["name"] in port_names
+
+
+def test_ingress_applies_the_same_limits_as_nginx(k8s_documents: list[dict[str, Any]]) -> None:
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text("utf-8")
+    rates = {int(rate) for rate in re.findall(r"limit_req_zone .*rate=(\d+)r/s;", conf)}
+    bursts = {int(burst) for burst in re.findall(r"limit_req zone=\S+ burst=(\d+)", conf)}
+    connections = re.search(r"limit_conn per_address (\d+);", conf)
+    body = re.search(r"client_max_body_size (\w+);", conf)
+    assert rates and bursts and connections and body
+    annotations = of_kind(k8s_documents, "Ingress")["crunchql-api"]["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    rps = int(annotations[prefix + "limit-rps"])
+    assert rps in rates
+    assert rps * int(annotations[prefix + "limit-burst-multiplier"]) in bursts
+    assert annotations[prefix + "limit-connections"] == connections.group(1)
+    assert annotations[prefix + "proxy-body-size"] == body.group(1)
+    assert int(annotations[prefix + "proxy-read-timeout"]) >= 3600  # subscriptions
+
+
+def test_kustomization_applies_the_ingress() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text("utf-8"))
+    assert "ingress.yaml" in kustomization["resources"]
