@@ -19,9 +19,10 @@ import pytest
 import websockets
 
 from tests.app.accounts_helpers import sql
-from tests.conftest import flush_redis, truncate
+from tests.conftest import truncate
 from tests.e2e.processes import (
     HttpGraphQL,
+    PrivateRedis,
     ServiceProcess,
     service_env,
     start_api,
@@ -36,22 +37,25 @@ WATCH = "subscription($id: ID!) { calculationUpdates(id: $id) { id status } }"
 
 @pytest.fixture(scope="module")
 async def apis(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[list[str]]:
     await truncate(postgres_url)
-    await flush_redis(redis_url)
     log_dir = tmp_path_factory.mktemp("revocation-logs")
+    # A Redis of its own: pub/sub is server-wide, and no other suite's restart may
+    # interfere with the bound measured here.
+    redis = await PrivateRedis.start(log_dir)
     # No worker: submitted calculations stay QUEUED, so their subscriptions stay open.
-    env = service_env(postgres_url, redis_url, CRUNCHQL_SESSION_RECHECK_SECONDS="60")
-    started: list[tuple[ServiceProcess, str]] = [start_api(env, log_dir) for _ in range(2)]
+    env = service_env(postgres_url, redis.url, CRUNCHQL_SESSION_RECHECK_SECONDS="60")
+    started: list[tuple[ServiceProcess, str]] = []
     try:
+        started = [start_api(env, log_dir) for _ in range(2)]
         for process, base in started:
             await wait_healthy(base, process)
         yield [base for _, base in started]
     finally:
         for process, _ in started:
             process.stop()
-        await flush_redis(redis_url)
+        redis.stop()
 
 
 async def log_in(base: str, email: str) -> HttpGraphQL:
