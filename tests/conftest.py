@@ -25,14 +25,9 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TABLES = (
-    "schedule_fires",
-    "refresh_tokens",
-    "calculation_shards",
-    "calculations",
-    "schedules",
-    "workers",
-    "users",
-)
+    "audit_events", "schedule_fires", "refresh_tokens", "auth_sessions",
+    "calculation_shards", "calculations", "schedules", "workers", "users",
+)  # fmt: skip
 
 # Kernels compiled once per machine, shared by every test process and subprocess.
 os.environ.setdefault(
