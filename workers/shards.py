@@ -34,6 +34,7 @@ from crunchql.workers.runner import (
     RunnerConfig,
     TransientError,
     _announce,
+    _kernel_call,
     _now,
     _process_is_ending,
     _publish,
@@ -166,14 +167,18 @@ async def _execute(
             if state is None:
                 logger.info("calculation %s shard %d: no longer ours; stopping", key, shard)
                 return RunOutcome.CANCELLED
+            # The running estimate (kinds that converge) is this shard's own: a valid
+            # estimate, with its standard error, from the samples this shard has drawn.
             await _publish(
                 services,
                 CalculationEvent.progress_tick(
                     key, attempt=state.attempts, version=state.version, progress=state.progress,
-                    partial_result=None, shards=state.shards, shards_done=state.shards_done,
+                    partial_result=_kernel_call(job.partial_result), shards=state.shards,
+                    shards_done=state.shards_done,
                 ),
             )  # fmt: skip
         partial = job.result()
+        estimate = _kernel_call(job.partial_result)
     except KernelError as error:
         logger.warning("kernel of %s shard %d failed: %s", key, shard, error)
         return (
@@ -188,7 +193,7 @@ async def _execute(
             return RunOutcome.RELEASED
         logger.exception("running %s shard %d failed", key, shard)
         return (await _fail(services, key, INTERNAL_FAILURE)).outcome
-    return await _store(services, config, calculation, shard, partial)
+    return await _store(services, config, calculation, shard, partial, estimate)
 
 
 async def _store(
@@ -197,6 +202,7 @@ async def _store(
     calculation: Calculation,
     shard: int,
     partial: dict[str, object],
+    estimate: dict[str, object] | None,
 ) -> RunOutcome:
     """Store the partial; the shard that stores the last one combines them and finishes
     the calculation in the same transaction (the calculation's row stays locked from
@@ -220,8 +226,17 @@ async def _store(
             )
     if row is None:
         return RunOutcome.CANCELLED
-    await _announce(services, row)
-    return RunOutcome.SUCCEEDED if row.status is CalculationStatus.SUCCEEDED else RunOutcome.SPLIT
+    if row.status is CalculationStatus.SUCCEEDED:
+        await _announce(services, row)
+        return RunOutcome.SUCCEEDED
+    await _publish(
+        services,
+        CalculationEvent.progress_tick(
+            row.id, attempt=row.attempts, version=row.version, progress=row.progress,
+            partial_result=estimate, shards=row.shards, shards_done=row.shards_done,
+        ),
+    )  # fmt: skip
+    return RunOutcome.SPLIT
 
 
 async def _release(

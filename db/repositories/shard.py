@@ -264,6 +264,12 @@ class ShardRepository:
         if (result.rowcount or 0) != 1:  # type: ignore[attr-defined]
             return None
         table = cast(Table, Calculation.__table__)
+        total = (
+            select(func.sum(CalculationShard.progress))
+            .where(CalculationShard.calculation_id == calculation_id)
+            .scalar_subquery()
+        )
+        share = _least(self.session, total / table.c.shards, 1.0)
         row = (
             (
                 await self.session.execute(
@@ -275,6 +281,7 @@ class ShardRepository:
                     )
                     .values(
                         shards_done=table.c.shards_done + 1,
+                        progress=_greatest(self.session, table.c.progress, share),
                         heartbeat_at=now,
                         version=table.c.version + 1,
                     )

@@ -144,6 +144,9 @@ async def test_a_large_run_is_split_and_any_workers_in_any_order_give_the_unspli
     assert done == sorted(done) and done[-1] == 8
     progress = [e.progress for e in events if e.kind is EventKind.PROGRESS]
     assert progress == sorted(progress)
+    # Every tick carries a running estimate (the reporting shard's own), for a live chart.
+    ticks = [e for e in events if e.kind is EventKind.PROGRESS]
+    assert ticks and all((e.partial_result or {}).get("standardError", 0) > 0 for e in ticks)
     assert events[-1].status is CalculationStatus.SUCCEEDED and events[-1].shards == 8
     # A late duplicate of any shard finds nothing to do and changes nothing.
     assert (
