@@ -24,7 +24,7 @@ from crunchql.core.lifecycle import CalculationEvent, RunOutcome
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus
-from crunchql.db.repositories import CalculationRepository, ShardRepository
+from crunchql.db.repositories import CalculationRepository, ShardProgress, ShardRepository
 from crunchql.observability.metrics import record_finished
 from crunchql.services.container import Infrastructure
 from crunchql.workers.runner import (
@@ -142,7 +142,16 @@ async def _execute(
         return (await _fail(services, key, message)).outcome
     # Each shard has the kind's whole time limit: a shard is a fraction of a job.
     budget = kind.time_limit_seconds
-    last_write = time.monotonic()
+    last_write = last_publish = time.monotonic()
+    # What the calculation looked like at this shard's last write; between writes, ticks
+    # go out every publish interval with this shard's advance added (an estimate, never
+    # stored: the database keeps the mean over shards, and subscribers drop a tick that
+    # does not move progress forward).
+    known = ShardProgress(
+        calculation.attempts, calculation.version, calculation.progress, calculation.shards,
+        calculation.shards_done,
+    )  # fmt: skip
+    written = 0.0
     try:
         while not job.done:
             if budget <= 0:
@@ -157,24 +166,31 @@ async def _execute(
                 return RunOutcome.RELEASED
             budget -= await loop.run_in_executor(executor, _timed_step, job)
             clock = time.monotonic()
-            if job.done or clock - last_write < config.write_interval:
+            if job.done:
+                break
+            progress = job.progress
+            if clock - last_write >= config.write_interval:
+                last_write = clock
+                async with unit_of_work(services.session_factory) as session:
+                    state = await ShardRepository(session).record_progress(
+                        key, shard, config.worker_id, progress=progress, now=_now()
+                    )
+                if state is None:
+                    logger.info("calculation %s shard %d: no longer ours; stopping", key, shard)
+                    return RunOutcome.CANCELLED
+                known, written = state, progress
+            elif clock - last_publish < config.publish_interval:
                 continue
-            last_write = clock
-            async with unit_of_work(services.session_factory) as session:
-                state = await ShardRepository(session).record_progress(
-                    key, shard, config.worker_id, progress=job.progress, now=_now()
-                )
-            if state is None:
-                logger.info("calculation %s shard %d: no longer ours; stopping", key, shard)
-                return RunOutcome.CANCELLED
+            last_publish = clock
+            shown = min(1.0, known.progress + max(0.0, progress - written) / known.shards)
             # The running estimate (kinds that converge) is this shard's own: a valid
             # estimate, with its standard error, from the samples this shard has drawn.
             await _publish(
                 services,
                 CalculationEvent.progress_tick(
-                    key, attempt=state.attempts, version=state.version, progress=state.progress,
-                    partial_result=_kernel_call(job.partial_result), shards=state.shards,
-                    shards_done=state.shards_done,
+                    key, attempt=known.attempts, version=known.version, progress=shown,
+                    partial_result=_kernel_call(job.partial_result), shards=known.shards,
+                    shards_done=known.shards_done,
                 ),
             )  # fmt: skip
         partial = job.result()
