@@ -36,8 +36,7 @@ class DramatiqJobQueue:
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message)
-        self.broker.wake()
+        self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
 
     async def enqueue(self, calculation_id: uuid.UUID) -> None:
         # Bounded: the row is committed, and a send that does not go through is re-sent
