@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 # Suggestions reveal the schema: only where introspection does too.
                 field_suggestions=settings.introspection_enabled and not settings.is_production,
                 metrics=settings.metrics,
+                share_subscription_results=settings.subscription_sharing,
             )
         )
         app.state.runtime = runtime

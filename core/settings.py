@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_aliases: int = Field(default=50, ge=1)
     max_tokens: int = Field(default=450, ge=100)
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Subscribers of one calculation with one selection set share one execution per
+    # event (schema.sharing); off only to measure what it saves.
+    subscription_sharing: bool = True
 
     rate_limits: bool = True
     login_attempts_per_account: int = Field(default=10, ge=1)  # failed ones

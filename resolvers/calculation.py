@@ -10,6 +10,7 @@ from crunchql.db.models import CalculationStatus as ModelStatus
 from crunchql.observability.metrics import record_submitted, tracking_subscription
 from crunchql.resolvers.context import GraphQLInfo, current_user
 from crunchql.schema.inputs import CalculationInput, selected_kind
+from crunchql.schema.sharing import shared_calculation
 from crunchql.schema.types import (
     Calculation,
     CalculationConnection,
@@ -85,4 +86,6 @@ async def calculation_updates(
     user = await current_user(info)
     with tracking_subscription():
         async for snapshot in calculations.watch(info.context.services, user, id):
-            yield Calculation.from_model(snapshot)
+            # One object per state of the calculation, shared by its subscribers, so
+            # that the event is executed once (schema.sharing).
+            yield shared_calculation(snapshot)

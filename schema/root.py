@@ -29,6 +29,7 @@ from crunchql.schema.extensions import (
     depth_limit_rule,
 )
 from crunchql.schema.scalars import SCALAR_MAP
+from crunchql.schema.sharing import SharingExecutionContext
 from crunchql.schema.types import (
     AuthPayload,
     Calculation,
@@ -102,6 +103,8 @@ class SchemaOptions:
     introspection: bool = True
     field_suggestions: bool = True
     metrics: bool = False
+    # One execution per subscription event per selection set (schema.sharing).
+    share_subscription_results: bool = True
 
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
@@ -135,6 +138,9 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         config=StrawberryConfig(
             disable_field_suggestions=not options.field_suggestions, scalar_map=SCALAR_MAP
         ),
+        execution_context_class=SharingExecutionContext
+        if options.share_subscription_results
+        else None,
     )
 
 
