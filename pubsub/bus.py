@@ -16,6 +16,7 @@ import contextlib
 import enum
 import logging
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final, Literal, Protocol
@@ -25,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crunchql.core.lifecycle import CalculationEvent, MalformedEventError
+from crunchql.core.lifecycle import CalculationEvent, EventKind, MalformedEventError
 from crunchql.pubsub.channels import CALCULATION_EVENTS
 
 logger = logging.getLogger(__name__)
@@ -42,27 +43,62 @@ SUBSCRIBER_QUEUE_SIZE = 64
 
 
 class Subscription:
-    """One subscriber's mailbox. Bounded: when it overflows, the backlog is replaced
-    by a single resync marker (the reader re-reads the state instead)."""
+    """One subscriber's mailbox.
+
+    A reader slower than the event rate (a slow client holds its subscription's
+    generator at the socket write) does not fall behind: a progress tick that arrives
+    while the previous one is still unread replaces it (latest state wins; the reader's
+    ``WatchState`` only ever moves forward anyway). Status changes, terminal ones
+    included, are never replaced or dropped; only if that many of them piled up would
+    the backlog be replaced by a single resync marker (the reader re-reads the state).
+    """
+
+    __slots__ = ("_items", "_waiter", "key")
 
     def __init__(self, key: uuid.UUID) -> None:
         self.key = key
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._items: deque[Delivery] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, event: Delivery) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(RESYNC)
+        items = self._items
+        if (
+            items
+            and event is not RESYNC
+            and event.kind is EventKind.PROGRESS
+            and (last := items[-1]) is not RESYNC
+            and last.kind is EventKind.PROGRESS
+        ):
+            # Keep the newer of the two (a lagging publisher's stale tick must not
+            # replace a fresher one; the reader would drop it and show neither). The
+            # reader is not waiting: there was something unread.
+            if (event.attempt, event.progress) >= (last.attempt, last.progress):
+                items[-1] = event
+            return
+        if len(items) >= SUBSCRIBER_QUEUE_SIZE:
+            items.clear()
+            items.append(RESYNC)
+        else:
+            items.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Delivery | None:
         """The next event, or None after ``timeout`` seconds."""
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    @property
+    def pending(self) -> int:
+        return len(self._items)
 
 
 class EventBus(Protocol):
