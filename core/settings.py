@@ -72,20 +72,34 @@ class Settings(BaseSettings):
     max_aliases: int = Field(default=50, ge=1)
     max_tokens: int = Field(default=450, ge=100)
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_query_cost: int = Field(default=5000, ge=10)
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    graphiql: bool | None = None  # None: on in development, off in production
+    hsts_seconds: int = Field(default=0, ge=0)  # 0: no Strict-Transport-Security header
     # Subscribers of one calculation with one selection set share one execution per
     # event (schema.sharing); off only to measure what it saves.
     subscription_sharing: bool = True
 
     rate_limits: bool = True
-    login_attempts_per_account: int = Field(default=10, ge=1)  # failed ones
-    login_attempts_per_address: int = Field(default=300, ge=1)
+    # Failed logins for one account from one client address per window; past it that
+    # address is locked out of that account, longer each time (window, 2x, 4x, ... 24 h).
+    login_attempts_per_account: int = Field(default=10, ge=1)
+    login_failures_per_address: int = Field(default=50, ge=1)  # across accounts, per window
+    login_failures_per_account: int = Field(default=100, ge=1)  # from anywhere, per hour
+    login_attempts_per_address: int = Field(default=300, ge=1)  # any outcome, per window
     register_attempts_per_address: int = Field(default=100, ge=1)
     rate_limit_window_seconds: int = Field(default=300, ge=1)
+    # Not a rate limit: applies whatever CRUNCHQL_RATE_LIMITS says.
     max_active_calculations: int = Field(default=20, ge=1)
+    max_running_per_user: int = Field(default=2, ge=1)
     user_cache_seconds: float = Field(default=5.0, gt=0, le=300)
 
     ws_connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     subscription_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    ws_max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    ws_max_sockets_per_user: int = Field(default=10, ge=1)
+    ws_max_subscriptions_per_user: int = Field(default=200, ge=1)
+    ws_operations_per_minute: int = Field(default=300, ge=1)  # per socket
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
@@ -93,6 +107,21 @@ class Settings(BaseSettings):
     progress_publish_interval: float = Field(default=0.1, gt=0)
     progress_write_interval: float = Field(default=1.0, gt=0)
     job_max_retries: int = Field(default=3, ge=0)
+
+    # Schedules (docs/operations.md, "Schedules").
+    max_active_schedules: int = Field(default=20, ge=1)
+    # Every `crunchql worker` process (and `crunchql serve` in embedded mode) contends
+    # for scheduler leadership; off: only `crunchql scheduler` processes fire schedules.
+    run_scheduler: bool = True
+    scheduler_misfire_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
+    scheduler_batch_size: int = Field(default=100, ge=1, le=1000)
+    scheduler_lanes: int = Field(default=4, ge=1, le=16)
+    scheduler_max_sleep_seconds: float = Field(default=60.0, gt=0)
+    scheduler_follower_retry_seconds: float = Field(default=2.0, gt=0, le=10)
+    scheduler_metrics_port: int = Field(default=9101, ge=1, le=65535)
+    # Tests only (refused in production): a sixth, leading seconds field in cron
+    # expressions, so end-to-end tests need not wait for whole minutes.
+    scheduler_seconds_field: bool = False
 
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON in production, console in development
@@ -137,10 +166,15 @@ class Settings(BaseSettings):
                     "DATABASE_URL points at SQLite; production needs PostgreSQL "
                     "(postgresql://user:password@host:5432/dbname)."
                 )
+            if self.scheduler_seconds_field:
+                raise SettingsError(
+                    "CRUNCHQL_SCHEDULER_SECONDS_FIELD is for tests; production cron "
+                    "expressions have five fields."
+                )
             if not self.rate_limits:
                 warnings.warn(
-                    "CRUNCHQL_RATE_LIMITS=off in production: login, register and submit "
-                    "are not rate limited.",
+                    "CRUNCHQL_RATE_LIMITS=off in production: login and register are not "
+                    "rate limited.",
                     stacklevel=2,
                 )
         elif not self.jwt_secret:
@@ -173,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def introspection_enabled(self) -> bool:
         return self.introspection if self.introspection is not None else not self.is_production
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphiql if self.graphiql is not None else not self.is_production
 
     @property
     def json_logs(self) -> bool:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ class Signal(enum.Enum):
 RESYNC: Final = Signal.RESYNC
 Delivery = CalculationEvent | Literal[Signal.RESYNC]
 SUBSCRIBER_QUEUE_SIZE = 64
+MALFORMED_RESYNC_SECONDS = 5.0
 
 
 class Subscription:
@@ -131,6 +133,10 @@ class _FanOut:
             for subscription in tuple(subs):
                 subscription.deliver(RESYNC)
 
+    def resync(self, key: uuid.UUID) -> None:
+        for subscription in tuple(self._subscribers.get(key, ())):
+            subscription.deliver(RESYNC)
+
     @asynccontextmanager
     async def subscribe(self, key: uuid.UUID) -> AsyncIterator[Subscription]:
         subscription = Subscription(key)
@@ -163,6 +169,7 @@ class RedisEventBus(_FanOut):
 
     def __init__(self, redis: Redis, *, reconnect_max_delay: float = 2.0) -> None:
         super().__init__()
+        self._malformed_resync_at = -MALFORMED_RESYNC_SECONDS
         self.redis = redis
         self.reconnect_max_delay = reconnect_max_delay
         self._task: asyncio.Task[None] | None = None
@@ -240,5 +247,13 @@ class RedisEventBus(_FanOut):
             event = CalculationEvent.decode(data)
         except MalformedEventError as error:
             logger.warning("dropped a malformed event bus message: %s", error)
+            # Subscriptions do not poll: what the dropped message said (another
+            # version's format during a roll) is read from the database instead, for
+            # everyone at most every MALFORMED_RESYNC_SECONDS when it names no one.
+            if key is not None:
+                self.resync(key)
+            elif time.monotonic() - self._malformed_resync_at >= MALFORMED_RESYNC_SECONDS:
+                self._malformed_resync_at = time.monotonic()
+                self.resync_all()
             return
         self.dispatch(event)

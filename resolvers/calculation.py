@@ -5,7 +5,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from crunchql.compute.catalog import KINDS
-from crunchql.core.errors import BadUserInputError
+from crunchql.core.errors import BadUserInputError, RateLimitedError
 from crunchql.db.models import CalculationStatus as ModelStatus
 from crunchql.observability.metrics import record_submitted, tracking_subscription
 from crunchql.resolvers.context import GraphQLInfo, current_user
@@ -84,8 +84,18 @@ async def calculation_updates(
     id: strawberry.ID,
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
-    with tracking_subscription():
-        async for snapshot in calculations.watch(info.context.services, user, id):
-            # One object per state of the calculation, shared by its subscribers, so
-            # that the event is executed once (schema.sharing).
-            yield shared_calculation(snapshot)
+    services = info.context.services
+    limit = services.limits.ws_max_subscriptions_per_user
+    slot = await services.slots.acquire(f"subscriptions:{user.id}", limit)
+    if slot is None:
+        raise RateLimitedError(
+            f"The limit of {limit} open subscriptions per user (all sockets together) is "
+            "reached; complete one first.",
+            retry_after=calculations.COUNT_LIMIT_RETRY_SECONDS,
+        )
+    async with services.slots.holding(slot):
+        with tracking_subscription():
+            async for snapshot in calculations.watch(services, user, id):
+                # One object per state of the calculation, shared by its subscribers,
+                # so that the event is executed once (schema.sharing).
+                yield shared_calculation(snapshot)

@@ -20,6 +20,7 @@ from strawberry.types import ExecutionContext
 
 from crunchql.observability.metrics import GraphQLMetrics
 from crunchql.resolvers import calculation as calculation_resolvers
+from crunchql.resolvers import schedule as schedule_resolvers
 from crunchql.resolvers import user as user_resolvers
 from crunchql.resolvers.context import GraphQLInfo
 from crunchql.schema.extensions import (
@@ -28,7 +29,9 @@ from crunchql.schema.extensions import (
     OperationName,
     depth_limit_rule,
 )
+from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
+from crunchql.schema.schedule import Schedule, ScheduleConnection
 from crunchql.schema.sharing import SharingExecutionContext
 from crunchql.schema.types import (
     AuthPayload,
@@ -53,6 +56,13 @@ class Query:
     calculation_kinds: list[CalculationKind] = strawberry.field(
         resolver=calculation_resolvers.calculation_kinds
     )
+    schedule: Schedule | None = strawberry.field(
+        resolver=schedule_resolvers.schedule, description="Null when absent or not the caller's."
+    )
+    schedules: ScheduleConnection = strawberry.field(
+        resolver=schedule_resolvers.schedules_page,
+        description="The caller's schedules, newest first.",
+    )
 
 
 @strawberry.type
@@ -68,6 +78,15 @@ class Mutation:
     )
     cancel_calculation: Calculation = strawberry.mutation(
         resolver=calculation_resolvers.cancel_calculation
+    )
+    create_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.create_schedule)
+    pause_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.pause_schedule)
+    resume_schedule: Schedule = strawberry.mutation(
+        resolver=schedule_resolvers.resume_schedule,
+        description="Fires resume from the next instant after now.",
+    )
+    delete_schedule: bool = strawberry.mutation(
+        resolver=schedule_resolvers.delete_schedule, description="Its calculations stay."
     )
 
 
@@ -105,6 +124,7 @@ class SchemaOptions:
     metrics: bool = False
     # One execution per subscription event per selection set (schema.sharing).
     share_subscription_results: bool = True
+    max_cost: int = 5000
 
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
@@ -113,6 +133,7 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     # MaxAliasesLimiter makes a new class each time it is constructed.
     rules = [
         depth_limit_rule(options.max_depth),
+        SingleAuthMutationRule,
         *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
     ]
     # Factories: a fresh extension per operation (the parser and validation caches
@@ -124,7 +145,10 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
         lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=1024),
+        lambda: OperationGuard(max_cost=options.max_cost),
     ]
+    # Outermost: its after-hook sees every message last.
+    extensions.insert(0, lambda: CleanMessages(suggestions=options.field_suggestions))
     if not options.introspection:
         extensions.append(DisableIntrospection)
     if options.metrics:
