@@ -218,7 +218,15 @@ async def main() -> None:
     await redis.flushdb()
     log_dir = Path(tempfile.mkdtemp(prefix="crunchql-fanout-"))
     env = service_env(
-        database_url, REDIS_URL, CRUNCHQL_LOG_LEVEL="WARNING", CRUNCHQL_METRICS="false"
+        database_url,
+        REDIS_URL,
+        CRUNCHQL_LOG_LEVEL="WARNING",
+        CRUNCHQL_METRICS="false",
+        # One user holds every subscription here: lift the per-user and per-socket
+        # abuse limits (defaults 10 sockets, 200 subscriptions, 300 operations/min).
+        CRUNCHQL_WS_MAX_SOCKETS_PER_USER=str(args.connections * 2),
+        CRUNCHQL_WS_MAX_SUBSCRIPTIONS_PER_USER=str(args.subscriptions * 2),
+        CRUNCHQL_WS_OPERATIONS_PER_MINUTE=str(args.subscriptions * 2),
     )
     worker = start_worker(env, log_dir, threads=2)
     apis = {
