@@ -32,6 +32,7 @@ schema: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.service
+	taskset -c 1 $(BIN)/python -m benchmarks.subscribers
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
