@@ -29,8 +29,11 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -161,12 +164,25 @@ async def one_round(
         await connection.open(base, token, spread, f"c{number}")
         await asyncio.wait_for(connection.all_initial.wait(), args.setup_timeout)
     rss_after = rss_kib(pid)
+    profiler = None
+    if args.profile:  # py-spy (pip install py-spy) samples the API during the fan-out
+        out = Path(args.profile) / f"fanout-{pid}.svg"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        profiler = subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--rate", "250", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await asyncio.sleep(1.0)  # attached
     cpu_before = cpu_seconds(pid)
     queue = DramatiqJobQueue(create_broker(REDIS_URL))
     for calculation_id in ids:
         queue.send(uuid.UUID(calculation_id))
     await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in connections)), 300)
     cpu_after = cpu_seconds(pid)
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        await asyncio.to_thread(profiler.wait, 60)
     queue.broker.close()
     async with sessions() as session:
         finished: dict[str, datetime] = {
@@ -212,6 +228,7 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--calculations", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", metavar="DIR", help="write py-spy flame graphs here")
     parser.add_argument("--setup-timeout", type=float, default=120.0, help="per socket")
     args = parser.parse_args()
 
