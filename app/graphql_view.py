@@ -41,6 +41,7 @@ from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ErrorMessage as TransportErrorMessage,
@@ -53,6 +54,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
 from crunchql.app.graphiql import content_security_policy, graphiql_html
@@ -67,6 +69,8 @@ from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
 from crunchql.services.container import ServiceContainer
+from crunchql.services.revocation import SessionEndedError
+from crunchql.services.sessions import ensure_live
 
 logger = logging.getLogger("crunchql.graphql")
 
@@ -182,8 +186,18 @@ async def _run_on_close(context: Context) -> None:
             await context.on_close.pop()()
 
 
+def _ends_session(result: ExecutionResult) -> bool:
+    """True for the answer of an operation whose session (or account) was ended."""
+    return any(isinstance(error.original_error, SessionEndedError) for error in result.errors or [])
+
+
 class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws with a per-socket operation rate and a per-user socket cap."""
+    """graphql-transport-ws with a per-socket operation rate and a per-user socket cap,
+    and the contract's rule for operations whose session ends (a revoked session, a
+    disabled account): a running subscription ends with an ``error`` message carrying
+    UNAUTHENTICATED, not a ``next`` with errors, and so does any operation started with
+    that session afterwards; the socket stays open. (Strawberry otherwise sends errors
+    raised mid-stream as ``next``; other errors keep that form.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -212,6 +226,28 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await super().shutdown()
         finally:
             await _run_on_close(self.context)
+
+    async def _send_result_stream(
+        self, operation: Operation[Context, None], result_source: Any
+    ) -> None:
+        is_first_result = True
+        async for result in result_source:
+            if (
+                isinstance(result, ExecutionResult)
+                and not isinstance(result, PreExecutionError)
+                and result.data is None
+                and _ends_session(result)
+            ):
+                await operation.send_initial_errors(list(result.errors or []))
+                return
+            if is_first_result and isinstance(result, PreExecutionError):
+                await self._handle_pre_execution_error(operation, result)
+                return
+            if not isinstance(result, ExecutionResult):
+                await self._reject_incremental_delivery(operation)
+                return
+            await operation.send_next(result)
+            is_first_result = False
 
 
 class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
@@ -317,6 +353,12 @@ class CrunchGraphQL(GraphQL[Context, None]):
         header = params.get("Authorization", params.get("authorization"))
         if header is not None:
             self._authenticate(context, header)
+            if context.claims is not None:
+                try:
+                    # A token of an ended session is as bad as an expired one.
+                    await ensure_live(self.services, context.claims)
+                except CrunchError as error:
+                    context.auth_error = error
             if context.auth_error is not None:
                 raise ConnectionRejectionError({"message": context.auth_error.message})
         return None

@@ -21,6 +21,9 @@ class AccessClaims:
     role: str
     token_id: str
     expires_at: datetime
+    # The session (refresh-token family) the token was issued for: revoking the
+    # session refuses the token before it expires.
+    session_id: uuid.UUID
 
 
 class TokenService:
@@ -45,14 +48,27 @@ class TokenService:
         # a small query. Expiry is still checked on every use by the caller.
         self._verified: TTLCache[str, AccessClaims] = TTLCache(maxsize=10_000, ttl=60)
 
-    def issue_access_token(self, user_id: uuid.UUID, role: str, now: datetime | None = None) -> str:
+    def issue_access_token(
+        self,
+        user_id: uuid.UUID,
+        role: str,
+        now: datetime | None = None,
+        *,
+        session_id: uuid.UUID,
+        session_expires_at: datetime | None = None,
+    ) -> str:
+        """A signed access token of ``session_id``; it never outlives the session."""
         now = now or datetime.now(UTC)
+        expires = now + self.access_lifetime
+        if session_expires_at is not None:
+            expires = min(expires, session_expires_at)
         claims = {
             "sub": str(user_id),
+            "sid": str(session_id),
             "role": role,
             "iat": now,
             "nbf": now,
-            "exp": now + self.access_lifetime,
+            "exp": expires,
             "iss": self.issuer,
             "aud": self.audience,
             "jti": uuid.uuid4().hex,
@@ -77,7 +93,9 @@ class TokenService:
                 algorithms=[self.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": ["exp", "iat", "sub", "jti", "iss", "aud"]},
+                # A token without a session (issued before sessions existed) cannot be
+                # revoked, so it is refused: its holder refreshes or logs in again.
+                options={"require": ["exp", "iat", "sub", "sid", "jti", "iss", "aud"]},
                 leeway=5,
             )
             return AccessClaims(
@@ -85,6 +103,7 @@ class TokenService:
                 role=str(claims.get("role", "USER")),
                 token_id=str(claims["jti"]),
                 expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+                session_id=uuid.UUID(str(claims["sid"])),
             )
         except jwt.ExpiredSignatureError:
             raise UnauthenticatedError("Access token has expired; refresh it.") from None

@@ -1,5 +1,5 @@
-"""The ``crunchql`` command: serve, worker, scheduler, db upgrade, users create-admin,
-schema export."""
+"""The ``crunchql`` command: serve, worker, scheduler, db upgrade, users (create-admin,
+list, set-role, disable, enable), schema export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -143,6 +144,77 @@ def _create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_admin_command(work: Callable[[Any], Awaitable[None]]) -> int:
+    """Run ``work(services)`` against the configured database, without taking over a
+    server's jobs; revocations it causes are announced on the bus (REDIS_URL) or, on the
+    embedded path, seen by the server within CRUNCHQL_SESSION_RECHECK_SECONDS."""
+    from crunchql.core.errors import CrunchError
+    from crunchql.core.logging import configure_logging
+    from crunchql.core.settings import get_settings
+    from crunchql.runtime import start_runtime
+
+    settings = get_settings()
+    # Log lines (the audit records among them) go to stderr, as the server's do.
+    configure_logging(settings)
+
+    async def run() -> None:
+        runtime = await start_runtime(settings, run_jobs=False)
+        try:
+            await work(runtime.services)
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(run())
+    except CrunchError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _list_users(args: argparse.Namespace) -> int:
+    from crunchql.services import admin
+
+    async def work(services: Any) -> None:
+        after: str | None = None
+        shown = 0
+        print(f"{'email':<40} {'role':<6} {'active':<6} {'last login':<25} id")
+        while shown < args.limit:
+            page = await admin.list_users(
+                services, first=min(100, args.limit - shown), after=after, search=args.search
+            )
+            for user in page.items:
+                last = (
+                    user.last_login_at.isoformat(timespec="seconds") if user.last_login_at else "-"
+                )
+                active = "yes" if user.is_active else "no"
+                print(f"{user.email:<40} {user.role:<6} {active:<6} {last:<25} {user.id}")
+            shown += len(page.items)
+            if not page.has_next_page or not page.items:
+                break
+            after = admin.encode_user_cursor(page.items[-1])
+
+    return _run_admin_command(work)
+
+
+def _change_user(args: argparse.Namespace) -> int:
+    from crunchql.db.models import Role
+    from crunchql.services import admin
+    from crunchql.services.audit import CLI
+
+    async def work(services: Any) -> None:
+        user = await admin.find_user(services, args.email)
+        if args.users_command == "set-role":
+            changed = await admin.set_role(services, None, str(user.id), Role(args.role), CLI)
+        else:
+            active = args.users_command == "enable"
+            changed = await admin.set_active(services, None, str(user.id), active, CLI)
+        state = "active" if changed.is_active else "disabled"
+        print(f"{changed.email}: {changed.role}, {state}")
+
+    return _run_admin_command(work)
+
+
 def _export_schema(args: argparse.Namespace) -> int:
     from strawberry.printer import print_schema
 
@@ -198,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin.add_argument("email")
     admin.set_defaults(handler=_create_admin)
+    listing = user_commands.add_parser("list", help="list accounts by e-mail")
+    listing.add_argument("--search", help="e-mail prefix")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    listing.set_defaults(handler=_list_users)
+    set_role = user_commands.add_parser(
+        "set-role", help="change an account's role (ends its sessions)"
+    )
+    set_role.add_argument("email")
+    set_role.add_argument("role", choices=["USER", "ADMIN"])
+    set_role.set_defaults(handler=_change_user)
+    disable = user_commands.add_parser("disable", help="disable an account (ends its sessions)")
+    disable.add_argument("email")
+    disable.set_defaults(handler=_change_user)
+    enable = user_commands.add_parser("enable", help="enable a disabled account")
+    enable.add_argument("email")
+    enable.set_defaults(handler=_change_user)
 
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", "-o", default="-")

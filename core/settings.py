@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     max_active_calculations: int = Field(default=20, ge=1)
     max_running_per_user: int = Field(default=2, ge=1)
     user_cache_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Revocations reach every API process at once over the event bus; this bounds how
+    # long a lost event could go unnoticed (sessions re-read from the database).
+    session_recheck_seconds: float = Field(default=4.0, gt=0, le=300)
+    audit_retention_days: int = Field(default=365, ge=1)
 
     ws_connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     subscription_max_seconds: float = Field(default=6 * 3600.0, gt=0)

@@ -33,6 +33,9 @@ from crunchql.db.types import JSONType, UTCDateTime, utcnow
 __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
+    "AuditAction",
+    "AuditEvent",
+    "AuthSession",
     "Base",
     "Calculation",
     "CalculationStatus",
@@ -63,6 +66,24 @@ class Role(StrEnum):
     ADMIN = "ADMIN"
 
 
+class AuditAction(StrEnum):
+    """What an audit event records (the contract's AuditAction)."""
+
+    REGISTERED = "REGISTERED"
+    LOGIN_SUCCEEDED = "LOGIN_SUCCEEDED"
+    LOGIN_FAILED = "LOGIN_FAILED"
+    LOGIN_RATE_LIMITED = "LOGIN_RATE_LIMITED"
+    REFRESH_TOKEN_REUSED = "REFRESH_TOKEN_REUSED"  # noqa: S105 - a name, not a secret
+    LOGGED_OUT = "LOGGED_OUT"
+    LOGGED_OUT_EVERYWHERE = "LOGGED_OUT_EVERYWHERE"
+    SESSION_REVOKED = "SESSION_REVOKED"
+    PASSWORD_CHANGED = "PASSWORD_CHANGED"  # noqa: S105 - a name, not a secret
+    ROLE_CHANGED = "ROLE_CHANGED"
+    USER_DISABLED = "USER_DISABLED"
+    USER_ENABLED = "USER_ENABLED"
+    CALCULATION_CANCELLED_BY_ADMIN = "CALCULATION_CANCELLED_BY_ADMIN"
+
+
 def _stored_as_text(enum: type[StrEnum], length: int) -> Enum:
     """A Python enum over the plain VARCHAR column the migrations made: the stored values
     are the members' values, no database enum type and no CHECK constraint."""
@@ -88,8 +109,59 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (Index("uq_users_email_lower", func.lower(email), unique=True),)
+
+
+class AuthSession(Base):
+    """One login (or register): one refresh-token family, whose id is this session's.
+
+    ``expires_at`` is absolute: rotating the refresh token never moves it. Access
+    tokens carry the session id (``sid``), so revoking the session ends them too.
+    """
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    user_agent: Mapped[str | None] = mapped_column(String(512), default=None)
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Why it ended (an AuditAction name); for operators reading the table.
+    revoked_reason: Mapped[str | None] = mapped_column(String(40), default=None)
+
+    __table_args__ = (Index("ix_auth_sessions_user_id", "user_id"),)
+
+
+class AuditEvent(Base):
+    """Who did what, from where. Written in the transaction of the action it records;
+    never holds a password, a token or a hash."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[AuditAction] = mapped_column(_stored_as_text(AuditAction, 40))
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    target_user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    user_agent: Mapped[str | None] = mapped_column(String(512), default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at", "id"),
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_actor_id", "actor_id"),
+        Index("ix_audit_events_target_user_id", "target_user_id"),
+    )
 
 
 class RefreshToken(Base):
@@ -100,7 +172,10 @@ class RefreshToken(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    family_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    # The session (AuthSession.id) this token belongs to.
+    family_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
+    )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -7,6 +7,11 @@ dropped, or the subscriber fell behind) and it must re-read the state.
 
 ``RedisEventBus`` holds ONE pub/sub connection per process for all subscribers.
 ``InProcessEventBus`` serves the embedded mode with the same interface.
+
+The same connection carries session events (revocations, account changes: see
+``services/revocation.py``) on their own channel to process-wide ``SessionListener``s:
+every API process hears each one, and a listener is told to resync like any
+subscriber when events may have been lost.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crunchql.core.lifecycle import CalculationEvent, EventKind, MalformedEventError
-from crunchql.pubsub.channels import CALCULATION_EVENTS
+from crunchql.pubsub.channels import CALCULATION_EVENTS, SESSION_EVENTS
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +108,28 @@ class Subscription:
         return len(self._items)
 
 
+class SessionListener(Protocol):
+    def deliver(self, data: str | bytes) -> None:
+        """One encoded session event (decoding it is the listener's business)."""
+        ...
+
+    def resync(self) -> None:
+        """Session events may have been lost: re-read the truth."""
+        ...
+
+
 class EventBus(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def publish(self, event: CalculationEvent) -> None: ...
+
+    async def publish_session_event(self, data: str) -> None: ...
+
+    def add_session_listener(self, listener: SessionListener) -> None: ...
+
+    def remove_session_listener(self, listener: SessionListener) -> None: ...
 
     def subscribe(self, key: uuid.UUID) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
@@ -119,6 +140,18 @@ class EventBus(Protocol):
 class _FanOut:
     def __init__(self) -> None:
         self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
+        self._session_listeners: list[SessionListener] = []
+
+    def add_session_listener(self, listener: SessionListener) -> None:
+        self._session_listeners.append(listener)
+
+    def remove_session_listener(self, listener: SessionListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._session_listeners.remove(listener)
+
+    def dispatch_session_event(self, data: str | bytes) -> None:
+        for listener in tuple(self._session_listeners):
+            listener.deliver(data)
 
     @property
     def subscriber_count(self) -> int:
@@ -132,6 +165,8 @@ class _FanOut:
         for subs in tuple(self._subscribers.values()):
             for subscription in tuple(subs):
                 subscription.deliver(RESYNC)
+        for listener in tuple(self._session_listeners):
+            listener.resync()
 
     def resync(self, key: uuid.UUID) -> None:
         for subscription in tuple(self._subscribers.get(key, ())):
@@ -162,6 +197,9 @@ class InProcessEventBus(_FanOut):
 
     async def publish(self, event: CalculationEvent) -> None:
         self.dispatch(event)
+
+    async def publish_session_event(self, data: str) -> None:
+        self.dispatch_session_event(data)
 
 
 class RedisEventBus(_FanOut):
@@ -194,17 +232,21 @@ class RedisEventBus(_FanOut):
     async def publish(self, event: CalculationEvent) -> None:
         await self.redis.publish(CALCULATION_EVENTS, event.encode())
 
+    async def publish_session_event(self, data: str) -> None:
+        await self.redis.publish(SESSION_EVENTS, data)
+
     async def _listen(self) -> None:
         delay = 0.05
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(CALCULATION_EVENTS)
-                # Wait for the confirmation, so "connected" means events now flow.
-                while True:
+                await pubsub.subscribe(CALCULATION_EVENTS, SESSION_EVENTS)
+                # Wait for the confirmations, so "connected" means events now flow.
+                confirmed = 0
+                while confirmed < 2:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                     if message is not None and message["type"] == "subscribe":
-                        break
+                        confirmed += 1
                 if not self.connected and self._ready.is_set():
                     logger.warning("event bus reconnected to Redis; resyncing subscribers")
                     # Anything published while we were away is lost: every
@@ -218,10 +260,17 @@ class RedisEventBus(_FanOut):
                     if message is None:
                         continue
                     if message["type"] == "message":
-                        self._on_message(message["data"])
-                    elif message["type"] == "subscribe":
-                        # redis-py reconnected under us and subscribed again: events
-                        # published in between are lost, so subscribers re-read.
+                        if message["channel"] in (SESSION_EVENTS, SESSION_EVENTS.encode()):
+                            self.dispatch_session_event(message["data"])
+                        else:
+                            self._on_message(message["data"])
+                    elif message["type"] == "subscribe" and message["channel"] in (
+                        CALCULATION_EVENTS,
+                        CALCULATION_EVENTS.encode(),
+                    ):
+                        # redis-py reconnected under us and subscribed again (to both
+                        # channels; one resync is enough): events published in between
+                        # are lost, so subscribers re-read.
                         logger.warning("event bus reconnected to Redis; resyncing subscribers")
                         self.resync_all()
             except asyncio.CancelledError:

@@ -8,7 +8,7 @@ from crunchql.compute.catalog import KINDS
 from crunchql.core.errors import BadUserInputError, RateLimitedError
 from crunchql.db.models import CalculationStatus as ModelStatus
 from crunchql.observability.metrics import record_submitted, tracking_subscription
-from crunchql.resolvers.context import GraphQLInfo, current_user
+from crunchql.resolvers.context import GraphQLInfo, client_info, current_claims, current_user
 from crunchql.schema.inputs import CalculationInput, selected_kind
 from crunchql.schema.sharing import shared_calculation
 from crunchql.schema.types import (
@@ -20,6 +20,7 @@ from crunchql.schema.types import (
     PageInfo,
 )
 from crunchql.services import calculations
+from crunchql.services.revocation import until_ended
 
 
 async def calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation | None:
@@ -76,7 +77,8 @@ async def submit_calculation(info: GraphQLInfo, input: CalculationInput) -> Calc
 
 async def cancel_calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation:
     user = await current_user(info)
-    return Calculation.from_model(await calculations.cancel(info.context.services, user, id))
+    cancelled = await calculations.cancel(info.context.services, user, id, client_info(info))
+    return Calculation.from_model(cancelled)
 
 
 async def calculation_updates(
@@ -93,9 +95,16 @@ async def calculation_updates(
             "reached; complete one first.",
             retry_after=calculations.COUNT_LIMIT_RETRY_SECONDS,
         )
+    guard = services.session_guard
     async with services.slots.holding(slot):
-        with tracking_subscription():
-            async for snapshot in calculations.watch(services, user, id):
+        # The stream ends with UNAUTHENTICATED as soon as the session (or the account)
+        # is ended anywhere: the guard sets `ended` from the event bus.
+        with (
+            tracking_subscription(),
+            guard.watching(current_claims(info).session_id, user.id) as ended,
+        ):
+            updates = calculations.watch(services, user, id)
+            async for snapshot in until_ended(updates, ended):
                 # One object per state of the calculation, shared by its subscribers,
                 # so that the event is executed once (schema.sharing).
                 yield shared_calculation(snapshot)

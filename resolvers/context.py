@@ -13,13 +13,15 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
 from crunchql.auth.tokens import AccessClaims
-from crunchql.core.errors import CrunchError, UnauthenticatedError
+from crunchql.core.errors import CrunchError, ForbiddenError, UnauthenticatedError
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import read_only
-from crunchql.db.models import Schedule, User
+from crunchql.db.models import Role, Schedule, User
 from crunchql.db.repositories import UserRepository
 from crunchql.db.repositories.schedule import ScheduleRepository
+from crunchql.services.audit import ClientInfo
 from crunchql.services.container import ServiceContainer
+from crunchql.services.sessions import ensure_live
 from crunchql.services.users import get_active_user
 
 
@@ -74,8 +76,14 @@ class Context:
 GraphQLInfo = Info[Context, None]
 
 
-async def current_user(info: GraphQLInfo) -> User:
-    """The authenticated, active user; UNAUTHENTICATED otherwise."""
+def client_info(info: GraphQLInfo) -> ClientInfo:
+    """The caller's address and user agent, for sessions and the audit log."""
+    context = info.context
+    return ClientInfo.of(context.client, context.connection.headers.get("user-agent"))
+
+
+def current_claims(info: GraphQLInfo) -> AccessClaims:
+    """The caller's verified token claims; UNAUTHENTICATED without a usable token."""
     context = info.context
     if context.auth_error is not None:
         raise context.auth_error
@@ -86,6 +94,21 @@ async def current_user(info: GraphQLInfo) -> User:
     # operation checks it again.
     if claims.expires_at <= datetime.now(UTC):
         raise UnauthenticatedError("Access token has expired; refresh it.")
+    return claims
+
+
+async def current_admin(info: GraphQLInfo) -> User:
+    user = await current_user(info)
+    if user.role != Role.ADMIN.value:
+        raise ForbiddenError("Only an ADMIN may do this.")
+    return user
+
+
+async def current_user(info: GraphQLInfo) -> User:
+    """The authenticated, active user of a live session; UNAUTHENTICATED otherwise."""
+    context = info.context
+    claims = current_claims(info)
+    await ensure_live(context.services, claims)
     user = await get_active_user(context.services, claims.user_id)
     if user is None:
         raise UnauthenticatedError("The account of this token no longer exists or is disabled.")

@@ -3,11 +3,13 @@ queue, services), and tears them down. Used by the API (app/) and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from redis.asyncio import Redis
@@ -29,6 +31,7 @@ from crunchql.db.migrate import upgrade_async
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
+from crunchql.services.audit import purge_expired_records
 from crunchql.services.container import (
     JobQueue,
     Limits,
@@ -36,12 +39,26 @@ from crunchql.services.container import (
     ServiceContainer,
     new_user_cache,
 )
+from crunchql.services.revocation import SessionGuard
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
 from crunchql.workers.scheduler import Scheduler, build_scheduler
 
 logger = logging.getLogger("crunchql.app")
+
+
+RETENTION_SWEEP_SECONDS = 3600.0
+
+
+async def _retention_loop(services: ServiceContainer, retention: timedelta) -> None:
+    """Embedded mode has no worker sweep: the API process applies retention itself."""
+    while True:
+        try:
+            await purge_expired_records(services.session_factory, audit_retention=retention)
+        except Exception as error:
+            logger.warning("retention sweep failed: %s", error)
+        await asyncio.sleep(RETENTION_SWEEP_SECONDS)
 
 
 @dataclass
@@ -51,9 +68,15 @@ class Runtime:
     services: ServiceContainer
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     scheduler: Scheduler | None = None
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.services.session_guard.close()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.embedded_queue is not None:
@@ -148,9 +171,19 @@ async def start_runtime(
         queue=queue,
         limits=limits_from(settings),
         user_cache=new_user_cache(settings.user_cache_seconds),
+        session_guard=SessionGuard(
+            recheck_seconds=settings.session_recheck_seconds,
+            # As long as an access token of a revoked session could still be presented.
+            remember_seconds=settings.access_token_minutes * 60.0 + 60.0,
+        ),
         slots=SlotLimiter(redis),
     )
     await bus.start()
+    users = services.user_cache
+    await services.session_guard.start(
+        bus, session_factory, forget_user=lambda user_id: users.pop(user_id, None)
+    )
+    tasks: list[asyncio.Task[None]] = []
     if embedded is not None and run_jobs:
         if settings.warm_up_kernels:
             embedded.warm_up()
@@ -159,6 +192,8 @@ async def start_runtime(
         if pending:
             logger.info("resuming %d calculations left from the last run", len(pending))
         await embedded.recover(pending)
+        retention = timedelta(days=settings.audit_retention_days)
+        tasks.append(asyncio.create_task(_retention_loop(services, retention)))
     scheduler = None
     if embedded is not None and run_jobs and settings.run_scheduler:
         # Embedded mode: schedules fire in this process (with Redis, workers and
@@ -171,5 +206,6 @@ async def start_runtime(
         services=services,
         redis=redis,
         embedded_queue=embedded,
+        tasks=tasks,
         scheduler=scheduler,
     )

@@ -19,6 +19,8 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from crunchql.observability.metrics import GraphQLMetrics
+from crunchql.resolvers import account as account_resolvers
+from crunchql.resolvers import admin as admin_resolvers
 from crunchql.resolvers import calculation as calculation_resolvers
 from crunchql.resolvers import schedule as schedule_resolvers
 from crunchql.resolvers import user as user_resolvers
@@ -34,11 +36,14 @@ from crunchql.schema.scalars import SCALAR_MAP
 from crunchql.schema.schedule import Schedule, ScheduleConnection
 from crunchql.schema.sharing import SharingExecutionContext
 from crunchql.schema.types import (
+    AuditEventConnection,
     AuthPayload,
     Calculation,
     CalculationConnection,
     CalculationKind,
+    Session,
     User,
+    UserConnection,
 )
 
 
@@ -55,6 +60,20 @@ class Query:
     )
     calculation_kinds: list[CalculationKind] = strawberry.field(
         resolver=calculation_resolvers.calculation_kinds
+    )
+    sessions: list[Session] = strawberry.field(
+        resolver=account_resolvers.my_sessions, description="The caller's live sessions."
+    )
+    users: UserConnection = strawberry.field(
+        resolver=admin_resolvers.users,
+        description="ADMIN. Every account by e-mail; `search` is an e-mail prefix.",
+    )
+    all_calculations: CalculationConnection = strawberry.field(
+        resolver=admin_resolvers.all_calculations,
+        description="ADMIN. Every owner's calculations, newest first.",
+    )
+    audit_events: AuditEventConnection = strawberry.field(
+        resolver=admin_resolvers.audit_events, description="ADMIN. Newest first."
     )
     schedule: Schedule | None = strawberry.field(
         resolver=schedule_resolvers.schedule, description="Null when absent or not the caller's."
@@ -78,6 +97,30 @@ class Mutation:
     )
     cancel_calculation: Calculation = strawberry.mutation(
         resolver=calculation_resolvers.cancel_calculation
+    )
+    logout: bool = strawberry.mutation(
+        resolver=account_resolvers.logout,
+        description="Ends the session of this refresh token; false when none was live.",
+    )
+    logout_everywhere: bool = strawberry.mutation(
+        resolver=account_resolvers.logout_everywhere,
+        description="Ends every session of the caller, this one included.",
+    )
+    revoke_session: bool = strawberry.mutation(
+        resolver=account_resolvers.revoke_session,
+        description="Ends one of the caller's sessions; false when it had already ended.",
+    )
+    change_password: AuthPayload = strawberry.mutation(
+        resolver=account_resolvers.change_password,
+        description="A new session; every other session ends.",
+    )
+    set_user_role: User = strawberry.mutation(
+        resolver=admin_resolvers.set_user_role,
+        description="ADMIN. Ends every session of that user.",
+    )
+    set_user_active: User = strawberry.mutation(
+        resolver=admin_resolvers.set_user_active,
+        description="ADMIN. Disabling ends every session of that user.",
     )
     create_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.create_schedule)
     pause_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.pause_schedule)

@@ -42,6 +42,8 @@ class User:
     email: str
     role: Role
     created_at: datetime
+    is_active: bool = True
+    last_login_at: datetime | None = None
 
     @classmethod
     def from_model(cls, user: models.User) -> User:
@@ -50,6 +52,8 @@ class User:
             email=user.email,
             role=Role(user.role.value),
             created_at=user.created_at,
+            is_active=user.is_active,
+            last_login_at=user.last_login_at,
         )
 
 
@@ -166,3 +170,111 @@ class CalculationConnection:
 class CalculationKind:
     name: str = strawberry.field(description='The input field name, e.g. "optionPricing".')
     description: str
+
+
+@strawberry.type
+class Session:
+    id: strawberry.ID
+    created_at: datetime
+    last_used_at: datetime = strawberry.field(
+        description="Updated when the session is used, at most once a minute."
+    )
+    expires_at: datetime = strawberry.field(description="Absolute: refreshing never extends it.")
+    user_agent: str | None
+    address: str | None
+    current: bool = strawberry.field(
+        description="True for the session of the access token making the request."
+    )
+
+    @classmethod
+    def from_model(cls, row: models.AuthSession, current_id: uuid.UUID | None) -> Session:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            expires_at=row.expires_at,
+            user_agent=row.user_agent,
+            address=row.address,
+            current=row.id == current_id,
+        )
+
+
+@strawberry.type
+class UserEdge:
+    node: User
+    cursor: str
+
+
+@strawberry.type
+class UserConnection:
+    edges: list[UserEdge]
+    page_info: PageInfo
+
+
+@strawberry.enum
+class AuditAction(Enum):
+    REGISTERED = "REGISTERED"
+    LOGIN_SUCCEEDED = "LOGIN_SUCCEEDED"
+    LOGIN_FAILED = "LOGIN_FAILED"
+    LOGIN_RATE_LIMITED = "LOGIN_RATE_LIMITED"
+    REFRESH_TOKEN_REUSED = "REFRESH_TOKEN_REUSED"  # noqa: S105 - a name, not a secret
+    LOGGED_OUT = "LOGGED_OUT"
+    LOGGED_OUT_EVERYWHERE = "LOGGED_OUT_EVERYWHERE"
+    SESSION_REVOKED = "SESSION_REVOKED"
+    PASSWORD_CHANGED = "PASSWORD_CHANGED"  # noqa: S105 - a name, not a secret
+    ROLE_CHANGED = "ROLE_CHANGED"
+    USER_DISABLED = "USER_DISABLED"
+    USER_ENABLED = "USER_ENABLED"
+    CALCULATION_CANCELLED_BY_ADMIN = "CALCULATION_CANCELLED_BY_ADMIN"
+
+
+@strawberry.type
+class AuditEvent:
+    id: strawberry.ID
+    at: datetime
+    action: AuditAction
+    address: str | None
+    user_agent: str | None
+    details: JSON = strawberry.field(description="Facts about the action; never a secret.")
+    actor_id: strawberry.Private[uuid.UUID | None]
+    target_user_id: strawberry.Private[uuid.UUID | None]
+
+    @strawberry.field(description="Null for an anonymous or failed attempt.")  # type: ignore[untyped-decorator]
+    async def actor(self, info: Info) -> User | None:
+        return await _load_user(info, self.actor_id)
+
+    @strawberry.field(description="The account acted upon, when there is one.")  # type: ignore[untyped-decorator]
+    async def target_user(self, info: Info) -> User | None:
+        return await _load_user(info, self.target_user_id)
+
+    @classmethod
+    def from_model(cls, row: models.AuditEvent) -> AuditEvent:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            at=row.at,
+            action=AuditAction(row.action),
+            address=row.address,
+            user_agent=row.user_agent,
+            details=cast(JSON, row.details),
+            actor_id=row.actor_id,
+            target_user_id=row.target_user_id,
+        )
+
+
+async def _load_user(info: Info, user_id: uuid.UUID | None) -> User | None:
+    if user_id is None:
+        return None
+    user = await info.context.users_by_id.load(user_id)
+    return User.from_model(user) if user is not None else None
+
+
+@strawberry.type
+class AuditEventEdge:
+    node: AuditEvent
+    cursor: str
+
+
+@strawberry.type
+class AuditEventConnection:
+    edges: list[AuditEventEdge]
+    page_info: PageInfo

@@ -22,9 +22,11 @@ from crunchql.core.errors import (
 )
 from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, WatchState
 from crunchql.db.engine import after_commit, read_only, unit_of_work
-from crunchql.db.models import Calculation, CalculationStatus, Role, User
+from crunchql.db.models import AuditAction, Calculation, CalculationStatus, Role, User
 from crunchql.db.repositories import CalculationPage, CalculationRepository, UserRepository
 from crunchql.pubsub.bus import RESYNC
+from crunchql.services import audit
+from crunchql.services.audit import ClientInfo
 from crunchql.services.container import ServiceContainer
 
 MAX_PAGE_SIZE = 100
@@ -139,7 +141,9 @@ async def list_own(
         )
 
 
-async def cancel(services: ServiceContainer, user: User, raw_id: str) -> Calculation:
+async def cancel(
+    services: ServiceContainer, user: User, raw_id: str, client: ClientInfo | None = None
+) -> Calculation:
     calculation_id = parse_id(raw_id)
     not_found = NotFoundError("Calculation not found.")
     if calculation_id is None:
@@ -154,6 +158,13 @@ async def cancel(services: ServiceContainer, user: User, raw_id: str) -> Calcula
             raise ConflictError(
                 f"Calculation already finished ({calculation.status}); it cannot be cancelled."
             )
+        if calculation.owner_id != user.id:
+            # Only an ADMIN gets here (can_see): acting on someone else's work is audited.
+            await audit.record(
+                session, AuditAction.CALCULATION_CANCELLED_BY_ADMIN, client or ClientInfo(),
+                actor_id=user.id, target_user_id=calculation.owner_id,
+                calculationId=str(calculation_id),
+            )  # fmt: skip
 
         async def announce() -> None:
             await services.bus.publish(CalculationEvent.status_change(cancelled.to_snapshot()))

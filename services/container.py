@@ -15,6 +15,7 @@ from crunchql.auth.rate_limit import RateLimiter
 from crunchql.auth.tokens import TokenService
 from crunchql.db.models import User
 from crunchql.pubsub.bus import EventBus
+from crunchql.services.revocation import SessionGuard
 
 
 class JobQueue(Protocol):
@@ -78,5 +79,7 @@ class ServiceContainer:
     queue: JobQueue
     limits: Limits
     user_cache: TTLCache[UUID, User] = field(default_factory=new_user_cache)
+    # Revoked and recently checked sessions, and the open subscriptions to end.
+    session_guard: SessionGuard = field(default_factory=SessionGuard)
     # Open sockets and subscriptions per user (shared through Redis when configured).
     slots: SlotLimiter = field(default_factory=SlotLimiter)

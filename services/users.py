@@ -1,13 +1,16 @@
-"""Use cases: register, log in, rotate refresh tokens, create an admin."""
+"""Use cases: register, log in, rotate refresh tokens, create an admin.
+
+Every login or register starts a session (services/sessions.py); each is audited."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cachetools import TTLCache
 from sqlalchemy.exc import IntegrityError
 
 from crunchql.auth.passwords import check_password_policy
@@ -18,9 +21,12 @@ from crunchql.core.errors import (
     UnauthenticatedError,
 )
 from crunchql.db.engine import read_only, unit_of_work
-from crunchql.db.models import RefreshToken, Role, User
-from crunchql.db.repositories import RefreshTokenRepository, UserRepository
+from crunchql.db.models import AuditAction, Role, User
+from crunchql.db.repositories import AuthSessionRepository, RefreshTokenRepository, UserRepository
+from crunchql.services import audit
+from crunchql.services.audit import ClientInfo
 from crunchql.services.container import Limits, ServiceContainer
+from crunchql.services.sessions import AuthResult, end_sessions, issue_tokens, start_session
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL_LENGTH = 254
@@ -28,17 +34,8 @@ LOGIN_FAILED = "Incorrect email or password."
 
 
 class RefreshTokenReusedError(UnauthenticatedError):
-    """A rotated refresh token came back: its whole family is revoked (and that
-    revocation is committed although the operation fails)."""
-
-    commit_changes = True
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    user: User
-    access_token: str
-    refresh_token: str
+    """A rotated refresh token came back: its whole session is revoked (committed
+    before this error is raised)."""
 
 
 def normalise_email(raw: str) -> str:
@@ -48,30 +45,16 @@ def normalise_email(raw: str) -> str:
     return email
 
 
-async def _issue(
-    services: ServiceContainer,
-    repo: RefreshTokenRepository,
-    user: User,
-    family_id: uuid.UUID | None = None,
-) -> AuthResult:
-    now = datetime.now(UTC)
-    raw = services.tokens.new_refresh_token()
-    await repo.add(
-        RefreshToken(
-            user_id=user.id,
-            family_id=family_id or uuid.uuid4(),
-            token_hash=services.tokens.hash_refresh_token(raw),
-            created_at=now,
-            expires_at=now + services.tokens.refresh_lifetime,
-        )
-    )
-    access = services.tokens.issue_access_token(user.id, user.role, now)
-    return AuthResult(user=user, access_token=access, refresh_token=raw)
-
-
 async def register(
-    services: ServiceContainer, email: str, password: str, *, client: str, role: Role = Role.USER
+    services: ServiceContainer,
+    email: str,
+    password: str,
+    *,
+    client: str,
+    role: Role = Role.USER,
+    user_agent: str | None = None,
 ) -> AuthResult:
+    info = ClientInfo.of(client, user_agent)
     if services.limits.rate_limits:
         await services.rate_limiter.hit(
             f"register:addr:{client}",
@@ -80,7 +63,7 @@ async def register(
             policy="register",
         )
     email = normalise_email(email)
-    check_password_policy(password)
+    await asyncio.to_thread(check_password_policy, password, email=email)
     password_hash = await services.hasher.hash(password)
     try:
         async with unit_of_work(services.session_factory) as session:
@@ -88,12 +71,24 @@ async def register(
             if await users.get_by_email(email) is not None:
                 raise ConflictError("An account with this email already exists.")
             user = await users.add(User(email=email, password_hash=password_hash, role=role))
-            return await _issue(services, RefreshTokenRepository(session), user)
+            result = await start_session(services, session, user, info)
+            await audit.record(
+                session,
+                AuditAction.REGISTERED,
+                info,
+                actor_id=user.id,
+                target_user_id=user.id,
+                email=email,
+            )
+            return result
     except IntegrityError:
         # Two registrations of the same email raced; the unique index decided.
         raise ConflictError("An account with this email already exists.") from None
 
 
+# A refused flood is recorded once per (account, address) and minute per process, not
+# once per attempt: the audit log must not become the flood's target.
+_rate_limited_recorded: TTLCache[tuple[str, str], bool] = TTLCache(10_000, 60)
 ACCOUNT_CEILING_WINDOW_SECONDS = 3600
 
 
@@ -117,29 +112,44 @@ def _failure_keys(limits: Limits, account: str, client: str) -> list[tuple[str, 
 
 
 async def login(
-    services: ServiceContainer, email: str, password: str, *, client: str
+    services: ServiceContainer,
+    email: str,
+    password: str,
+    *,
+    client: str,
+    user_agent: str | None = None,
 ) -> AuthResult:
+    info = ClientInfo.of(client, user_agent)
     normalised = unicodedata.normalize("NFKC", email).strip().lower()
     limits = services.limits
     limiter = services.rate_limiter
     counted: list[str] = []
     if limits.rate_limits:
-        await limiter.hit(
-            f"login:addr:{client}",
-            limits.login_attempts_per_address,
-            limits.rate_limit_window_seconds,
-            policy="login-requests",
-        )
-        # Every attempt counts as a failure BEFORE the password is checked, in one
-        # atomic step per budget: thirty parallel guesses count thirty, and at most the
-        # limit of them reach bcrypt. A right password gives its counts back below.
         try:
-            for key, limit, window, policy in _failure_keys(limits, normalised, client):
-                await limiter.hit(key, limit, window, policy=policy, escalate=policy == "login")
-                counted.append(key)
+            await limiter.hit(
+                f"login:addr:{client}",
+                limits.login_attempts_per_address,
+                limits.rate_limit_window_seconds,
+                policy="login-requests",
+            )
+            # Every attempt counts as a failure BEFORE the password is checked, in one
+            # atomic step per budget: thirty parallel guesses count thirty, and at most
+            # the limit of them reach bcrypt. A right password gives its counts back below.
+            try:
+                for key, limit, window, policy in _failure_keys(limits, normalised, client):
+                    await limiter.hit(key, limit, window, policy=policy, escalate=policy == "login")
+                    counted.append(key)
+            except RateLimitedError:
+                for key in counted:
+                    await limiter.refund(key)  # a refused attempt is not a guess
+                raise
         except RateLimitedError:
-            for key in counted:
-                await limiter.refund(key)  # a refused attempt is not a guess
+            if (normalised, client) not in _rate_limited_recorded:
+                _rate_limited_recorded[(normalised, client)] = True
+                await audit.record_alone(
+                    services.session_factory, AuditAction.LOGIN_RATE_LIMITED, info,
+                    email=normalised[:MAX_EMAIL_LENGTH],
+                )  # fmt: skip
             raise
     async with read_only(services.session_factory) as session:
         user = await UserRepository(session).get_by_email(normalised)
@@ -147,33 +157,89 @@ async def login(
     # No database connection is held during bcrypt: a login flood must not drain the pool.
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok or not user.is_active:
+        reason = "unknown email" if user is None else "wrong password" if not ok else "disabled"
+        await audit.record_alone(
+            services.session_factory,
+            AuditAction.LOGIN_FAILED,
+            info,
+            target_user_id=user.id if user else None,
+            email=normalised[:MAX_EMAIL_LENGTH],
+            reason=reason,
+        )
         raise UnauthenticatedError(LOGIN_FAILED)
     for key in counted:
         await limiter.refund(key)
     async with unit_of_work(services.session_factory) as session:
-        return await _issue(services, RefreshTokenRepository(session), user)
+        # Conditional on the account still being active: disabled during bcrypt means
+        # no session.
+        current = await UserRepository(session).update_fields(
+            user.id, User.is_active.is_(True), last_login_at=datetime.now(UTC)
+        )
+        if current is None:
+            raise UnauthenticatedError(LOGIN_FAILED)
+        result = await start_session(services, session, current, info)
+        await audit.record(
+            session,
+            AuditAction.LOGIN_SUCCEEDED,
+            info,
+            actor_id=user.id,
+            target_user_id=user.id,
+            sessionId=str(result.session_id),
+        )
+        return result
 
 
-async def refresh(services: ServiceContainer, refresh_token: str) -> AuthResult:
+async def refresh(
+    services: ServiceContainer,
+    refresh_token: str,
+    *,
+    client: str = "",
+    user_agent: str | None = None,
+) -> AuthResult:
     invalid = UnauthenticatedError("Refresh token is invalid or expired; log in again.")
     if not refresh_token or len(refresh_token) > 200:
         raise invalid
     token_hash = services.tokens.hash_refresh_token(refresh_token)
+    reused = False
     async with unit_of_work(services.session_factory) as session:
         tokens = RefreshTokenRepository(session)
         token = await tokens.get_by_hash_for_update(token_hash)
         now = datetime.now(UTC)
         if token is None or token.revoked_at is not None or token.expires_at <= now:
             raise invalid
-        if token.used_at is not None or not await tokens.mark_used(token, now):
-            await tokens.revoke_family(token.family_id, now)
-            raise RefreshTokenReusedError(
-                "Refresh token was already used; every session from that login is revoked."
-            )
-        user = await UserRepository(session).get_by_id(token.user_id)
-        if user is None or not user.is_active:
+        auth_session = await AuthSessionRepository(session).get(token.family_id)
+        if (
+            auth_session is None
+            or auth_session.revoked_at is not None
+            or auth_session.expires_at <= now
+        ):
             raise invalid
-        return await _issue(services, tokens, user, family_id=token.family_id)
+        if token.used_at is not None or not await tokens.mark_used(token, now):
+            # Reuse: whoever holds the other copy must lose it too. The revocation is
+            # committed (and announced) before the error goes out.
+            await tokens.revoke_family(token.family_id, now)
+            await end_sessions(
+                services, session, AuditAction.REFRESH_TOKEN_REUSED, session_id=token.family_id
+            )
+            await audit.record(
+                session,
+                AuditAction.REFRESH_TOKEN_REUSED,
+                ClientInfo.of(client or None, user_agent),
+                actor_id=token.user_id,
+                target_user_id=token.user_id,
+                sessionId=str(token.family_id),
+            )
+            reused = True
+        else:
+            user = await UserRepository(session).get_by_id(token.user_id)
+            if user is None or not user.is_active:
+                raise invalid
+            await AuthSessionRepository(session).touch(auth_session.id, now)
+            return await issue_tokens(services, session, user, auth_session, now)
+    assert reused
+    raise RefreshTokenReusedError(
+        "Refresh token was already used; every session from that login is revoked."
+    )
 
 
 async def get_active_user(services: ServiceContainer, user_id: uuid.UUID) -> User | None:

@@ -24,7 +24,10 @@ from crunchql.db.migrate import upgrade_async
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TABLES = ("schedule_fires", "refresh_tokens", "calculations", "schedules", "workers", "users")
+TABLES = (
+    "audit_events", "schedule_fires", "refresh_tokens", "auth_sessions", "calculations",
+    "schedules", "workers", "users",
+)  # fmt: skip
 
 # Kernels compiled once per machine, shared by every test process and subprocess.
 os.environ.setdefault(

@@ -23,10 +23,11 @@ from crunchql.compute.catalog import warm_up_all
 from crunchql.core.lifecycle import RetryPolicy
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
-from crunchql.db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
+from crunchql.db.repositories import CalculationRepository, WorkerRepository
 from crunchql.observability.metrics import start_worker_metrics_server
 from crunchql.pubsub.bus import RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
+from crunchql.services.audit import apply_retention
 from crunchql.services.container import RunnerServices
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.queues import DramatiqJobQueue
@@ -133,7 +134,9 @@ class WorkerRuntime:
                 resend += [each for each in old if each not in self.resent]
                 self.resent.update(dict.fromkeys(resend, clock))
             await WorkerRepository(session).prune(now, timedelta(hours=1))
-            await RefreshTokenRepository(session).purge_expired(now - timedelta(days=1))
+            await apply_retention(
+                session, now, audit_retention=timedelta(days=self.settings.audit_retention_days)
+            )
         queue = DramatiqJobQueue(self.broker)
         for calculation_id in resend:
             logger.warning(
@@ -201,10 +204,14 @@ class WorkerLifecycle(Middleware):
         warm_up_all()
         logger.info("kernels ready in %.2f s", time.perf_counter() - started)
 
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # Dramatiq starts consuming between its before_ and after_worker_boot hooks, so a
+        # message already waiting could reach the actor before an after-boot runtime
+        # existed (it failed, and waited a minute for the sweep). AsyncIO, which comes
+        # earlier in the middleware list, has started the event loop thread by now.
         global _runtime
         loop_thread = get_event_loop_thread()
-        assert loop_thread is not None
+        assert loop_thread is not None, "the AsyncIO middleware must come first"
         _runtime = loop_thread.run_coroutine(WorkerRuntime.create(self.settings, broker))
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:

@@ -96,6 +96,35 @@ class CalculationRepository:
         rows = list((await self.session.execute(statement.limit(first + 1))).scalars())
         return CalculationPage(items=rows[:first], has_next_page=len(rows) > first)
 
+    async def list_all(
+        self,
+        *,
+        first: int,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        status: CalculationStatus | None = None,
+        kind: str | None = None,
+        owner_id: uuid.UUID | None = None,
+    ) -> CalculationPage:
+        """Every owner's calculations (for an ADMIN), newest first, with filters."""
+        statement = select(Calculation)
+        if owner_id is not None:
+            statement = statement.where(Calculation.owner_id == owner_id)
+        if status is not None:
+            statement = statement.where(Calculation.status == status.value)
+        if kind is not None:
+            statement = statement.where(Calculation.kind == kind)
+        if after is not None:
+            created_at, last_id = after
+            statement = statement.where(
+                or_(
+                    Calculation.created_at < created_at,
+                    and_(Calculation.created_at == created_at, Calculation.id < last_id),
+                )
+            )
+        statement = statement.order_by(Calculation.created_at.desc(), Calculation.id.desc())
+        rows = list((await self.session.execute(statement.limit(first + 1))).scalars())
+        return CalculationPage(items=rows[:first], has_next_page=len(rows) > first)
+
     async def _update_returning(
         self, calculation_id: uuid.UUID, condition: Any, values: dict[str, Any]
     ) -> Calculation | None:

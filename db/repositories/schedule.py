@@ -266,8 +266,7 @@ class ScheduleRepository:
                     "JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :key "
                     "AND l.objsubid = 1 AND l.granted "
-                    # Advisory locks are per database: another database's leader on the
-                    # same server (another deployment, a test run) is not ours.
+                    # Advisory locks are per database; another database's leader is not ours.
                     "AND l.database = (SELECT oid FROM pg_database "
                     "WHERE datname = current_database())"
                 ),

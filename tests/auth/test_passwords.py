@@ -26,6 +26,28 @@ def test_policy_refuses_with_a_clear_message(password: str, reason: str) -> None
 
 def test_policy_accepts_a_reasonable_password() -> None:
     check_password_policy("correct horse battery")
+    check_password_policy("correct horse battery", email="ada@example.com")
+
+
+@pytest.mark.parametrize(
+    "password", ["password1234", "qwertyuiop", "1234567890", "iloveyou12", "Password123!"]
+)
+def test_common_passwords_are_refused_with_the_rule_stated(password: str) -> None:
+    with pytest.raises(BadUserInputError) as refused:
+        check_password_policy(password)
+    message = refused.value.message
+    assert "common" in message
+    # The whole rule is in the message, so a client can show it as is.
+    for part in ("at least 10 characters", "at most 72 bytes", "e-mail"):
+        assert part in message
+    assert refused.value.extensions == {"field": "password"}
+
+
+def test_password_must_not_contain_the_email_name() -> None:
+    with pytest.raises(BadUserInputError, match="e-mail address's name"):
+        check_password_policy("Lovelace-orbit-tulip", email="lovelace@example.com")
+    # A very short name part is not checked (it would refuse half the dictionary).
+    check_password_policy("correct horse battery", email="co@example.com")
 
 
 async def test_default_cost_is_twelve() -> None:

@@ -77,3 +77,69 @@ def test_production_settings_refuse_to_start_with_a_clear_message() -> None:
     assert "configuration is not valid" in result.stderr
     assert "CRUNCHQL_JWT_SECRET must be set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_users_list_set_role_disable_enable(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'users.sqlite3'}"
+    env = {"DATABASE_URL": url, "CRUNCHQL_BCRYPT_ROUNDS": "4"}
+    assert crunchql("db", "upgrade", env=env).returncode == 0
+    created = crunchql(
+        "users", "create-admin", "root@example.com", stdin="correct horse battery\n", env=env
+    )
+    assert created.returncode == 0, created.stderr
+    async with running_app(make_settings(database_url=url)) as (_, client):
+        await client.register("bob@example.com")
+        await client.register("alice@example.com")
+
+    listed = crunchql("users", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split()[:3] for line in listed.stdout.splitlines()[1:]]
+    assert rows == [
+        ["alice@example.com", "USER", "yes"],
+        ["bob@example.com", "USER", "yes"],
+        ["root@example.com", "ADMIN", "yes"],
+    ]
+    only = crunchql("users", "list", "--search", "BO", env=env)
+    assert [line.split()[0] for line in only.stdout.splitlines()[1:]] == ["bob@example.com"]
+
+    assert crunchql("users", "disable", "bob@example.com", env=env).stdout.strip() == (
+        "bob@example.com: USER, disabled"
+    )
+    promoted = crunchql("users", "set-role", "alice@example.com", "ADMIN", env=env)
+    assert promoted.stdout.strip() == "alice@example.com: ADMIN, active"
+    # The last active ADMIN stays: with alice an ADMIN, root may step down, alice not.
+    assert crunchql("users", "set-role", "root@example.com", "USER", env=env).returncode == 0
+    last = crunchql("users", "disable", "alice@example.com", env=env)
+    assert last.returncode == 1 and "last active ADMIN" in last.stderr
+    missing = crunchql("users", "enable", "nobody@example.com", env=env)
+    assert missing.returncode == 1 and "nobody@example.com" in missing.stderr
+
+    async with running_app(make_settings(database_url=url)) as (_, client):
+        login = (
+            'mutation { login(email: "bob@example.com", password: "correct horse battery") '
+            "{ accessToken } }"
+        )
+        refused = await client.execute(login)
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        assert crunchql("users", "enable", "bob@example.com", env=env).returncode == 0
+        assert "errors" not in await client.execute(login)
+        admin = await client.execute(
+            'mutation { login(email: "alice@example.com", password: "correct horse battery") '
+            "{ accessToken } }"
+        )
+        events = await client.execute(
+            "{ auditEvents { edges { node { action actor { email } address userAgent } } } }",
+            token=admin["data"]["login"]["accessToken"],
+        )
+        by_cli = [
+            edge["node"]["action"]
+            for edge in events["data"]["auditEvents"]["edges"]
+            if edge["node"]["address"] == "cli"
+        ]
+        assert by_cli == [
+            "USER_ENABLED",
+            "ROLE_CHANGED",
+            "ROLE_CHANGED",
+            "USER_DISABLED",
+            "REGISTERED",
+        ]

@@ -195,3 +195,35 @@ async def test_redis_bus_skips_events_nobody_here_watches(
         await publisher.publish(tick(A, 2))
         assert await subscription.get(timeout=5) == tick(A, 2)
     assert len(decoded) == 1
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.resyncs = 0
+
+    def deliver(self, data: str | bytes) -> None:
+        self.received.put_nowait(data)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+
+async def test_session_events_reach_every_process_over_the_same_connection(
+    redis_buses: tuple[RedisEventBus, RedisEventBus], redis_url: str
+) -> None:
+    listener_bus, publisher = redis_buses
+    listener = RecordingListener()
+    listener_bus.add_session_listener(listener)
+    await publisher.publish_session_event('{"sessions": []}')
+    data = await asyncio.wait_for(listener.received.get(), 5)
+    assert data in ('{"sessions": []}', b'{"sessions": []}')
+    # Calculation subscribers are not bothered by it, and a dropped connection asks the
+    # listener to re-read the truth too.
+    admin = Redis.from_url(redis_url)
+    async with listener_bus.subscribe(B) as subscription:
+        assert await admin.client_kill_filter(_type="pubsub") >= 1
+        assert await subscription.get(timeout=10) == RESYNC
+    await admin.aclose()
+    assert listener.resyncs >= 1
+    listener_bus.remove_session_listener(listener)

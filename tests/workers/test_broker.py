@@ -13,7 +13,7 @@ import pytest
 from dramatiq import Worker
 
 from crunchql.db.engine import unit_of_work
-from crunchql.db.models import Calculation, RefreshToken, User
+from crunchql.db.models import AuditEvent, AuthSession, Calculation, RefreshToken, User
 from crunchql.pubsub.channels import queue_wakeup_key
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker, create_broker
 from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue
@@ -168,11 +168,22 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
                 heartbeat_at=datetime.now(UTC) - timedelta(minutes=5),
             )  # fmt: skip
             session.add_all([old, fresh, orphan])
+            ended = AuthSession(user_id=user.id, expires_at=datetime.now(UTC) - timedelta(days=2))
+            session.add(ended)
+            await session.flush()
             stale_token = RefreshToken(
-                user_id=user.id, family_id=uuid.uuid4(), token_hash="f" * 64,
+                user_id=user.id, family_id=ended.id, token_hash="f" * 64,
                 expires_at=datetime.now(UTC) - timedelta(days=2),
             )  # fmt: skip
             session.add(stale_token)
+            # Retention (CRUNCHQL_AUDIT_RETENTION_DAYS, 365 by default).
+            too_old = AuditEvent(
+                action="LOGIN_FAILED", at=datetime.now(UTC) - timedelta(days=366), details={}
+            )
+            recent = AuditEvent(
+                action="LOGIN_FAILED", at=datetime.now(UTC) - timedelta(days=364), details={}
+            )
+            session.add_all([too_old, recent])
         # No message exists for any (as after a Redis restart): the old one is re-sent,
         # the fresh one is left to its own message, the orphaned run is handed back.
         assert broker.do_qsize(QUEUE_NAME) == 0
@@ -181,8 +192,12 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
         async with unit_of_work(runtime.services.session_factory) as session:
             reloaded = await session.get(Calculation, orphan.id)
             assert reloaded is not None and reloaded.status == "QUEUED"
-            # Long-expired refresh tokens are purged on the way.
+            # Long-expired refresh tokens and sessions are purged on the way, and audit
+            # events past the retention period.
             assert await session.get(RefreshToken, stale_token.id) is None
+            assert await session.get(AuthSession, ended.id) is None
+            assert await session.get(AuditEvent, too_old.id) is None
+            assert await session.get(AuditEvent, recent.id) is not None
         # With messages waiting, nothing is guessed at, and the released run is not
         # re-sent again by the next sweep.
         assert await runtime.sweep_once() == 0
