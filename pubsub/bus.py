@@ -5,6 +5,10 @@ Events are small JSON objects: ``{"id": ..., "status": ..., "progress": ...,
 receive ``{"resync": true}``: something may have been missed (the Redis connection
 dropped, or the subscriber fell behind) and it must re-read the state.
 
+An event published with ``owner`` is also delivered to that user's key
+(:func:`~crunchql.pubsub.channels.user_events_key`): one Redis message, two lookups, so
+the cost of an event does not depend on how many users are connected.
+
 ``RedisEventBus`` holds ONE pub/sub connection per process for all subscribers.
 ``InProcessEventBus`` serves the embedded mode with the same interface.
 """
@@ -24,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crunchql.pubsub.channels import CALCULATION_EVENTS
+from crunchql.pubsub.channels import CALCULATION_EVENTS, user_events_key
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class EventBus(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, key: str, event: Event) -> None: ...
+    async def publish(self, key: str, event: Event, *, owner: str | None = None) -> None: ...
 
     def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
@@ -78,9 +82,12 @@ class _FanOut:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
-    def dispatch(self, key: str, event: Event) -> None:
+    def dispatch(self, key: str, event: Event, owner: str | None = None) -> None:
         for subscription in tuple(self._subscribers.get(key, ())):
             subscription.deliver(event)
+        if owner is not None:
+            for subscription in tuple(self._subscribers.get(user_events_key(owner), ())):
+                subscription.deliver(event)
 
     def resync_all(self) -> None:
         for subs in tuple(self._subscribers.values()):
@@ -108,8 +115,8 @@ class InProcessEventBus(_FanOut):
     async def close(self) -> None:
         return None
 
-    async def publish(self, key: str, event: Event) -> None:
-        self.dispatch(key, event)
+    async def publish(self, key: str, event: Event, *, owner: str | None = None) -> None:
+        self.dispatch(key, event, owner)
 
 
 class RedisEventBus(_FanOut):
@@ -138,8 +145,11 @@ class RedisEventBus(_FanOut):
                 await self._task
             self._task = None
 
-    async def publish(self, key: str, event: Event) -> None:
-        message = json.dumps({"key": key, "event": event}, separators=(",", ":"))
+    async def publish(self, key: str, event: Event, *, owner: str | None = None) -> None:
+        envelope: Event = {"key": key, "event": event}
+        if owner is not None:
+            envelope["owner"] = owner
+        message = json.dumps(envelope, separators=(",", ":"))
         await self.redis.publish(CALCULATION_EVENTS, message)
 
     async def _listen(self) -> None:
@@ -188,6 +198,9 @@ class RedisEventBus(_FanOut):
     def _on_message(self, data: bytes | str) -> None:
         try:
             decoded = json.loads(data)
-            self.dispatch(str(decoded["key"]), decoded["event"])
+            owner = decoded.get("owner")
+            self.dispatch(
+                str(decoded["key"]), decoded["event"], str(owner) if owner is not None else None
+            )
         except (ValueError, KeyError, TypeError):
             logger.warning("dropped a malformed event bus message")

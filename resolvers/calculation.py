@@ -18,7 +18,7 @@ from crunchql.schema.types import (
     CalculationStatus,
     PageInfo,
 )
-from crunchql.services import calculations
+from crunchql.services import calculation_feed, calculations
 
 
 async def calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation | None:
@@ -85,4 +85,35 @@ async def calculation_updates(
     user = await current_user(info)
     with tracking_subscription():
         async for row, overrides in calculations.watch(info.context.services, user, id):
+            yield Calculation.from_model(row, overrides)
+
+
+def _model_status(status: CalculationStatus | None) -> ModelStatus | None:
+    return ModelStatus(status.value) if status is not None else None
+
+
+async def calculation_count(
+    info: GraphQLInfo, status: CalculationStatus | None = None, kind: str | None = None
+) -> int:
+    user = await current_user(info)
+    return await calculations.count_own(
+        info.context.services, user, status=_model_status(status), kind=kind
+    )
+
+
+async def resubmit_calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation:
+    user = await current_user(info)
+    row = await calculations.resubmit(info.context.services, user, id)
+    record_submitted(row.kind)
+    return Calculation.from_model(row)
+
+
+async def my_calculation_updates(
+    info: GraphQLInfo, kind: str | None, status: CalculationStatus | None
+) -> AsyncGenerator[Calculation, None]:
+    user = await current_user(info)
+    with tracking_subscription():
+        async for row, overrides in calculation_feed.watch_own(
+            info.context.services, user, kind=kind, status=_model_status(status)
+        ):
             yield Calculation.from_model(row, overrides)

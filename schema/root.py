@@ -34,6 +34,7 @@ from crunchql.schema.types import (
     Calculation,
     CalculationConnection,
     CalculationKind,
+    CalculationStatus,
     User,
 )
 
@@ -52,6 +53,10 @@ class Query:
     calculation_kinds: list[CalculationKind] = strawberry.field(
         resolver=calculation_resolvers.calculation_kinds
     )
+    calculation_count: int = strawberry.field(
+        resolver=calculation_resolvers.calculation_count,
+        description="How many of the caller's calculations match.",
+    )
 
 
 @strawberry.type
@@ -68,6 +73,11 @@ class Mutation:
     cancel_calculation: Calculation = strawberry.mutation(
         resolver=calculation_resolvers.cancel_calculation
     )
+    resubmit_calculation: Calculation = strawberry.mutation(
+        resolver=calculation_resolvers.resubmit_calculation,
+        description="A new calculation with exactly the stored input of that one (seed "
+        "included), so it reproduces the result; the same limits as submitCalculation.",
+    )
 
 
 @strawberry.type
@@ -82,6 +92,20 @@ class Subscription:
         id: strawberry.ID,
     ) -> AsyncGenerator[Calculation, None]:
         async for update in calculation_resolvers.calculation_updates(info, id):
+            yield update
+
+    @strawberry.subscription(  # type: ignore[untyped-decorator]
+        description="The caller's calculation on every change to any of the caller's "
+        "calculations (created, status, progress, result); no snapshot, never completes. "
+        "Subscribe first, then query `calculations`."
+    )
+    async def my_calculation_updates(
+        self,
+        info: GraphQLInfo,
+        kind: str | None = None,
+        status: CalculationStatus | None = None,
+    ) -> AsyncGenerator[Calculation, None]:
+        async for update in calculation_resolvers.my_calculation_updates(info, kind, status):
             yield update
 
 

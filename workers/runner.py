@@ -66,9 +66,9 @@ async def _announce(services: Infrastructure, calculation: Calculation) -> None:
         logger.warning("could not publish a status change: %s", error)
 
 
-async def _publish(bus: EventBus, event: dict[str, Any]) -> None:
+async def _publish(bus: EventBus, event: dict[str, Any], owner: uuid.UUID) -> None:
     try:
-        await bus.publish(event["id"], event)
+        await bus.publish(event["id"], event, owner=str(owner))
     except Exception as error:  # a lost event is recovered by subscribers' re-reads
         logger.warning("could not publish an event: %s", error)
 
@@ -215,6 +215,7 @@ async def _execute(
                         "partialResult": partial,
                         "version": version,
                     },
+                    calculation.owner_id,
                 )
             if clock - last_write >= config.write_interval:
                 last_write = clock

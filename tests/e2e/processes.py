@@ -259,3 +259,18 @@ async def collect_updates(
                 return events, errors
             elif message["type"] == "complete":
                 return events, errors
+
+
+@asynccontextmanager
+async def embedded_api(directory: Path, **extra: str) -> AsyncIterator[str]:
+    """`crunchql serve` on SQLite with the in-process queue and bus; yields host:port."""
+    from crunchql.db.migrate import upgrade_async
+
+    url = f"sqlite+aiosqlite:///{directory / 'crunchql.sqlite3'}"
+    await upgrade_async(url)
+    api, base = start_api(service_env(url, None, **extra), directory)
+    try:
+        await wait_healthy(base, api)
+        yield base
+    finally:
+        api.stop()

@@ -6,6 +6,7 @@ import pytest
 from redis.asyncio import Redis
 
 from crunchql.pubsub.bus import RESYNC, SUBSCRIBER_QUEUE_SIZE, InProcessEventBus, RedisEventBus
+from crunchql.pubsub.channels import user_events_key
 from crunchql.pubsub.redis_client import create_redis
 
 
@@ -85,3 +86,19 @@ async def test_start_does_not_hang_when_redis_is_down() -> None:
     assert not bus.connected
     await bus.close()
     await bus.redis.aclose()
+
+
+async def test_an_owned_event_reaches_its_calculation_and_its_owner_only(
+    redis_buses: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    listener, publisher = redis_buses
+    for bus, sender in [(InProcessEventBus(), None), (listener, publisher)]:
+        async with (
+            bus.subscribe("calc-1") as calculation,
+            bus.subscribe(user_events_key("alice")) as alice,
+            bus.subscribe(user_events_key("bob")) as bob,
+        ):
+            await (sender or bus).publish("calc-1", {"progress": 0.5}, owner="alice")
+            assert await calculation.get(timeout=2) == {"progress": 0.5}
+            assert await alice.get(timeout=2) == {"progress": 0.5}
+            assert await bob.get(timeout=0.1) is None
