@@ -1,4 +1,5 @@
-"""The ``crunchql`` command: serve, worker, db upgrade, users create-admin, schema export."""
+"""The ``crunchql`` command: serve, worker, db upgrade, users create-admin, schema export;
+and the API's command-line client: login, submit, watch, list, cancel, logout."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
+
+from crunchql.cli.commands import add_client_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -165,11 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", "-o", default="-")
     export.set_defaults(handler=_export_schema)
+
+    add_client_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `submit KIND --input JSON a=1 b=2`: argparse stops the positional list at
+        # the first option; field=value pairs after it belong to it too.
+        if getattr(args, "fields", None) is None or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.fields += extra
     from pydantic import ValidationError
 
     try:
