@@ -121,11 +121,18 @@ def _create_admin(args: argparse.Namespace) -> int:
 
 
 def _export_schema(args: argparse.Namespace) -> int:
+    import json
+
     from strawberry.printer import print_schema
 
     from crunchql.schema.root import schema
 
-    text = print_schema(schema) + "\n"
+    if args.format == "introspection":
+        # What the web console builds its forms from where introspection is off
+        # (app/static/console/schema.json; a test keeps it current).
+        text = json.dumps(schema.introspect(), indent=1, sort_keys=True) + "\n"
+    else:
+        text = print_schema(schema) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -167,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", "-o", default="-")
+    export.add_argument(
+        "--format",
+        choices=["sdl", "introspection"],
+        default="sdl",
+        help="SDL, or the introspection result as JSON (the console's bundled schema)",
+    )
     export.set_defaults(handler=_export_schema)
 
     add_client_commands(commands)
