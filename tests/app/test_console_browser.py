@@ -73,7 +73,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]
 
 
 @pytest.fixture
-async def page(server: str) -> AsyncIterator[tuple[Any, list[str]]]:
+async def page(server: str) -> AsyncIterator[tuple[Any, list[str], list[str]]]:
     from playwright.async_api import async_playwright, expect
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -85,7 +85,16 @@ async def page(server: str) -> AsyncIterator[tuple[Any, list[str]]]:
         tab = await context.new_page()
         requests: list[str] = []
         tab.on("request", lambda request: requests.append(request.url))
-        tab.on("websocket", lambda socket: requests.append(socket.url))
+        subscriptions: list[str] = []
+
+        def on_socket(socket: Any) -> None:
+            requests.append(socket.url)
+            socket.on(
+                "framesent",
+                lambda frame: subscriptions.append(frame) if '"subscribe"' in frame else None,
+            )
+
+        tab.on("websocket", on_socket)
         errors: list[str] = []
         tab.on("pageerror", lambda error: errors.append(str(error)))
         tab.on(
@@ -93,7 +102,7 @@ async def page(server: str) -> AsyncIterator[tuple[Any, list[str]]]:
             lambda message: errors.append(message.text) if message.type == "error" else None,
         )
         try:
-            yield tab, requests
+            yield tab, requests, subscriptions
         finally:
             await context.close()
             await browser.close()
@@ -101,11 +110,11 @@ async def page(server: str) -> AsyncIterator[tuple[Any, list[str]]]:
 
 
 async def test_sign_up_submit_watch_live_and_see_the_results(
-    page: tuple[Any, list[str]], server: str
+    page: tuple[Any, list[str], list[str]], server: str
 ) -> None:
     from playwright.async_api import expect
 
-    tab, requests = page
+    tab, requests, subscriptions = page
     await tab.goto(f"http://{server}/")
     await tab.get_by_label("Email").fill(f"browser-{uuid.uuid4().hex[:8]}@example.com")
     await tab.get_by_label("Password").fill("correct horse battery")
@@ -157,6 +166,9 @@ async def test_sign_up_submit_watch_live_and_see_the_results(
     assert await image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [240, 160]
     await expect(tab.get_by_role("progressbar")).to_have_count(2)  # one row each
     await tab.screenshot(path=ARTIFACTS / "console-mandelbrot.png", full_page=True)
+
+    # The whole list, both calculations, lived on one subscription.
+    assert len(subscriptions) == 1 and "myCalculationUpdates" in subscriptions[0]
 
     await tab.get_by_role("button", name="Sign out").click()
     await expect(tab.get_by_role("button", name="Sign in")).to_be_visible()

@@ -175,3 +175,25 @@ async def test_count_and_resubmit(services: Services) -> None:
     assert await count(services, user, status=None, kind="monteCarloPi") == 2
     assert await count(services, user, status=CalculationStatus.RUNNING, kind=None) == 0
     assert await count(services, other, status=None, kind=None) == 0
+
+
+async def test_a_list_of_fifty_running_calculations_is_one_subscription(
+    services: Services,
+) -> None:
+    user = await make_user(services)
+    feed = Feed(services, user)
+    await feed.started(services)
+    rows = []
+    updates = []
+    for _ in range(50):  # in step with the reader: a mailbox holds at most 64 events
+        rows.append(await calculations.submit(services, user, "monteCarloPi", {"samples": 100}))
+        updates.append(await feed.next())
+    for row in rows:
+        await services.bus.publish(str(row.id), running(row), owner=str(user.id))
+        updates.append(await feed.next())
+        event = {"id": str(row.id), "status": "RUNNING", "progress": 0.5, "version": 2}
+        await services.bus.publish(str(row.id), event, owner=str(user.id))
+        updates.append(await feed.next())
+    assert services.bus.subscriber_count == 1
+    assert {u[0] for u in updates if u[2:] == ("RUNNING", 0.5)} == {str(r.id) for r in rows}
+    await feed.stop()
