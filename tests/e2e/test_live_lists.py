@@ -96,7 +96,11 @@ async def check_one_subscription_sees_all(base: str) -> None:
         assert {e["id"] for e in seen} == ids
         for calc in submitted:
             own = [e for e in seen if e["id"] == calc["id"]]
-            assert own[0]["status"] == "QUEUED"  # created
+            # From its creation (as the feed found it on first sight: QUEUED, or
+            # further along for a quick job) to its end, never a step back.
+            rank = {"QUEUED": 0, "RUNNING": 1, "SUCCEEDED": 2}
+            statuses = [rank[e["status"]] for e in own]
+            assert statuses == sorted(statuses)
             assert own[-1]["status"] == "SUCCEEDED" and own[-1]["result"] is not None
             progress = [e["progress"] for e in own]
             assert progress == sorted(progress)
@@ -121,3 +125,19 @@ async def test_one_subscription_for_a_whole_list_embedded(embedded: str) -> None
 @pytest.mark.redis
 async def test_one_subscription_for_a_whole_list_with_redis_and_a_worker(stack: Stack) -> None:
     await check_one_subscription_sees_all(stack.base)
+
+
+async def test_the_list_subscription_needs_a_user_and_a_known_kind(embedded: str) -> None:
+    owner = HttpGraphQL(embedded)
+    await owner.register()
+    for token, variables, code in [
+        (None, {}, "UNAUTHENTICATED"),
+        (owner.token, {"kind": "noSuchKind"}, "BAD_USER_INPUT"),
+    ]:
+        async with ws_session(embedded, token) as socket_:
+            await subscribe(socket_, "1", **variables)
+            message = json.loads(await asyncio.wait_for(socket_.recv(), 30))
+            payload = message["payload"]
+            errors = payload if message["type"] == "error" else payload["errors"]
+            assert [e["extensions"]["code"] for e in errors] == [code], message
+    await owner.close()
