@@ -21,7 +21,7 @@ and the median of the repetitions is reported.
 * Pure Python (and NumPy where the full size is too slow or too big) run a scaled-down
   problem and the time is extrapolated linearly to the full size; the note says so.
 * Compile time: per kind, a fresh subprocess imports the module and calls its
-  ``KIND.warm_up()`` with an empty ``NUMBA_CACHE_DIR`` (compilation), then a second one with
+  ``warm_up()`` with an empty ``NUMBA_CACHE_DIR`` (compilation), then a second one with
   the same cache directory (cached load).
 """
 
@@ -61,6 +61,7 @@ KIND_MODULES = {
     "primeCount": "crunchql.compute.prime_count",
     "mandelbrot": "crunchql.compute.mandelbrot",
     "nBody": "crunchql.compute.n_body",
+    "kMeans": "crunchql.compute.k_means",
 }
 
 
@@ -799,12 +800,88 @@ def problems_nbody(quick: bool, threads: int, exes: dict[str, Path]) -> list[Pro
     return out
 
 
+def problems_kmeans(quick: bool, threads: int, exes: dict[str, Path]) -> list[Problem]:
+    import numba
+    import numpy as np
+
+    from crunchql.compute.catalog import K_MEANS
+
+    m = _import("kMeans")
+    _need(m, "k_means", "KMeansJob")
+    raw = (
+        {"n": 20_000, "dimensions": 4, "k": 8, "clusters": 8}
+        if quick
+        else {"n": 10**6, "dimensions": 8, "k": 16, "clusters": 16}
+    )
+    params = K_MEANS.parse({**raw, "spread": 0.05, "maxIterations": 20, "seed": 2024})
+
+    def run(nt: int) -> Callable[[], tuple[Any, float]]:
+        def go() -> tuple[Any, float]:
+            before = numba.get_num_threads()
+            numba.set_num_threads(nt)
+            try:
+                result, secs = timed(m.k_means, params, post=lambda job: job.result())
+            finally:
+                numba.set_num_threads(before)
+            return (result["inertia"], result["iterations"], result["recoveredFraction"]), secs
+
+        return go
+
+    def largest_step(phase: str) -> Callable[[], tuple[Any, float]]:
+        """One step at the largest block: n d k at the bound with d = 64, k = 256 (points
+        regenerated on every pass). k-means++ is skipped (255 passes): the first k points
+        are the centroids, and a Lloyd step costs the same whatever they are."""
+        big = K_MEANS.parse({"n": 610_351, "dimensions": 64, "k": 256, "seed": 1})
+
+        def go() -> tuple[Any, float]:
+            job = m.KMeansJob(big)
+            while job.phase == "generate":
+                job.step()
+            if phase == "lloyd":
+                job.centroids = np.array([job._point(i) for i in range(big.k)])
+                job.start_lloyd()
+            _, secs = timed(job.step)
+            return job.chunk_blocks[phase], secs
+
+        return go
+
+    title = (
+        f"kMeans: n {_sci(params.n)}, {params.dimensions} dimensions, k {params.k}, "
+        f"{params.max_iterations} iterations at most, seed {params.seed} "
+        "(result: inertia, iterations, purity)"
+    )
+    step_title = (
+        "kMeans, the largest step: one block of 4096 points, 64 dimensions, 256 centroids, "
+        "points regenerated (result: blocks in the step)"
+    )
+    return [
+        Problem(
+            "kMeans",
+            title,
+            [Variant("numba parallel", threads, run(threads)), Variant("numba serial", 1, run(1))],
+            exact,
+            target=math.inf,
+        ),
+        Problem(
+            "kMeans",
+            step_title,
+            [
+                Variant("numba parallel, one Lloyd step", threads, largest_step("lloyd")),
+                Variant("numba parallel, one k-means++ step", threads, largest_step("seed")),
+            ],
+            lambda a, b: True,  # different steps: nothing to agree on
+            target=math.inf,
+        ),
+    ]
+
+
 PROBLEM_BUILDERS: dict[str, Callable[[bool, int, dict[str, Path]], list[Problem]]] = {
     "monteCarloPi": problems_pi,
     "optionPricing": problems_option,
     "primeCount": problems_prime,
     "mandelbrot": problems_mandel,
     "nBody": problems_nbody,
+    "kMeans": problems_kmeans,
 }
 
 
@@ -885,14 +962,14 @@ import numba, numpy
 t1 = time.perf_counter()
 mod = importlib.import_module(sys.argv[1])
 t2 = time.perf_counter()
-mod.KIND.warm_up()
+mod.warm_up()
 t3 = time.perf_counter()
 print(json.dumps({"numba_import": t1 - t0, "module_import": t2 - t1, "warm_up": t3 - t2}))
 """
 
 
 def compile_times(kind: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(cold, cached) timings of ``import module; KIND.warm_up()`` in fresh subprocesses."""
+    """(cold, cached) timings of ``import module; warm_up()`` in fresh subprocesses."""
     with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
         out = []
@@ -1065,7 +1142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in targets_table(timed_problems):
             print(line)
     if not args.no_compile:
-        print("\n## numba compile time (import + KIND.warm_up() in a fresh process)\n")
+        print("\n## numba compile time (import + warm_up() in a fresh process)\n")
         print("| kind | empty NUMBA_CACHE_DIR (compile) | same cache dir (cached load) | note |")
         print("| --- | ---: | ---: | --- |")
         for kind in kinds:

@@ -39,7 +39,8 @@ CALCULATION_FIELDS = """
     ... on OptionPricingResult { price standardError confidenceLow confidenceHigh analyticPrice }
     ... on PrimeCountResult { limit count }
     ... on MandelbrotResult { width height insideFraction png }
-    ... on NBodyResult { bodies steps initialEnergy finalEnergy relativeEnergyError } }
+    ... on NBodyResult { bodies steps initialEnergy finalEnergy relativeEnergyError }
+    ... on KMeansResult { k iterations converged inertia centroids recoveredFraction } }
 """
 
 

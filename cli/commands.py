@@ -83,6 +83,11 @@ def _estimate(calculation: dict[str, Any]) -> str:
         return f"{value['width']}x{value['height']}, inside {value['insideFraction']:.2%}"
     if kind == "NBodyResult":
         return f"relative energy error {value['relativeEnergyError']:.2e}"
+    if kind == "KMeansResult":
+        return (
+            f"k={value['k']}, {value['iterations']} iterations, inertia {value['inertia']:.4g}, "
+            f"{value['recoveredFraction']:.1%} recovered"
+        )
     return ""
 
 

@@ -6,7 +6,7 @@ as their names) into validated parameters, and those parameters into a
 The runner (a Dramatiq actor, a notebook, a benchmark) drives it::
 
     params = kind.validate(raw)          # raises ParameterError before any kernel runs
-    job = kind.start(params)
+    job = kind.start(params)             # imports the kernel module on first use
     while not job.done:
         job.step()                       # one chunk; releases the GIL inside the kernel
         report(job.progress, job.partial_result())
@@ -19,9 +19,10 @@ number of threads, processes or how often ``step`` was called.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, Self, TypeVar, cast
 
 JSONDict = dict[str, Any]
 
@@ -63,19 +64,78 @@ class Job(Protocol):
         ...
 
 
+class Params(Protocol):
+    """A kind's validated parameters: a frozen dataclass in ``compute/params/``.
+
+    Plain Python only (no NumPy, no numba), so that the API process can validate input
+    without loading a kernel.
+    """
+
+    @classmethod
+    def from_input(cls, raw: Mapping[str, Any]) -> Self:
+        """Check a raw input (the GraphQL input object as JSON, or stored parameters) and
+        fill in defaults; raise :class:`ParameterError` naming the first bad field."""
+        ...
+
+    def to_json(self) -> JSONDict:
+        """The parameters as stored in the calculation's ``input`` (camelCase keys).
+        ``from_input(p.to_json()) == p``."""
+        ...
+
+
+P = TypeVar("P", bound=Params)
+P_contra = TypeVar("P_contra", bound=Params, contravariant=True)
+
+
+class Kernel(Protocol[P_contra]):
+    """What a kernel module (``compute/<kind>.py``) exposes to runners."""
+
+    def start(self, params: P_contra) -> Job:
+        """A job for validated parameters."""
+        ...
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel of the kind, quickly."""
+        ...
+
+
 @dataclass(frozen=True)
-class Kind:
-    """One entry of the catalog."""
+class Kind(Generic[P]):
+    """One entry of the catalog (:mod:`compute.catalog`).
+
+    Importing a ``Kind`` imports its parameters class but not its kernel module: the
+    kernels (NumPy, numba, LLVM) load on the first :meth:`start` or :meth:`warm_up`, so a
+    process that only validates input never maps them.
+    """
 
     name: str
     """The GraphQL input field name, e.g. ``"monteCarloPi"``."""
     description: str
-    validate: Callable[[Mapping[str, Any]], JSONDict]
-    """Check bounds, fill in defaults (drawing a seed when none was given) and return
-    the parameters to store as the calculation's ``input``; raise ParameterError."""
-    start: Callable[[JSONDict], Job]
-    """Build a job from validated parameters."""
-    warm_up: Callable[[], None]
-    """Compile (or load from numba's cache) every kernel of this kind, quickly."""
+    params: type[P]
+    """The frozen parameters dataclass; its ``from_input`` validates."""
+    kernel: str
+    """Module path of the kernel module, e.g. ``"crunchql.compute.monte_carlo_pi"``, which
+    defines ``start(params) -> Job`` and ``warm_up()``."""
     time_limit_seconds: float = 600.0
     """Wall-clock limit for one run; the runner fails the job past it."""
+
+    def parse(self, raw: Mapping[str, Any]) -> P:
+        """``raw`` checked and completed as this kind's parameters; raises ParameterError."""
+        return self.params.from_input(raw)
+
+    def validate(self, raw: Mapping[str, Any]) -> JSONDict:
+        """Check bounds, fill in defaults (drawing a seed when none was given) and return
+        the parameters to store as the calculation's ``input``; raise ParameterError."""
+        return self.parse(raw).to_json()
+
+    def load_kernel(self) -> Kernel[P]:
+        """The kernel module, imported now if it was not yet."""
+        return cast(Kernel[P], importlib.import_module(self.kernel))
+
+    def start(self, params: Mapping[str, Any]) -> Job:
+        """A job for stored (validated) parameters."""
+        return self.load_kernel().start(self.parse(params))
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel of this kind."""
+        self.load_kernel().warm_up()

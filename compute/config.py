@@ -144,3 +144,39 @@ NBODY_CHUNK_PAIRS = 3 * 10**7
 """Pair interactions per chunk (one ``step`` runs max(1, this // bodies**2) time steps),
 ~100 ms on 2 cores."""
 NBODY_TIME_LIMIT_SECONDS = 600.0
+
+# ---- kMeans -----------------------------------------------------------------------------
+#
+# Cost model: the unit of work is one point-centroid-coordinate term (x - c)**2 of the
+# assignment step, vectorised over centroids: ~0.2-0.5 ns per term on 2 cores. One Lloyd
+# iteration costs n * dimensions * k terms, so at the bound MAX_KMEANS_WORK = 10**10 it
+# takes a few seconds, and k-means++ initialisation about one iteration more. Generating
+# one coordinate (half a Box-Muller transform) costs ~10-20 ns. The largest step, one
+# Lloyd block of 4096 points x 64 dimensions x 256 centroids with its points regenerated,
+# took ~13 ms, a k-means++ step of 7 such blocks ~46 ms (benchmarks/kernels.py, kMeans).
+
+MAX_KMEANS_POINTS = 10**7
+MIN_KMEANS_POINTS = 2
+MAX_KMEANS_DIMENSIONS = 64
+MAX_KMEANS_K = 256
+MAX_KMEANS_CLUSTERS = 256
+MAX_KMEANS_SPREAD = 10.0
+DEFAULT_KMEANS_SPREAD = 0.05
+MAX_KMEANS_ITERATIONS = 1000
+DEFAULT_KMEANS_ITERATIONS = 100
+MAX_KMEANS_WORK = 10**10
+"""Upper bound of n * dimensions * k (the contract's bound)."""
+KMEANS_BLOCK_POINTS = 4096
+"""Points per block: the unit of parallel work and of the fixed-order sums. Each block
+has its own random streams and its own partial sums, so changing it changes results
+(in the last bits of sums, and the points drawn)."""
+KMEANS_CACHE_COORDINATES = 2**25
+"""Most coordinates (n * dimensions) kept in memory (256 MiB of float64). Larger inputs
+regenerate each block's points from the streams on every pass, which gives the same
+numbers bit for bit at a cost of ~10-20 ns per coordinate and pass."""
+KMEANS_CHUNK_TERMS = 2**25
+"""Target work per chunk (one ``step``) in assignment terms; generating a coordinate counts
+as KMEANS_GENERATE_TERMS terms. A chunk is at least one block: the largest block is
+4096 points x 64 dimensions x 256 centroids = 6.7 * 10**7 terms. Never changes the result."""
+KMEANS_GENERATE_TERMS = 16
+KMEANS_TIME_LIMIT_SECONDS = 600.0

@@ -29,16 +29,14 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from numba import njit, prange
 from PIL import Image
 
 from crunchql.compute import config
-from crunchql.compute.base import JSONDict, Kind, ParameterError
-from crunchql.compute.validation import check_float, check_int
+from crunchql.compute.base import JSONDict
+from crunchql.compute.params.mandelbrot import MandelbrotParams
 
 DEFAULT_WINDOW = config.DEFAULT_WINDOW
 """(xMin, xMax, yMin, yMax) when the input leaves them out (defined in :mod:`compute.config`)."""
@@ -48,7 +46,7 @@ DEFAULT_WINDOW = config.DEFAULT_WINDOW
 
 
 @njit(inline="always")
-def _escape_count(cx, cy, max_iter):
+def _escape_count(cx, cy, max_iter):  # type: ignore[no-untyped-def]
     """Escape count of ``c = cx + i cy`` (see the module docstring)."""
     # main cardioid and period-2 disc: inside, no need to iterate
     xq = cx - 0.25
@@ -65,7 +63,22 @@ def _escape_count(cx, cy, max_iter):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _escape_rows_parallel(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):
+def _escape_rows_parallel(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):  # type: ignore[no-untyped-def]
+    """Escape counts of rows ``row_lo .. row_hi - 1`` into ``out``, one row per task.
+
+    Parameters
+    ----------
+    out : np.ndarray
+        Shape ``(height, width)``, uint32; row 0 is the top (largest y).
+    row_lo, row_hi : int
+    max_iter : int
+        The count of a pixel that never escapes.
+    x_c, y_c : float
+        Centre of the window.
+    dx, dy : float
+        Pixel width and height; pixel ``(j, i)`` is sampled at its centre
+        ``(x_c + (i + 0.5 - width / 2) dx, y_c + (height / 2 - j - 0.5) dy)``.
+    """
     height, width = out.shape
     for j in prange(row_lo, row_hi):
         cy = y_c + (0.5 * height - j - 0.5) * dy
@@ -74,7 +87,8 @@ def _escape_rows_parallel(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):
 
 
 @njit(cache=True, nogil=True)
-def _escape_rows_serial(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):
+def _escape_rows_serial(out, row_lo, row_hi, max_iter, x_c, y_c, dx, dy):  # type: ignore[no-untyped-def]
+    """:func:`_escape_rows_parallel` on one thread."""
     height, width = out.shape
     for j in range(row_lo, row_hi):
         cy = y_c + (0.5 * height - j - 0.5) * dy
@@ -254,7 +268,8 @@ def colour_indices(counts: np.ndarray, max_iter: int) -> np.ndarray:
     scale = 254.0 / math.log1p(max_iter)
     lut = (1.0 + np.floor(np.log1p(np.arange(max_iter + 1.0)) * scale)).astype(np.uint8)
     lut[max_iter] = 0
-    return lut[counts]
+    indices: np.ndarray = lut[counts]
+    return indices
 
 
 def render_png(counts: np.ndarray, max_iter: int) -> bytes:
@@ -297,66 +312,6 @@ def mandelbrot_result(counts: np.ndarray, max_iter: int) -> JSONDict:
 
 
 # ---- the kind ----------------------------------------------------------------------------------
-
-
-COORDINATE_RANGE_MESSAGE = "{field} must be between {low:g} and {high:g} (got {value})"
-
-
-def validate(raw: Mapping[str, Any]) -> JSONDict:
-    """Check a ``MandelbrotInput`` and fill in the default window.
-
-    Parameters
-    ----------
-    raw : mapping
-        ``width``, ``height`` (1 .. 4096), ``maxIterations`` (1 .. 100000), optional
-        ``xMin``, ``xMax``, ``yMin``, ``yMax`` (finite, ``|.| <= 10**6``, ``xMin < xMax``,
-        ``yMin < yMax``); also ``width * height * maxIterations <= 2**35``.
-
-    Returns
-    -------
-    dict
-        ``{"width", "height", "maxIterations", "xMin", "xMax", "yMin", "yMax"}``.
-
-    Raises
-    ------
-    ParameterError
-        Naming the first offending field.
-    """
-    params: JSONDict = {}
-    for field, high in (
-        ("width", config.MAX_SIDE),
-        ("height", config.MAX_SIDE),
-        ("maxIterations", config.MAX_ITERATIONS),
-    ):
-        if raw.get(field) is None:
-            raise ParameterError(field, f"{field} is required (1 .. {high})")
-        params[field] = check_int(field, raw[field], 1, high)
-    for field, default in zip(("xMin", "xMax", "yMin", "yMax"), config.DEFAULT_WINDOW, strict=True):
-        value = raw.get(field)
-        params[field] = (
-            default
-            if value is None
-            else check_float(
-                field,
-                value,
-                -config.MAX_ABS_COORDINATE,
-                config.MAX_ABS_COORDINATE,
-                message=COORDINATE_RANGE_MESSAGE,
-            )
-        )
-    for low, high in (("xMin", "xMax"), ("yMin", "yMax")):
-        if not params[low] < params[high]:
-            raise ParameterError(
-                high, f"{high} must be greater than {low} (got {params[low]} and {params[high]})"
-            )
-    work = params["width"] * params["height"] * params["maxIterations"]
-    if work > config.MAX_PIXEL_ITERATIONS:
-        raise ParameterError(
-            "maxIterations",
-            "width * height * maxIterations must be at most "
-            f"{config.MAX_PIXEL_ITERATIONS} (got {work})",
-        )
-    return params
 
 
 class MandelbrotJob:
@@ -403,25 +358,12 @@ class MandelbrotJob:
         return self._result
 
 
-def start(params: JSONDict) -> MandelbrotJob:
+def start(params: MandelbrotParams) -> MandelbrotJob:
     """A :class:`MandelbrotJob` for validated ``params``."""
-    return MandelbrotJob(params)
+    return MandelbrotJob(params.to_json())
 
 
 def warm_up() -> None:
     """Compile or load from cache both row kernels."""
     escape_counts(4, 4, 8, parallel=True)
     escape_counts(4, 4, 8, parallel=False)
-
-
-KIND = Kind(
-    name="mandelbrot",
-    description=(
-        "Renders the Mandelbrot set in a window of the complex plane as a PNG by escape time, "
-        "with the share of pixels inside the set."
-    ),
-    validate=validate,
-    start=start,
-    warm_up=warm_up,
-    time_limit_seconds=config.MANDEL_TIME_LIMIT_SECONDS,
-)

@@ -12,7 +12,8 @@ satisfying ``x**2 + y**2 < 1``::
 Counts are integers, so the result is bitwise the same however the blocks are spread
 over threads or chunks.
 
-Entry points: :data:`KIND` (validate/start/warm_up for the runner), :func:`estimate_pi`
+Entry points: :func:`start` and :func:`warm_up` (for the runner, through
+:data:`crunchql.compute.catalog.MONTE_CARLO_PI`), :func:`estimate_pi`
 (the whole computation at once), and for benchmarks :func:`count_inside_parallel`,
 :func:`count_inside_serial`, :func:`estimate_pi_numpy`, :func:`estimate_pi_python`.
 """
@@ -20,14 +21,13 @@ Entry points: :data:`KIND` (validate/start/warm_up for the runner), :func:`estim
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 from crunchql.compute import config
-from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.base import JSONDict
+from crunchql.compute.params.monte_carlo_pi import MonteCarloPiParams
 from crunchql.compute.random import (
     TO_UNIT,
     bits_to_unit,
@@ -37,7 +37,6 @@ from crunchql.compute.random import (
     uint64_at,
     uint64_at_py,
 )
-from crunchql.compute.validation import check_int, check_seed
 
 BLOCK = config.PI_BLOCK_SAMPLES
 
@@ -45,7 +44,7 @@ BLOCK = config.PI_BLOCK_SAMPLES
 
 
 @njit(inline="always", cache=True)
-def _count_block(seed, block, n):
+def _count_block(seed, block, n):  # type: ignore[no-untyped-def]
     """Points inside the quarter disc among the first ``n`` points of block ``block``."""
     key = stream_key(seed, block)
     inside = 0
@@ -58,7 +57,22 @@ def _count_block(seed, block, n):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=set(config.FASTMATH_FLAGS))
-def _count_parallel(seed, first_block, n_blocks, samples):
+def _count_parallel(seed, first_block, n_blocks, samples):  # type: ignore[no-untyped-def]
+    """Points inside the quarter disc in blocks ``first_block .. first_block + n_blocks - 1``.
+
+    Parameters
+    ----------
+    seed : int
+    first_block, n_blocks : int
+        The range of blocks (``PI_BLOCK_SAMPLES`` points each; the last may be short).
+    samples : int
+        Total points of the job (bounds the last block).
+
+    Returns
+    -------
+    int
+        The count, an integer sum: the same for any thread count.
+    """
     inside = 0
     for j in prange(n_blocks):
         block = first_block + j
@@ -68,7 +82,8 @@ def _count_parallel(seed, first_block, n_blocks, samples):
 
 
 @njit(cache=True, nogil=True, fastmath=set(config.FASTMATH_FLAGS))
-def _count_serial(seed, first_block, n_blocks, samples):
+def _count_serial(seed, first_block, n_blocks, samples):  # type: ignore[no-untyped-def]
+    """:func:`_count_parallel` on one thread."""
     inside = 0
     for j in range(n_blocks):
         block = first_block + j
@@ -179,31 +194,6 @@ def estimate_pi_python(samples: int, seed: int) -> JSONDict:
 # ---- the kind -----------------------------------------------------------------------------
 
 
-def validate(raw: Mapping[str, Any]) -> JSONDict:
-    """Check a ``MonteCarloPiInput`` and fill in the seed.
-
-    Parameters
-    ----------
-    raw : mapping
-        ``{"samples": int (1 .. 10**10), "seed": int (0 .. 2**31 - 1) or None/absent}``.
-
-    Returns
-    -------
-    dict
-        ``{"samples": int, "seed": int}``.
-
-    Raises
-    ------
-    ParameterError
-        For a missing, non-integer or out-of-range field.
-    """
-    if raw.get("samples") is None:
-        raise ParameterError("samples", f"samples is required (1 .. {config.MAX_SAMPLES})")
-    samples = check_int("samples", raw["samples"], 1, config.MAX_SAMPLES)
-    seed = check_seed(raw.get("seed"))
-    return {"samples": samples, "seed": seed}
-
-
 class PiJob:
     """A pi estimate run chunk by chunk; each chunk is ``PI_CHUNK_BLOCKS`` blocks."""
 
@@ -242,25 +232,12 @@ class PiJob:
         return pi_result(self.inside, self.samples)
 
 
-def start(params: JSONDict) -> PiJob:
-    """A :class:`PiJob` for validated ``params`` (``{"samples", "seed"}``)."""
-    return PiJob(int(params["samples"]), int(params["seed"]))
+def start(params: MonteCarloPiParams) -> PiJob:
+    """A :class:`PiJob` for validated ``params``."""
+    return PiJob(params.samples, params.seed)
 
 
 def warm_up() -> None:
     """Compile or load from cache both kernels (int64 arguments)."""
     _count_parallel(0, 0, 1, 16)
     _count_serial(0, 0, 1, 16)
-
-
-KIND = Kind(
-    name="monteCarloPi",
-    description=(
-        "Estimates pi by drawing random points in the unit square and counting the share "
-        "that falls inside the quarter circle, with its standard error."
-    ),
-    validate=validate,
-    start=start,
-    warm_up=warm_up,
-    time_limit_seconds=config.PI_TIME_LIMIT_SECONDS,
-)

@@ -35,21 +35,18 @@ benchmarks :func:`simulate_numpy` and :func:`simulate_python`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 from crunchql.compute import config
-from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.base import JSONDict
+from crunchql.compute.params.n_body import NBodyParams
 from crunchql.compute.random import stream_key_py, uniforms_np
-from crunchql.compute.validation import check_float, check_int, check_seed
 
 SOFTENING = config.SOFTENING
 """Plummer softening length eps of RANDOM_CLUSTER in AU (defined in :mod:`compute.config`)."""
 
-PRESETS = ("SOLAR_SYSTEM", "RANDOM_CLUSTER")
 
 # ---- the Benchmarks Game's solar system --------------------------------------------------
 
@@ -107,7 +104,7 @@ def solar_system() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, nogil=True)
-def _advance_symplectic_euler(pos, vel, mu, dt, steps):
+def _advance_symplectic_euler(pos, vel, mu, dt, steps):  # type: ignore[no-untyped-def]
     """The Benchmarks Game's ``advance``, ``steps`` times, in place (see the module doc).
 
     ``pos`` and ``vel`` are C-contiguous ``(n, 3)`` arrays, worked on through flat views
@@ -147,7 +144,7 @@ def _advance_symplectic_euler(pos, vel, mu, dt, steps):
 
 
 @njit(inline="always")
-def _acceleration_of(pos, mu, eps2, acc, i):
+def _acceleration_of(pos, mu, eps2, acc, i):  # type: ignore[no-untyped-def]
     """``acc[i] = sum_{j != i} mu_j (x_j - x_i) / (r**2 + eps2)**1.5``, j ascending."""
     xi = pos[i, 0]
     yi = pos[i, 1]
@@ -171,7 +168,7 @@ def _acceleration_of(pos, mu, eps2, acc, i):
 
 
 @njit(inline="always")
-def _potential_of(pos, mu, eps2, i):
+def _potential_of(pos, mu, eps2, i):  # type: ignore[no-untyped-def]
     """``-mu_i sum_{j > i} mu_j / sqrt(r**2 + eps2)``, j ascending."""
     total = 0.0
     for j in range(i + 1, mu.size):
@@ -183,7 +180,8 @@ def _potential_of(pos, mu, eps2, i):
 
 
 @njit(inline="always")
-def _kick_drift(pos, vel, acc, half_dt, dt):
+def _kick_drift(pos, vel, acc, half_dt, dt):  # type: ignore[no-untyped-def]
+    """Half kick then drift, in place: ``v += a dt/2; x += v dt`` (arrays ``(n, 3)`` float64)."""
     for i in range(pos.shape[0]):
         for k in range(3):
             vel[i, k] += half_dt * acc[i, k]
@@ -191,26 +189,42 @@ def _kick_drift(pos, vel, acc, half_dt, dt):
 
 
 @njit(inline="always")
-def _kick(vel, acc, half_dt):
+def _kick(vel, acc, half_dt):  # type: ignore[no-untyped-def]
+    """Half kick in place: ``v += a dt/2`` (arrays ``(n, 3)`` float64)."""
     for i in range(vel.shape[0]):
         for k in range(3):
             vel[i, k] += half_dt * acc[i, k]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _accelerations_parallel(pos, mu, eps2, acc):
+def _accelerations_parallel(pos, mu, eps2, acc):  # type: ignore[no-untyped-def]
+    """Softened accelerations of every body into ``acc``, one body per task.
+
+    Parameters
+    ----------
+    pos : np.ndarray
+        Shape ``(n, 3)``, AU.
+    mu : np.ndarray
+        Shape ``(n,)``, ``G m`` in AU^3 / yr^2.
+    eps2 : float
+        Softening length squared, AU^2.
+    acc : np.ndarray
+        Shape ``(n, 3)``, AU / yr^2, overwritten:
+        ``a_i = sum_j mu_j (x_j - x_i) / (|x_j - x_i|^2 + eps2)^(3/2)``.
+    """
     for i in prange(mu.size):
         _acceleration_of(pos, mu, eps2, acc, i)
 
 
 @njit(cache=True, nogil=True)
-def _accelerations_serial(pos, mu, eps2, acc):
+def _accelerations_serial(pos, mu, eps2, acc):  # type: ignore[no-untyped-def]
+    """:func:`_accelerations_parallel` on one thread."""
     for i in range(mu.size):
         _acceleration_of(pos, mu, eps2, acc, i)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _leapfrog_parallel(pos, vel, acc, mu, dt, eps2, steps):
+def _leapfrog_parallel(pos, vel, acc, mu, dt, eps2, steps):  # type: ignore[no-untyped-def]
     """``steps`` kick-drift-kick steps in place; ``acc`` holds a(pos) on entry and exit."""
     half_dt = 0.5 * dt
     for _ in range(steps):
@@ -221,7 +235,8 @@ def _leapfrog_parallel(pos, vel, acc, mu, dt, eps2, steps):
 
 
 @njit(cache=True, nogil=True)
-def _leapfrog_serial(pos, vel, acc, mu, dt, eps2, steps):
+def _leapfrog_serial(pos, vel, acc, mu, dt, eps2, steps):  # type: ignore[no-untyped-def]
+    """:func:`_leapfrog_parallel` on one thread."""
     half_dt = 0.5 * dt
     for _ in range(steps):
         _kick_drift(pos, vel, acc, half_dt, dt)
@@ -231,7 +246,23 @@ def _leapfrog_serial(pos, vel, acc, mu, dt, eps2, steps):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _energy_parallel(pos, vel, mu, eps2):
+def _energy_parallel(pos, vel, mu, eps2):  # type: ignore[no-untyped-def]
+    """Total energy times G: ``sum_i mu_i |v_i|^2 / 2 - sum_(i<j) mu_i mu_j /
+    sqrt(r_ij^2 + eps2)`` (``mu = G m``); per-body terms in parallel, summed in body order.
+
+    Parameters
+    ----------
+    pos, vel : np.ndarray
+        Shape ``(n, 3)``, AU and AU / yr.
+    mu : np.ndarray
+        Shape ``(n,)``.
+    eps2 : float
+        Softening length squared (0 for SOLAR_SYSTEM).
+
+    Returns
+    -------
+    float
+    """
     n = mu.size
     terms = np.empty(n)
     for i in prange(n):
@@ -408,7 +439,8 @@ def _accelerations_numpy(pos: np.ndarray, mu: np.ndarray, eps2: float) -> np.nda
     r2 = np.einsum("ijk,ijk->ij", d, d) + eps2
     np.fill_diagonal(r2, np.inf)  # no self-force
     s = mu[None, :] / (r2 * np.sqrt(r2))
-    return np.einsum("ijk,ij->ik", d, s)
+    acc: np.ndarray = np.einsum("ijk,ij->ik", d, s)
+    return acc
 
 
 def simulate_numpy(
@@ -527,58 +559,6 @@ def run_preset(
 # ---- the kind ----------------------------------------------------------------------------------
 
 
-DT_RANGE_MESSAGE = "{field} must be greater than {low:g} and at most {high:g} (got {value})"
-
-
-def validate(raw: Mapping[str, Any]) -> JSONDict:
-    """Check an ``NBodyInput`` and fill in ``bodies`` and the seed.
-
-    Parameters
-    ----------
-    raw : mapping
-        ``preset`` ("SOLAR_SYSTEM" or "RANDOM_CLUSTER"), ``steps`` (1 .. 10**6), ``dt``
-        (years, 0 < dt <= 1), optional ``bodies`` (RANDOM_CLUSTER: 2 .. 5000, default
-        1000; ignored and stored as 5 for SOLAR_SYSTEM) and ``seed`` (0 .. 2**31 - 1,
-        drawn when absent). Also ``bodies**2 * steps <= 2.5 * 10**10``.
-
-    Returns
-    -------
-    dict
-        ``{"preset", "bodies", "steps", "dt", "seed"}``.
-
-    Raises
-    ------
-    ParameterError
-        Naming the first offending field.
-    """
-    preset = raw.get("preset")
-    preset = getattr(preset, "name", preset)  # an enum member or its name
-    if preset not in PRESETS:
-        raise ParameterError(
-            "preset", f"preset must be one of {', '.join(PRESETS)} (got {preset!r})"
-        )
-    if raw.get("steps") is None:
-        raise ParameterError("steps", f"steps is required (1 .. {config.MAX_NBODY_STEPS})")
-    steps = check_int("steps", raw["steps"], 1, config.MAX_NBODY_STEPS)
-    if raw.get("dt") is None:
-        raise ParameterError("dt", f"dt is required (0 < dt <= {config.MAX_DT:g})")
-    dt = check_float("dt", raw["dt"], 0.0, config.MAX_DT, low_open=True, message=DT_RANGE_MESSAGE)
-    if preset == "SOLAR_SYSTEM":
-        bodies = len(_PLANETS)
-    elif raw.get("bodies") is None:
-        bodies = config.DEFAULT_BODIES
-    else:
-        bodies = check_int("bodies", raw["bodies"], config.MIN_BODIES, config.MAX_BODIES)
-    work = bodies * bodies * steps
-    if work > config.MAX_BODY_PAIR_STEPS:
-        raise ParameterError(
-            "steps",
-            f"bodies**2 * steps must be at most {config.MAX_BODY_PAIR_STEPS} (got {work})",
-        )
-    seed = check_seed(raw.get("seed"))
-    return {"preset": preset, "bodies": bodies, "steps": steps, "dt": dt, "seed": seed}
-
-
 class NBodyJob:
     """A run chunk by chunk; a chunk is ``max(1, config.NBODY_CHUNK_PAIRS // bodies**2)`` steps.
 
@@ -631,9 +611,9 @@ class NBodyJob:
         return _result(self.bodies, self.steps, self.initial_energy, final)
 
 
-def start(params: JSONDict) -> NBodyJob:
+def start(params: NBodyParams) -> NBodyJob:
     """An :class:`NBodyJob` for validated ``params``."""
-    return NBodyJob(params)
+    return NBodyJob(params.to_json())
 
 
 def warm_up() -> None:
@@ -643,16 +623,3 @@ def warm_up() -> None:
     simulate(pos, vel, mu, 1, 0.01, parallel=True)
     simulate(pos, vel, mu, 1, 0.01, parallel=False)
     energy(pos, vel, mu)
-
-
-KIND = Kind(
-    name="nBody",
-    description=(
-        "Simulates gravitating bodies (the outer solar system or a random star cluster) "
-        "and reports how well the total energy is conserved."
-    ),
-    validate=validate,
-    start=start,
-    warm_up=warm_up,
-    time_limit_seconds=config.NBODY_TIME_LIMIT_SECONDS,
-)

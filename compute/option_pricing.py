@@ -53,7 +53,8 @@ import numpy as np
 from numba import njit, prange
 
 from crunchql.compute import config
-from crunchql.compute.base import JSONDict, Kind, ParameterError
+from crunchql.compute.base import JSONDict
+from crunchql.compute.params.option_pricing import OptionPricingParams
 from crunchql.compute.random import (
     normal_at_py,
     normal_pair,
@@ -61,13 +62,10 @@ from crunchql.compute.random import (
     stream_key,
     stream_key_py,
 )
-from crunchql.compute.validation import check_float, check_int, check_seed
 
 N_SUMS = 5
 """Columns of the per-block sums: sum dY, sum dY**2, sum dX, sum dX**2, sum dX dY, where
 ``dY = Y - c_y`` and ``dX = X - E[X]`` are shifted by rough centres to avoid cancellation."""
-OPTION_TYPES = ("CALL", "PUT")
-OPTION_STYLES = ("EUROPEAN", "ASIAN")
 
 
 # ---- closed forms -----------------------------------------------------------------------
@@ -247,7 +245,7 @@ def block_pairs(steps: int) -> int:
 
 
 @njit(inline="always", cache=True)
-def _simulate_block(seed, block, n_pairs, steps, asian, phi, strike, x0, a, b, c_y, e_x, out):
+def _simulate_block(seed, block, n_pairs, steps, asian, phi, strike, x0, a, b, c_y, e_x, out):  # type: ignore[no-untyped-def]
     """Simulate the ``n_pairs`` antithetic pairs of ``block``; write their 5 sums to ``out``.
 
     ``out`` is a float64 row of shape (5,): sum dY, sum dY**2, sum dX, sum dX**2,
@@ -305,9 +303,24 @@ def _simulate_block(seed, block, n_pairs, steps, asian, phi, strike, x0, a, b, c
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=set(config.FASTMATH_FLAGS))
-def _sums_parallel(
+def _sums_parallel(  # type: ignore[no-untyped-def]
     seed, first_block, block_pairs, paths, steps, asian, phi, strike, x0, a, b, c_y, e_x, out
 ):
+    """Per-block sums of the option's pair averages, one block per task.
+
+    Parameters
+    ----------
+    seed, first_block : int
+        The streams; row ``j`` of ``out`` is block ``first_block + j``.
+    block_pairs, paths, steps : int
+        Antithetic pairs per block, in all, and monitoring dates.
+    asian : bool
+    phi, strike, x0, a, b, c_y, e_x : float
+        The set-up (see :class:`Setup`).
+    out : np.ndarray
+        Shape ``(blocks, N_SUMS)``, float64, overwritten with each block's sums (see
+        :data:`N_SUMS`); summed in block order afterwards, so threads never change them.
+    """
     for j in prange(out.shape[0]):
         block = first_block + j
         n_pairs = min(block_pairs, paths - block * block_pairs)
@@ -315,9 +328,10 @@ def _sums_parallel(
 
 
 @njit(cache=True, nogil=True, fastmath=set(config.FASTMATH_FLAGS))
-def _sums_serial(
+def _sums_serial(  # type: ignore[no-untyped-def]
     seed, first_block, block_pairs, paths, steps, asian, phi, strike, x0, a, b, c_y, e_x, out
 ):
+    """:func:`_sums_parallel` on one thread."""
     for j in range(out.shape[0]):
         block = first_block + j
         n_pairs = min(block_pairs, paths - block * block_pairs)
@@ -503,85 +517,6 @@ def price_option_python(params: Mapping[str, Any]) -> JSONDict:
     return summarize(s, sums, s.paths)
 
 
-# ---- validation ------------------------------------------------------------------------------
-
-
-def _required_float(
-    raw: Mapping[str, Any], field: str, low: float, high: float, *, low_open: bool = True
-) -> float:
-    value = raw.get(field)
-    if value is None:
-        raise ParameterError(field, f"{field} is required")
-    return check_float(field, value, low, high, low_open=low_open)
-
-
-def _check_enum(raw: Mapping[str, Any], field: str, allowed: tuple[str, ...]) -> str:
-    value = raw.get(field)
-    value = getattr(value, "name", value)  # accept Python Enum members too
-    if value not in allowed:
-        raise ParameterError(field, f"{field} must be one of {', '.join(allowed)} (got {value!r})")
-    return str(value)
-
-
-def validate(raw: Mapping[str, Any]) -> JSONDict:
-    """Check an ``OptionPricingInput``, fill in ``steps`` and ``seed``.
-
-    Bounds: ``spot, strike`` in (0, 1e9]; ``rate`` in [-1, 1]; ``volatility`` in (0, 5];
-    ``maturity`` in (0, 100] years; ``paths`` 1 .. 10**7 antithetic pairs; ``steps``
-    1 .. 10**4 (default 1 for EUROPEAN, 252 for ASIAN) and, for ASIAN,
-    ``paths * steps <= MAX_PATH_STEPS``; ``seed`` 0 .. 2**31 - 1 (drawn when absent).
-
-    Parameters
-    ----------
-    raw : mapping
-        The GraphQL input (camelCase keys, enums by name).
-
-    Returns
-    -------
-    dict
-        ``spot, strike, rate, volatility, maturity`` (float), ``optionType``, ``style`` (str),
-        ``paths, steps, seed`` (int).
-
-    Raises
-    ------
-    ParameterError
-        Naming the first offending field and its allowed range.
-    """
-    spot = _required_float(raw, "spot", 0.0, config.MAX_SPOT)
-    strike = _required_float(raw, "strike", 0.0, config.MAX_STRIKE)
-    rate = _required_float(raw, "rate", -config.MAX_ABS_RATE, config.MAX_ABS_RATE, low_open=False)
-    volatility = _required_float(raw, "volatility", 0.0, config.MAX_VOLATILITY)
-    maturity = _required_float(raw, "maturity", 0.0, config.MAX_MATURITY)
-    option_type = _check_enum(raw, "optionType", OPTION_TYPES)
-    style = _check_enum(raw, "style", OPTION_STYLES)
-    if raw.get("paths") is None:
-        raise ParameterError("paths", f"paths is required (1 .. {config.MAX_PATHS})")
-    paths = check_int("paths", raw["paths"], 1, config.MAX_PATHS)
-    if raw.get("steps") is None:
-        steps = config.DEFAULT_STEPS_ASIAN if style == "ASIAN" else config.DEFAULT_STEPS_EUROPEAN
-    else:
-        steps = check_int("steps", raw["steps"], 1, config.MAX_STEPS)
-    if style == "ASIAN" and paths * steps > config.MAX_PATH_STEPS:
-        raise ParameterError(
-            "paths",
-            f"paths * steps must be at most {config.MAX_PATH_STEPS} for ASIAN options "
-            f"(got {paths} * {steps} = {paths * steps})",
-        )
-    seed = check_seed(raw.get("seed"))
-    return {
-        "spot": spot,
-        "strike": strike,
-        "rate": rate,
-        "volatility": volatility,
-        "maturity": maturity,
-        "optionType": option_type,
-        "style": style,
-        "paths": paths,
-        "steps": steps,
-        "seed": seed,
-    }
-
-
 # ---- the job ---------------------------------------------------------------------------------
 
 
@@ -626,9 +561,9 @@ class OptionJob:
         return summarize(self.setup, self.sums, self.setup.paths)
 
 
-def start(params: JSONDict) -> OptionJob:
+def start(params: OptionPricingParams) -> OptionJob:
     """An :class:`OptionJob` for validated ``params``."""
-    return OptionJob(params)
+    return OptionJob(params.to_json())
 
 
 def warm_up() -> None:
@@ -648,17 +583,3 @@ def warm_up() -> None:
     }
     price_option_parallel(params)
     price_option_serial(params)
-
-
-KIND = Kind(
-    name="optionPricing",
-    description=(
-        "Prices a European or arithmetic-average Asian call or put by Monte Carlo simulation "
-        "of geometric Brownian motion, with a standard error, a 95 % confidence interval "
-        "and the Black-Scholes price for European options."
-    ),
-    validate=validate,
-    start=start,
-    warm_up=warm_up,
-    time_limit_seconds=config.OPTION_TIME_LIMIT_SECONDS,
-)

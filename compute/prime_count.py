@@ -36,15 +36,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 from crunchql.compute import config
-from crunchql.compute.base import JSONDict, Kind, ParameterError
-from crunchql.compute.validation import check_int
+from crunchql.compute.base import JSONDict
+from crunchql.compute.params.prime_count import PrimeCountParams
 
 # ---- the wheel ---------------------------------------------------------------------------
 
@@ -67,7 +65,7 @@ for _s in range(30):
 
 
 @njit(cache=True, nogil=True)
-def _simple_sieve(n):
+def _simple_sieve(n):  # type: ignore[no-untyped-def]
     """Primes ``p <= n`` (int64, ascending) by a plain byte sieve, for the sieving primes."""
     if n < 2:
         return np.empty(0, dtype=np.int64)
@@ -84,7 +82,7 @@ def _simple_sieve(n):
 
 
 @njit(cache=True, nogil=True)
-def _presieve_pattern(length):
+def _presieve_pattern(length):  # type: ignore[no-untyped-def]
     """Sieve bytes ``0 .. length-1`` with the multiples of 7, 11, 13, 17 (themselves too) cleared.
 
     Periodic with period 17017 bytes; ``length = period + segment_bytes`` lets a
@@ -102,7 +100,7 @@ def _presieve_pattern(length):
 
 
 @njit(inline="always")
-def _popcount_bytes(seg, n):
+def _popcount_bytes(seg, n):  # type: ignore[no-untyped-def]
     """Set bits in ``seg[:n]``; ``seg`` is zero-padded to a multiple of 8 bytes."""
     words = seg[: (n + 7) // 8 * 8].view(np.uint64)
     total = 0
@@ -115,12 +113,12 @@ def _popcount_bytes(seg, n):
         x = x - ((x >> np.uint64(1)) & m1)
         x = (x & m2) + ((x >> np.uint64(2)) & m2)
         x = (x + (x >> np.uint64(4))) & m4
-        total += np.int64((x * h01) >> np.uint64(56))
+        total += np.int64((x * h01) >> np.uint64(56))  # type: ignore[assignment]
     return total
 
 
 @njit(cache=True, nogil=True)
-def _count_block(limit, primes, pattern, first_byte, n_bytes, seg_len, large_prime_bytes):
+def _count_block(limit, primes, pattern, first_byte, n_bytes, seg_len, large_prime_bytes):  # type: ignore[no-untyped-def]
     """Primes > 17 among the numbers of sieve bytes ``first_byte .. first_byte + n_bytes - 1``.
 
     ``primes`` are the sieving primes 19 .. isqrt(limit); bytes past ``limit // 30`` are
@@ -217,7 +215,7 @@ def _count_block(limit, primes, pattern, first_byte, n_bytes, seg_len, large_pri
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _count_blocks_parallel(limit, primes, pattern, first_block, n_blocks, layout):
+def _count_blocks_parallel(limit, primes, pattern, first_block, n_blocks, layout):  # type: ignore[no-untyped-def]
     """Primes > 17 in blocks ``first_block ..`` (``n_blocks`` of them); ``layout`` as
     :func:`_layout` returns it."""
     seg_len, block_segments, large_prime_bytes = layout
@@ -237,7 +235,8 @@ def _count_blocks_parallel(limit, primes, pattern, first_block, n_blocks, layout
 
 
 @njit(cache=True, nogil=True)
-def _count_blocks_serial(limit, primes, pattern, first_block, n_blocks, layout):
+def _count_blocks_serial(limit, primes, pattern, first_block, n_blocks, layout):  # type: ignore[no-untyped-def]
+    """:func:`_count_blocks_parallel` on one thread."""
     seg_len, block_segments, large_prime_bytes = layout
     block_bytes = seg_len * block_segments
     total = 0
@@ -270,7 +269,8 @@ def _layout() -> tuple[int, int, int]:
 @functools.cache
 def _pattern(segment_bytes: int) -> np.ndarray:
     """The pre-sieve pattern for segments of ``segment_bytes`` (built once per size)."""
-    return _presieve_pattern(_PATTERN_PERIOD + segment_bytes)
+    pattern: np.ndarray = _presieve_pattern(_PATTERN_PERIOD + segment_bytes)
+    return pattern
 
 
 def _count_blocks(
@@ -283,8 +283,9 @@ def _count_blocks(
 
 
 def _sieving_primes(limit: int) -> np.ndarray:
-    primes = _simple_sieve(math.isqrt(limit))
-    return primes[primes >= _FIRST_SIEVING_PRIME]
+    primes: np.ndarray = _simple_sieve(math.isqrt(limit))
+    sieving: np.ndarray = primes[primes >= _FIRST_SIEVING_PRIME]
+    return sieving
 
 
 def _small_count(limit: int) -> int:
@@ -380,29 +381,6 @@ def count_primes_python(limit: int) -> int:
 # ---- the kind ----------------------------------------------------------------------------------
 
 
-def validate(raw: Mapping[str, Any]) -> JSONDict:
-    """Check a ``PrimeCountInput``.
-
-    Parameters
-    ----------
-    raw : mapping
-        ``{"limit": int (0 .. 10**10)}``; BigInt may arrive as a string of digits.
-
-    Returns
-    -------
-    dict
-        ``{"limit": int}``.
-
-    Raises
-    ------
-    ParameterError
-        For a missing, non-integer or out-of-range ``limit``.
-    """
-    if raw.get("limit") is None:
-        raise ParameterError("limit", f"limit is required (0 .. {config.MAX_PRIME_LIMIT})")
-    return {"limit": check_int("limit", raw["limit"], 0, config.MAX_PRIME_LIMIT)}
-
-
 class PrimeCountJob:
     """pi(limit) counted chunk by chunk; a chunk is ``config.PRIME_CHUNK_BLOCKS`` sieve blocks."""
 
@@ -437,22 +415,12 @@ class PrimeCountJob:
         return {"limit": self.limit, "count": self.count}
 
 
-def start(params: JSONDict) -> PrimeCountJob:
-    """A :class:`PrimeCountJob` for validated ``params`` (``{"limit"}``)."""
-    return PrimeCountJob(int(params["limit"]))
+def start(params: PrimeCountParams) -> PrimeCountJob:
+    """A :class:`PrimeCountJob` for validated ``params``."""
+    return PrimeCountJob(params.limit)
 
 
 def warm_up() -> None:
     """Compile or load from cache both block kernels (and the small sieve)."""
     count_primes(1000, parallel=True)
     count_primes(1000, parallel=False)
-
-
-KIND = Kind(
-    name="primeCount",
-    description="Counts the prime numbers up to a limit (at most 10^10) with a segmented sieve.",
-    validate=validate,
-    start=start,
-    warm_up=warm_up,
-    time_limit_seconds=config.PRIME_TIME_LIMIT_SECONDS,
-)

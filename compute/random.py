@@ -24,12 +24,9 @@ the pure-Python implementations and the tests.
 from __future__ import annotations
 
 import math
-import secrets
 
 import numpy as np
 from numba import njit
-
-from crunchql.compute.config import MAX_SEED
 
 GAMMA = 0x9E3779B97F4A7C15
 """The golden-ratio increment of SplitMix64 (odd, so ``i * GAMMA`` is a bijection)."""
@@ -54,7 +51,7 @@ _S11 = np.uint64(11)
 
 
 @njit(inline="always", cache=True)
-def mix64(z):
+def mix64(z):  # type: ignore[no-untyped-def]
     """SplitMix64 finaliser, a bijection of ``uint64`` with good avalanche.
 
     Parameters
@@ -74,7 +71,7 @@ def mix64(z):
 
 
 @njit(inline="always", cache=True)
-def stream_key(seed, block):
+def stream_key(seed, block):  # type: ignore[no-untyped-def]
     """The key of the stream ``(seed, block)``.
 
     Parameters
@@ -93,7 +90,7 @@ def stream_key(seed, block):
 
 
 @njit(inline="always", cache=True)
-def uint64_at(key, i):
+def uint64_at(key, i):  # type: ignore[no-untyped-def]
     """The ``i``-th uint64 of the stream with ``key``: ``mix64(key + i * GAMMA)``.
 
     Parameters
@@ -111,7 +108,7 @@ def uint64_at(key, i):
 
 
 @njit(inline="always", cache=True)
-def bits_to_unit(u):
+def bits_to_unit(u):  # type: ignore[no-untyped-def]
     """Map a uint64 to a double in [0, 1): ``(u >> 11) * 2**-53``.
 
     The 53-bit value fits an int64 exactly, and converting from a signed integer is a
@@ -130,7 +127,7 @@ def bits_to_unit(u):
 
 
 @njit(inline="always", cache=True)
-def uniform_at(key, i):
+def uniform_at(key, i):  # type: ignore[no-untyped-def]
     """The ``i``-th double in [0, 1) of the stream with ``key``.
 
     Parameters
@@ -147,7 +144,7 @@ def uniform_at(key, i):
 
 
 @njit(inline="always", cache=True)
-def box_muller(u1, u2):
+def box_muller(u1, u2):  # type: ignore[no-untyped-def]
     """Two independent standard normals from two independent uniforms in [0, 1).
 
     ``r = sqrt(-2 log(1 - u1))``, ``theta = 2 pi u2``, returns ``(r cos theta,
@@ -173,7 +170,7 @@ def box_muller(u1, u2):
 
 
 @njit(inline="always", cache=True)
-def normal_pair(key, m):
+def normal_pair(key, m):  # type: ignore[no-untyped-def]
     """Normals ``2m`` and ``2m + 1`` of the stream with ``key``.
 
     They are :func:`box_muller` of the doubles ``2m`` and ``2m + 1``: normal ``q`` of a
@@ -275,11 +272,3 @@ def normals_np(key: int, start_pair: int, pairs: int) -> np.ndarray:
     out[0::2] = r * np.cos(theta)
     out[1::2] = r * np.sin(theta)
     return out
-
-
-# ---- seeds ------------------------------------------------------------------------------
-
-
-def draw_seed() -> int:
-    """A fresh seed in 0 .. MAX_SEED from the OS's entropy source."""
-    return secrets.randbelow(MAX_SEED + 1)

@@ -1,20 +1,22 @@
-"""Input validation shared by the kinds: integers, floats and seeds.
+"""Input validation shared by the kinds: integers, floats, enums and seeds.
+
+Plain Python (no NumPy, no numba): the API process validates with it.
 
 Each helper returns the value converted (``int`` or ``float``) or raises
-:class:`~compute.base.ParameterError` naming the offending field; the messages are part of
+:class:`~crunchql.compute.base.ParameterError` naming the offending field; the messages are part of
 the API (clients show them and tests assert on them).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import secrets
+from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 from crunchql.compute.base import ParameterError
 from crunchql.compute.config import MAX_SEED
-from crunchql.compute.random import draw_seed
 
 FLOAT_RANGE_MESSAGE = (
     "{field} must be a finite number in {bracket}{low:g}, {high:g}] (got {value!r})"
@@ -30,10 +32,15 @@ def check_int(field: str, value: Any, low: int, high: int) -> int:
     """
     if isinstance(value, bool):
         raise ParameterError(field, f"{field} must be an integer (got {value!r})")
-    if isinstance(value, int | np.integer) or (
-        isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value)
-    ):
+    # numbers.Integral / numbers.Real also cover NumPy scalars without importing NumPy.
+    if isinstance(value, numbers.Integral):
         number = int(value)
+    elif (
+        isinstance(value, numbers.Real)
+        and math.isfinite(float(value))
+        and float(value) == int(float(value))
+    ):
+        number = int(float(value))
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         number = int(value.strip())
     else:
@@ -78,7 +85,7 @@ def check_float(
     -------
     float
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ParameterError(field, f"{field} must be a number (got {value!r})")
     number = float(value)
     low_ok = number > low if low_open else number >= low
@@ -96,3 +103,24 @@ def check_seed(value: Any) -> int:
     if value is None:
         return draw_seed()
     return check_int("seed", value, 0, MAX_SEED)
+
+
+def draw_seed() -> int:
+    """A fresh seed in 0 .. MAX_SEED from the OS's entropy source."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def required_int(raw: Mapping[str, Any], field: str, low: int, high: int) -> int:
+    """``raw[field]`` checked by :func:`check_int`; "``field`` is required" when absent."""
+    if raw.get(field) is None:
+        raise ParameterError(field, f"{field} is required ({low} .. {high})")
+    return check_int(field, raw[field], low, high)
+
+
+def check_enum(raw: Mapping[str, Any], field: str, allowed: tuple[str, ...]) -> str:
+    """``raw[field]`` (an enum member or its name) as one of the names ``allowed``."""
+    value = raw.get(field)
+    value = getattr(value, "name", value)  # accept Python Enum members too
+    if value not in allowed:
+        raise ParameterError(field, f"{field} must be one of {', '.join(allowed)} (got {value!r})")
+    return str(value)

@@ -3,76 +3,39 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 
-from crunchql.schema.scalars import BigInt
-from crunchql.schema.types import NBodyPreset, OptionStyle, OptionType
+from crunchql.schema.kinds import KIND_SCHEMAS
 
 
-@strawberry.input(description="1 <= samples <= 10^10.")
-class MonteCarloPiInput:
-    samples: BigInt
-    seed: int | None = None
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
-@strawberry.input(
-    description="spot, strike, maturity (years) > 0; volatility > 0; 1 <= paths <= 10^7; "
-    "steps (monitoring dates, default 1 for EUROPEAN, 252 for ASIAN) 1 ..= 10^4."
-)
-class OptionPricingInput:
-    spot: float
-    strike: float
-    rate: float
-    volatility: float
-    maturity: float
-    option_type: OptionType
-    style: OptionStyle
-    paths: int
-    steps: int | None = None
-    seed: int | None = None
+def _calculation_input() -> type:
+    """``CalculationInput``: one optional field per kind, named as the catalog names it and
+    typed with the kind's input type (schema/kinds/), in the order of KIND_SCHEMAS."""
+    namespace: dict[str, Any] = {"__annotations__": {}}
+    for schema in KIND_SCHEMAS:
+        python_name = _snake(schema.kind.name)
+        namespace["__annotations__"][python_name] = schema.input | None
+        namespace[python_name] = strawberry.field(default=strawberry.UNSET, name=schema.kind.name)
+    return strawberry.input(
+        type("CalculationInput", (), namespace),
+        one_of=True,
+        description="Exactly one field is set (@oneOf).",
+    )
 
 
-@strawberry.input(description="Counts primes p <= limit; 0 <= limit <= 10^10.")
-class PrimeCountInput:
-    limit: BigInt
+if TYPE_CHECKING:
 
+    class CalculationInput:
+        """Exactly one field is set (@oneOf); built at run time from KIND_SCHEMAS."""
 
-@strawberry.input(
-    description="Window defaults: x in [-2.5, 1.0], y in [-1.25, 1.25]; "
-    "1 <= width, height <= 4096; 1 <= maxIterations <= 100000."
-)
-class MandelbrotInput:
-    width: int
-    height: int
-    max_iterations: int
-    x_min: float | None = None
-    x_max: float | None = None
-    y_min: float | None = None
-    y_max: float | None = None
-
-
-@strawberry.input(
-    description="Units: AU, years, solar masses (G = 4 pi^2). SOLAR_SYSTEM: the Benchmarks "
-    "Game's five bodies; RANDOM_CLUSTER: `bodies` masses (default 1000, 2 ..= 5000) placed "
-    "from the seed. 1 <= steps <= 10^6; dt > 0."
-)
-class NBodyInput:
-    preset: NBodyPreset
-    bodies: int | None = None
-    steps: int
-    dt: float
-    seed: int | None = None
-
-
-@strawberry.input(one_of=True, description="Exactly one field is set (@oneOf).")
-class CalculationInput:
-    monte_carlo_pi: MonteCarloPiInput | None = strawberry.UNSET
-    option_pricing: OptionPricingInput | None = strawberry.UNSET
-    prime_count: PrimeCountInput | None = strawberry.UNSET
-    mandelbrot: MandelbrotInput | None = strawberry.UNSET
-    n_body: NBodyInput | None = strawberry.UNSET
+else:
+    CalculationInput = _calculation_input()
 
 
 def to_plain(value: Any) -> Any:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Union, cast
+from typing import TYPE_CHECKING, Annotated, Any, Union, cast
 
 import strawberry
 from strawberry.types import Info
 
+from crunchql.compute.base import JSONDict
 from crunchql.db import models
-from crunchql.schema.scalars import JSON, BigInt
+from crunchql.schema.kinds import BY_KIND, KIND_SCHEMAS
+from crunchql.schema.scalars import JSON
 
 
 @strawberry.enum
@@ -29,24 +30,6 @@ class CalculationStatus(Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
-
-
-@strawberry.enum
-class OptionType(Enum):
-    CALL = "CALL"
-    PUT = "PUT"
-
-
-@strawberry.enum(description="ASIAN: arithmetic average over the monitoring dates.")
-class OptionStyle(Enum):
-    EUROPEAN = "EUROPEAN"
-    ASIAN = "ASIAN"
-
-
-@strawberry.enum
-class NBodyPreset(Enum):
-    SOLAR_SYSTEM = "SOLAR_SYSTEM"
-    RANDOM_CLUSTER = "RANDOM_CLUSTER"
 
 
 @strawberry.type
@@ -73,83 +56,25 @@ class AuthPayload:
     user: User
 
 
-@strawberry.type
-class MonteCarloPiResult:
-    estimate: float
-    standard_error: float
-    samples: BigInt
+if TYPE_CHECKING:
+    CalculationResult = Any
+else:
+    # One member per kind, from the kinds' schema modules (schema/kinds/), in their order.
+    CalculationResult = Annotated[
+        Union[tuple(schema.result for schema in KIND_SCHEMAS)],  # noqa: UP007 - built at run time
+        strawberry.union("CalculationResult"),
+    ]
 
 
-@strawberry.type
-class OptionPricingResult:
-    price: float
-    standard_error: float
-    confidence_low: float = strawberry.field(description="Lower end of the 95 % interval.")
-    confidence_high: float = strawberry.field(description="Upper end of the 95 % interval.")
-    analytic_price: float | None = strawberry.field(
-        default=None, description="Black-Scholes price, for EUROPEAN options."
-    )
+def result_from_json(kind: str, data: JSONDict | None) -> Any:
+    """The ``CalculationResult`` member of ``kind`` built from its stored camelCase JSON.
 
-
-@strawberry.type
-class PrimeCountResult:
-    limit: BigInt
-    count: BigInt
-
-
-@strawberry.type
-class MandelbrotResult:
-    width: int
-    height: int
-    inside_fraction: float = strawberry.field(description="Share of pixels that never escaped.")
-    png: str = strawberry.field(description="Base64-encoded PNG image.")
-
-
-@strawberry.type
-class NBodyResult:
-    bodies: int
-    steps: int
-    initial_energy: float
-    final_energy: float
-    relative_energy_error: float
-
-
-CalculationResult = Annotated[
-    Union[  # noqa: UP007 - strawberry.union needs the typing form here
-        MonteCarloPiResult, OptionPricingResult, PrimeCountResult, MandelbrotResult, NBodyResult
-    ],
-    strawberry.union("CalculationResult"),
-]
-
-RESULT_TYPES: dict[str, type[Any]] = {
-    "monteCarloPi": MonteCarloPiResult,
-    "optionPricing": OptionPricingResult,
-    "primeCount": PrimeCountResult,
-    "mandelbrot": MandelbrotResult,
-    "nBody": NBodyResult,
-}
-
-
-def result_from_json(kind: str, data: dict[str, Any] | None) -> Any:
-    """The union member for ``kind`` built from the stored camelCase result."""
+    Raises KeyError for a kind that has no schema module (the completeness test in
+    tests/test_kinds.py keeps the catalog and the schema in step).
+    """
     if data is None:
         return None
-    result_type = RESULT_TYPES[kind]
-    fields = {
-        field.graphql_name or field.python_name: field.python_name
-        for field in result_type.__strawberry_definition__.fields
-    }
-    names = {f.name for f in dataclasses.fields(result_type)}
-    values = {}
-    for key, value in data.items():
-        python_name = fields.get(key) or _snake(key)
-        if python_name in names:
-            values[python_name] = value
-    return result_type(**values)
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    return BY_KIND[kind].result_from_json(data)
 
 
 @strawberry.type

@@ -167,7 +167,16 @@ async def test_sign_up_submit_watch_live_and_see_the_results(
     await expect(tab.get_by_role("progressbar")).to_have_count(2)  # one row each
     await tab.screenshot(path=ARTIFACTS / "console-mandelbrot.png", full_page=True)
 
-    # The whole list, both calculations, lived on one subscription.
+    # kMeans: the centroids, as a scatter of their first two coordinates.
+    await tab.get_by_label("Kind").select_option("kMeans")
+    await tab.get_by_label("n", exact=True).fill("3000")
+    await tab.get_by_label("dimensions", exact=True).fill("2")
+    await tab.get_by_label("k", exact=True).fill("3")
+    await tab.get_by_role("button", name="Submit", exact=True).click()
+    scatter = tab.get_by_role("img", name="Centroids")
+    await expect(scatter.locator("circle")).to_have_count(3)
+
+    # The whole list, every calculation, lived on one subscription.
     assert len(subscriptions) == 1 and "myCalculationUpdates" in subscriptions[0]
 
     await tab.get_by_role("button", name="Sign out").click()

@@ -122,3 +122,104 @@ def naive_option_price(
     mean_r = sum(residuals) / n
     var = sum((r - mean_r) ** 2 for r in residuals) / (n - 2)
     return discount * mean_r, discount * math.sqrt(var / n)
+
+
+# ---- kMeans ---------------------------------------------------------------------------------
+
+
+def naive_kmeans_data(
+    n: int, d: int, clusters: int, spread: float, seed: int, block_size: int
+) -> tuple[list[list[float]], list[int]]:
+    """(points, true labels). Centre c, coordinate j: double c*d + j of stream (seed, 0);
+    point i (block b = i // block_size, local p): label from uint64 p of stream
+    (seed, 2 + 2b), coordinate j = centre + spread * normal (p*d + j) of stream (seed, 3 + 2b)."""
+    centres = [[naive_double(seed, 0, c * d + j) for j in range(d)] for c in range(clusters)]
+    points: list[list[float]] = []
+    labels: list[int] = []
+    for i in range(n):
+        block, p = divmod(i, block_size)
+        label = ((naive_uint64(seed, 2 + 2 * block, p) >> 11) * clusters) >> 53
+        labels.append(label)
+        points.append(
+            [
+                centres[label][j] + spread * naive_normal(seed, 3 + 2 * block, p * d + j)
+                for j in range(d)
+            ]
+        )
+    return points, labels
+
+
+def _squared_distance(x: list[float], c: list[float]) -> float:
+    total = 0.0
+    for xj, cj in zip(x, c, strict=True):
+        total += (xj - cj) * (xj - cj)
+    return total
+
+
+def naive_kmeans_plus_plus(points: list[list[float]], k: int, seed: int) -> list[list[float]]:
+    """k-means++: the first centre is point floor(u_0 n); centre t the first point whose
+    running sum of D^2 exceeds u_t * sum D^2 (u_t = double t of stream (seed, 1)); point
+    floor(u_t n) when every D^2 is zero."""
+    n = len(points)
+    centres = [list(points[min(int(naive_double(seed, 1, 0) * n), n - 1)])]
+    for t in range(1, k):
+        d2 = [min(_squared_distance(x, c) for c in centres) for x in points]
+        total = sum(d2)
+        u = naive_double(seed, 1, t)
+        if total == 0.0:
+            centres.append(list(points[min(int(u * n), n - 1)]))
+            continue
+        target, running, chosen = u * total, 0.0, None
+        for i, w in enumerate(d2):
+            running += w
+            if w > 0.0 and running > target:
+                chosen = i
+                break
+        if chosen is None:
+            chosen = max(i for i, w in enumerate(d2) if w > 0.0)
+        centres.append(list(points[chosen]))
+    return centres
+
+
+def naive_kmeans(
+    points: list[list[float]], labels: list[int], k: int, clusters: int, max_iterations: int,
+    seed: int,
+) -> tuple[dict[str, object], list[float]]:  # fmt: skip
+    """Lloyd's algorithm from k-means++ centres, spelled out. Returns the result dict of the
+    kind and the inertia of every assignment."""
+    centroids = naive_kmeans_plus_plus(points, k, seed)
+    assignment = [-1] * len(points)
+    history: list[float] = []
+    iterations, converged = 0, False
+    while True:
+        iterations += 1
+        changed = 0
+        inertia = 0.0
+        for i, x in enumerate(points):
+            distances = [_squared_distance(x, c) for c in centroids]
+            best = distances.index(min(distances))  # the lowest index among ties
+            changed += best != assignment[i]
+            assignment[i] = best
+            inertia += distances[best]
+        history.append(inertia)
+        converged = changed == 0
+        if converged or iterations == max_iterations:
+            break
+        for c in range(k):
+            members = [x for x, a in zip(points, assignment, strict=True) if a == c]
+            if members:  # an empty cluster keeps its centroid
+                centroids[c] = [sum(col) / len(members) for col in zip(*members, strict=True)]
+    hits = 0
+    for c in range(k):
+        own = [label for label, a in zip(labels, assignment, strict=True) if a == c]
+        if own:
+            hits += max(own.count(t) for t in range(clusters))
+    result = {
+        "k": k,
+        "iterations": iterations,
+        "converged": converged,
+        "inertia": inertia,
+        "centroids": centroids,
+        "recoveredFraction": hits / len(points),
+    }
+    return result, history

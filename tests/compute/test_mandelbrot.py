@@ -17,6 +17,7 @@ from PIL import Image
 from crunchql.compute import config
 from crunchql.compute import mandelbrot as mb
 from crunchql.compute.base import ParameterError
+from crunchql.compute.catalog import MANDELBROT
 from tests.compute.naive_kernels import naive_escape_counts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ AREA = 1.50659177  # area of the Mandelbrot set, +- 8e-8 (published estimates)
 
 
 def run_job(raw: dict) -> tuple[dict, list[float]]:
-    job = mb.KIND.start(mb.KIND.validate(raw))
+    job = MANDELBROT.start(MANDELBROT.validate(raw))
     progress = [job.progress]
     while not job.done:
         job.step()
@@ -110,7 +111,7 @@ def test_thread_count_does_not_change_counts() -> None:
 
 
 def test_validate_fills_defaults() -> None:
-    params = mb.KIND.validate({"width": 10, "height": 20, "maxIterations": 30, "xMin": -1})
+    params = MANDELBROT.validate({"width": 10, "height": 20, "maxIterations": 30, "xMin": -1})
     assert params == {
         "width": 10,
         "height": 20,
@@ -145,14 +146,14 @@ def test_validate_fills_defaults() -> None:
 )
 def test_validate_rejects(raw: dict, field: str) -> None:
     with pytest.raises(ParameterError) as info:
-        mb.KIND.validate(raw)
+        MANDELBROT.validate(raw)
     assert info.value.field == field
 
 
 def test_kind() -> None:
-    assert mb.KIND.name == "mandelbrot" and mb.KIND.description
-    mb.KIND.warm_up()
-    job = mb.KIND.start(mb.KIND.validate({"width": 2, "height": 2, "maxIterations": 2}))
+    assert MANDELBROT.name == "mandelbrot" and MANDELBROT.description
+    MANDELBROT.warm_up()
+    job = MANDELBROT.start(MANDELBROT.validate({"width": 2, "height": 2, "maxIterations": 2}))
     with pytest.raises(RuntimeError):
         job.result()
     assert job.partial_result() is None

@@ -15,13 +15,14 @@ import pytest
 from crunchql.compute import config
 from crunchql.compute import monte_carlo_pi as mc
 from crunchql.compute.base import ParameterError
+from crunchql.compute.catalog import MONTE_CARLO_PI
 from tests.compute import naive
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_job(params: dict) -> tuple[dict, list[float], list[dict | None]]:
-    job = mc.KIND.start(params)
+    job = MONTE_CARLO_PI.start(params)
     progress, partials = [job.progress], [job.partial_result()]
     while not job.done:
         job.step()
@@ -77,7 +78,7 @@ def test_seed_determinism() -> None:
 
 def test_job_steps_equal_one_shot_and_progress() -> None:
     samples = 3 * config.PI_CHUNK_BLOCKS * mc.BLOCK // 2 + 12345  # two chunks, ragged end
-    params = mc.KIND.validate({"samples": samples, "seed": 9})
+    params = MONTE_CARLO_PI.validate({"samples": samples, "seed": 9})
     result, progress, partials = run_job(params)
     assert result == mc.estimate_pi(samples, 9)
     assert progress[0] == 0.0 and progress[-1] == 1.0
@@ -93,7 +94,7 @@ def test_job_steps_equal_one_shot_and_progress() -> None:
 
 
 def test_done_job_step_is_noop() -> None:
-    job = mc.KIND.start({"samples": 10, "seed": 1})
+    job = MONTE_CARLO_PI.start({"samples": 10, "seed": 1})
     job.step()
     assert job.done and job.progress == 1.0
     before = job.result()
@@ -102,7 +103,7 @@ def test_done_job_step_is_noop() -> None:
 
 
 def test_result_before_done_raises() -> None:
-    job = mc.KIND.start({"samples": 10, "seed": 1})
+    job = MONTE_CARLO_PI.start({"samples": 10, "seed": 1})
     with pytest.raises(RuntimeError):
         job.result()
 
@@ -133,11 +134,11 @@ def test_same_result_for_any_thread_count() -> None:
 
 
 def test_validate_fills_seed() -> None:
-    params = mc.KIND.validate({"samples": 1000})
+    params = MONTE_CARLO_PI.validate({"samples": 1000})
     assert params["samples"] == 1000
     assert 0 <= params["seed"] <= 2**31 - 1
-    assert mc.KIND.validate({"samples": "10000000000", "seed": None})["samples"] == 10**10
-    assert mc.KIND.validate({"samples": 1e6, "seed": 3}) == {"samples": 1_000_000, "seed": 3}
+    assert MONTE_CARLO_PI.validate({"samples": "10000000000", "seed": None})["samples"] == 10**10
+    assert MONTE_CARLO_PI.validate({"samples": 1e6, "seed": 3}) == {"samples": 1_000_000, "seed": 3}
 
 
 @pytest.mark.parametrize(
@@ -158,13 +159,13 @@ def test_validate_fills_seed() -> None:
 )
 def test_validate_rejects(raw: dict, field: str, fragment: str) -> None:
     with pytest.raises(ParameterError) as caught:
-        mc.KIND.validate(raw)
+        MONTE_CARLO_PI.validate(raw)
     assert caught.value.field == field
     assert field in caught.value.message
     assert fragment in caught.value.message
 
 
 def test_kind_metadata() -> None:
-    assert mc.KIND.name == "monteCarloPi"
-    assert mc.KIND.description.endswith(".")
-    mc.KIND.warm_up()
+    assert MONTE_CARLO_PI.name == "monteCarloPi"
+    assert MONTE_CARLO_PI.description.endswith(".")
+    MONTE_CARLO_PI.warm_up()

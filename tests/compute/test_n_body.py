@@ -15,13 +15,14 @@ import pytest
 from crunchql.compute import config
 from crunchql.compute import n_body as nb
 from crunchql.compute.base import ParameterError
+from crunchql.compute.catalog import N_BODY
 from tests.compute.naive_kernels import naive_energy, naive_momentum
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_job(raw: dict) -> tuple[dict, list[float]]:
-    job = nb.KIND.start(nb.KIND.validate(raw))
+    job = N_BODY.start(N_BODY.validate(raw))
     progress = [job.progress]
     while not job.done:
         job.step()
@@ -130,9 +131,9 @@ def test_thread_count_does_not_change_the_result() -> None:
 
 
 def test_validate_fills_defaults() -> None:
-    params = nb.KIND.validate({"preset": "RANDOM_CLUSTER", "steps": 10, "dt": 0.01})
+    params = N_BODY.validate({"preset": "RANDOM_CLUSTER", "steps": 10, "dt": 0.01})
     assert params["bodies"] == 1000 and 0 <= params["seed"] <= 2**31 - 1
-    solar = nb.KIND.validate({"preset": "SOLAR_SYSTEM", "steps": 10, "dt": 1, "bodies": -4})
+    solar = N_BODY.validate({"preset": "SOLAR_SYSTEM", "steps": 10, "dt": 1, "bodies": -4})
     assert solar["bodies"] == 5 and solar["dt"] == 1.0 and "seed" in solar
     json.dumps(params)
 
@@ -163,14 +164,14 @@ def test_validate_fills_defaults() -> None:
 )
 def test_validate_rejects(raw: dict, field: str) -> None:
     with pytest.raises(ParameterError) as info:
-        nb.KIND.validate(raw)
+        N_BODY.validate(raw)
     assert info.value.field == field
 
 
 def test_kind() -> None:
-    assert nb.KIND.name == "nBody" and nb.KIND.description
-    nb.KIND.warm_up()
-    job = nb.KIND.start(nb.KIND.validate({"preset": "SOLAR_SYSTEM", "steps": 1, "dt": 0.01}))
+    assert N_BODY.name == "nBody" and N_BODY.description
+    N_BODY.warm_up()
+    job = N_BODY.start(N_BODY.validate({"preset": "SOLAR_SYSTEM", "steps": 1, "dt": 0.01}))
     with pytest.raises(RuntimeError):
         job.result()
     assert job.partial_result() is None

@@ -15,6 +15,7 @@ import pytest
 from crunchql.compute import config
 from crunchql.compute import option_pricing as op
 from crunchql.compute.base import ParameterError
+from crunchql.compute.catalog import OPTION_PRICING
 from tests.compute import naive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,11 +34,11 @@ BASE = {
 
 
 def params(**changes: object) -> dict:
-    return op.KIND.validate({**BASE, **changes})
+    return OPTION_PRICING.validate({**BASE, **changes})
 
 
 def run_job(p: dict) -> tuple[dict, list[float], list[dict | None]]:
-    job = op.KIND.start(p)
+    job = OPTION_PRICING.start(p)
     progress, partials = [job.progress], [job.partial_result()]
     while not job.done:
         job.step()
@@ -286,8 +287,8 @@ def test_job_steps_equal_one_shot_and_progress(monkeypatch: pytest.MonkeyPatch) 
 def test_same_result_for_any_thread_count() -> None:
     p = params(style="ASIAN", steps=30, paths=9000, seed=12)
     code = (
-        "import json, sys, numba; from compute import option_pricing as op;"
-        "p = json.loads(sys.argv[1]); job = op.KIND.start(p)\n"
+        "import json, sys, numba; from crunchql.compute.catalog import OPTION_PRICING;"
+        "p = json.loads(sys.argv[1]); job = OPTION_PRICING.start(p)\n"
         "while not job.done: job.step()\n"
         "print(json.dumps([numba.get_num_threads(), job.result()]))"
     )
@@ -313,11 +314,11 @@ def test_same_result_for_any_thread_count() -> None:
 
 def test_validate_defaults() -> None:
     raw = {k: v for k, v in BASE.items() if k != "seed"}
-    p = op.KIND.validate(raw)
+    p = OPTION_PRICING.validate(raw)
     assert p["steps"] == 1 and 0 <= p["seed"] <= 2**31 - 1
-    assert op.KIND.validate({**raw, "style": "ASIAN"})["steps"] == 252
-    assert op.KIND.validate({**raw, "steps": None, "seed": None})["steps"] == 1
-    p = op.KIND.validate({**BASE, "rate": -0.005, "spot": 5, "paths": 10.0})
+    assert OPTION_PRICING.validate({**raw, "style": "ASIAN"})["steps"] == 252
+    assert OPTION_PRICING.validate({**raw, "steps": None, "seed": None})["steps"] == 1
+    p = OPTION_PRICING.validate({**BASE, "rate": -0.005, "spot": 5, "paths": 10.0})
     assert p["rate"] == -0.005 and p["spot"] == 5.0 and p["paths"] == 10
     assert isinstance(p["spot"], float) and isinstance(p["paths"], int)
 
@@ -357,18 +358,18 @@ def test_validate_defaults() -> None:
 )
 def test_validate_rejects(changes: dict, field: str, fragment: str) -> None:
     with pytest.raises(ParameterError) as caught:
-        op.KIND.validate({**BASE, **changes})
+        OPTION_PRICING.validate({**BASE, **changes})
     assert caught.value.field == field
     assert field in caught.value.message
     assert fragment in caught.value.message
 
 
 def test_european_ignores_cost_bound() -> None:
-    p = op.KIND.validate({**BASE, "paths": 10**7, "steps": 10**4})
+    p = OPTION_PRICING.validate({**BASE, "paths": 10**7, "steps": 10**4})
     assert op.make_setup(p).steps == 1
 
 
 def test_kind_metadata() -> None:
-    assert op.KIND.name == "optionPricing"
-    assert op.KIND.description.endswith(".")
-    op.KIND.warm_up()
+    assert OPTION_PRICING.name == "optionPricing"
+    assert OPTION_PRICING.description.endswith(".")
+    OPTION_PRICING.warm_up()

@@ -9,13 +9,14 @@ import pytest
 from crunchql.compute import config
 from crunchql.compute import prime_count as pc
 from crunchql.compute.base import ParameterError
+from crunchql.compute.catalog import PRIME_COUNT
 from tests.compute.naive_kernels import lucy_prime_count, naive_prime_count
 
 KNOWN = [4, 25, 168, 1229, 9592, 78498, 664579, 5761455, 50847534]  # pi(10**k), k = 1 .. 9
 
 
 def run_job(limit: int) -> tuple[dict, list[float]]:
-    job = pc.KIND.start(pc.KIND.validate({"limit": limit}))
+    job = PRIME_COUNT.start(PRIME_COUNT.validate({"limit": limit}))
     progress = [job.progress]
     while not job.done:
         job.step()
@@ -75,9 +76,9 @@ def test_chunking_does_not_change_the_count(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_validate_accepts_bigint_forms() -> None:
-    assert pc.KIND.validate({"limit": "10000000000"}) == {"limit": 10**10}
-    assert pc.KIND.validate({"limit": 1e3}) == {"limit": 1000}
-    assert pc.KIND.validate({"limit": 0}) == {"limit": 0}
+    assert PRIME_COUNT.validate({"limit": "10000000000"}) == {"limit": 10**10}
+    assert PRIME_COUNT.validate({"limit": 1e3}) == {"limit": 1000}
+    assert PRIME_COUNT.validate({"limit": 0}) == {"limit": 0}
 
 
 @pytest.mark.parametrize(
@@ -95,14 +96,14 @@ def test_validate_accepts_bigint_forms() -> None:
 )
 def test_validate_rejects(raw: dict) -> None:
     with pytest.raises(ParameterError) as info:
-        pc.KIND.validate(raw)
+        PRIME_COUNT.validate(raw)
     assert info.value.field == "limit"
 
 
 def test_kind() -> None:
-    assert pc.KIND.name == "primeCount" and pc.KIND.description
-    pc.KIND.warm_up()
-    job = pc.KIND.start({"limit": 100})
+    assert PRIME_COUNT.name == "primeCount" and PRIME_COUNT.description
+    PRIME_COUNT.warm_up()
+    job = PRIME_COUNT.start({"limit": 100})
     with pytest.raises(RuntimeError):
         job.result()
     assert job.partial_result() is None

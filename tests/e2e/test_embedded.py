@@ -58,6 +58,26 @@ async def test_submit_and_watch_without_redis(embedded: tuple[str, Path, dict[st
     await graphql.close()
 
 
+async def test_k_means_in_the_embedded_mode(embedded: tuple[str, Path, dict[str, str]]) -> None:
+    from crunchql.compute import k_means
+    from crunchql.compute.catalog import K_MEANS
+
+    base, _, _ = embedded
+    graphql = HttpGraphQL(base)
+    await graphql.register()
+    raw = {"n": 20_000, "dimensions": 3, "k": 4, "clusters": 4, "spread": 0.02, "seed": 5}
+    submitted = await graphql.submit({"kMeans": raw})
+    assert submitted["input"] == K_MEANS.validate(raw)
+    async with ws_session(base, graphql.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"])
+    assert errors == []
+    assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+    assert events[-1]["status"] == "SUCCEEDED"
+    expected = k_means.k_means(K_MEANS.parse(raw)).result()
+    assert events[-1]["result"] == {"__typename": "KMeansResult", **expected}
+    await graphql.close()
+
+
 @pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
 async def test_bad_token_in_connection_init_closes_with_4403(
     embedded: tuple[str, Path, dict[str, str]], subprotocol: str

@@ -7,6 +7,7 @@ import asyncio
 import math
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,12 @@ def black_scholes(s: float, k: float, r: float, sigma: float, t: float, call: bo
     if call:
         return s * n(d1) - k * math.exp(-r * t) * n(d2)
     return k * math.exp(-r * t) * n(-d2) - s * n(-d1)
+
+
+OPTION_INPUT = {
+    "spot": 100, "strike": 100, "rate": 0.05, "volatility": 0.2, "maturity": 1.0,
+    "optionType": "CALL", "style": "ASIAN", "paths": 1000,
+}  # fmt: skip
 
 
 async def client(stack: Stack) -> HttpGraphQL:
@@ -310,6 +317,50 @@ async def test_n_body_through_a_worker(stack: Stack) -> None:
     assert f"{result['initialEnergy']:.9f}" == "-0.169075164"
     assert f"{result['finalEnergy']:.9f}" == "-0.169087605"
     assert result["bodies"] == 5 and result["steps"] == 1000
+
+
+async def test_k_means_through_a_worker(stack: Stack) -> None:
+    from crunchql.compute import k_means
+    from crunchql.compute.catalog import K_MEANS
+
+    raw = {"n": 300_000, "dimensions": 4, "k": 6, "spread": 0.01, "seed": 11}
+    result = await _run_to_result(stack, {"kMeans": raw})
+    # The worker (its own process and thread count) computes the very same numbers.
+    expected = k_means.k_means(K_MEANS.parse(raw)).result()
+    assert result == {"__typename": "KMeansResult", **expected}
+    assert result["k"] == 6 and len(result["centroids"]) == 6
+
+
+def _mapped_files(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[-1] for line in maps if len(line.split()) >= 6}
+
+
+def _process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for child in children for p in _process_tree(int(child)))]
+
+
+def _kernel_libraries(pid: int) -> set[str]:
+    return {path for path in _mapped_files(pid) if "numba" in path or "llvmlite" in path}
+
+
+async def test_the_api_process_maps_no_numba_or_llvmlite(stack: Stack) -> None:
+    """Validating input needs only the kinds' plain-Python parameters: the API process of
+    the production path never loads the kernels (and with them numba and LLVM)."""
+    graphql = await client(stack)
+    await graphql.submit({"kMeans": {"n": 1000, "dimensions": 2, "k": 3}})
+    await graphql.submit({"optionPricing": OPTION_INPUT})
+    refused = await graphql.execute(
+        "mutation { submitCalculation(input: { kMeans: { n: 10000000, dimensions: 64, k: 16 } })"
+        " { id } }"
+    )
+    assert refused["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    await graphql.close()
+    assert _kernel_libraries(stack.api.process.pid) == set()
+    # The check can see them: a worker process, which runs the kernels, maps them.
+    workers = [p for w in stack.workers for p in _process_tree(w.process.pid)]
+    assert any(_kernel_libraries(pid) for pid in workers), workers
 
 
 async def _gauge(stack: Stack, name: str) -> float:

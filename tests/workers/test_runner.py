@@ -166,10 +166,30 @@ def fake_kind(name: str, step: Any, *, steps: int = 3, time_limit: float = 60.0)
         def result(self) -> dict[str, Any]:
             return {"steps": self.count}
 
-    return Kind(
-        name=name, description="test", validate=dict, start=lambda _p: FakeJob(),
-        warm_up=lambda: None, time_limit_seconds=time_limit,
-    )  # fmt: skip
+    class FakeKind(Kind[Any]):
+        def start(self, params: Mapping[str, Any]) -> FakeJob:
+            return FakeJob()
+
+        def warm_up(self) -> None:
+            pass
+
+    return FakeKind(
+        name=name, description="test", params=AnyParams, kernel="-", time_limit_seconds=time_limit
+    )
+
+
+@dataclass(frozen=True)
+class AnyParams:
+    """Parameters that accept any input (the fake kinds' jobs ignore them)."""
+
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_input(cls, raw: Mapping[str, Any]) -> AnyParams:
+        return cls(dict(raw))
+
+    def to_json(self) -> dict[str, Any]:
+        return self.raw
 
 
 async def test_a_kernel_that_raises_fails_the_calculation_with_its_message(
