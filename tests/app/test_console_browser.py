@@ -175,6 +175,7 @@ async def test_sign_up_submit_watch_live_and_see_the_results(
     await tab.get_by_role("button", name="Submit", exact=True).click()
     scatter = tab.get_by_role("img", name="Centroids")
     await expect(scatter.locator("circle")).to_have_count(3)
+    await tab.screenshot(path=ARTIFACTS / "console-kmeans.png", full_page=True)
 
     # The whole list, every calculation, lived on one subscription.
     assert len(subscriptions) == 1 and "myCalculationUpdates" in subscriptions[0]
