@@ -177,6 +177,24 @@ async def test_sign_up_submit_watch_live_and_see_the_results(
     await expect(scatter.locator("circle")).to_have_count(3)
     await tab.screenshot(path=ARTIFACTS / "console-kmeans.png", full_page=True)
 
+    # Cancel a long job from its row; Resubmit the Mandelbrot render from its row.
+    rows = tab.locator("li.row")
+    await expect(rows).to_have_count(3)
+    await tab.get_by_label("Kind").select_option("monteCarloPi")
+    await tab.get_by_label("samples", exact=True).fill("10000000000")
+    await tab.get_by_role("button", name="Submit", exact=True).click()
+    await expect(rows).to_have_count(4)
+    long_row = tab.locator(f'li.row[data-id="{await rows.first.get_attribute("data-id")}"]')
+    await long_row.get_by_role("button", name="Cancel").click()
+    await expect(long_row).to_have_attribute("data-status", "CANCELLED")
+    await expect(long_row.get_by_role("button", name="Cancel")).to_have_count(0)
+    render = rows.filter(has_text="mandelbrot")
+    await render.get_by_role("button", name="Resubmit").click()
+    await expect(rows).to_have_count(5)
+    await expect(
+        tab.locator('li.row[data-status="SUCCEEDED"]', has_text="mandelbrot")
+    ).to_have_count(2)
+
     # The whole list, every calculation, lived on one subscription.
     assert len(subscriptions) == 1 and "myCalculationUpdates" in subscriptions[0]
 
