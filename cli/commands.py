@@ -43,7 +43,8 @@ SUBMIT = (
 CANCEL = f"mutation($id: ID!) {{ cancelCalculation(id: $id) {{ {CALCULATION_FIELDS} }} }}"
 LIST = """query($first: Int, $status: CalculationStatus) {
   calculations(first: $first, status: $status) {
-    edges { node { id kind status progress createdAt finishedAt } } } }"""
+    edges { node { id kind status progress createdAt finishedAt } } }
+  calculationCount(status: $status) }"""
 AUTH = """mutation($e: String!, $p: String!) {{ {field}(email: $e, password: $p)
   {{ accessToken refreshToken user {{ email role }} }} }}"""
 
@@ -320,6 +321,7 @@ async def _list(args: argparse.Namespace) -> int:
             row["id"], row["kind"], row["status"], f"{row['progress']:.0%}", row["createdAt"]
         )
     Console(width=160).print(table)
+    stderr.print(f"{len(rows)} of {data['calculationCount']} calculations, newest first.")
     return 0
 
 

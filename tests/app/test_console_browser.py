@@ -9,6 +9,9 @@ Screenshots go to var/artifacts/. Chromium missing: a skip locally, a failure in
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -66,9 +69,14 @@ def require_chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("console")
+
+
+@pytest.fixture(scope="module")
+async def server(server_dir: Path) -> AsyncIterator[str]:
     require_chromium()
-    async with embedded_api(tmp_path_factory.mktemp("console")) as base:
+    async with embedded_api(server_dir) as base:
         yield base
 
 
@@ -205,3 +213,26 @@ async def test_sign_up_submit_watch_live_and_see_the_results(
     strays = [url for url in requests if not url.startswith(origins)]
     assert strays == [], strays
     assert any(url.startswith(f"ws://{server}/") for url in requests)  # live over WebSocket
+
+
+async def test_an_admin_sees_the_administration_panel(
+    page: tuple[Any, list[str], list[str]], server: str, server_dir: Path
+) -> None:
+    from playwright.async_api import expect
+
+    email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    database = f"sqlite+aiosqlite:///{server_dir / 'crunchql.sqlite3'}"
+    created = subprocess.run(
+        [sys.executable, "-m", "crunchql", "users", "create-admin", email],
+        input="correct horse battery staple\n", capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database},
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    tab, _, _ = page
+    await tab.goto(f"http://{server}/")
+    await tab.get_by_label("Email").fill(email)
+    await tab.get_by_label("Password").fill("correct horse battery staple")
+    await tab.get_by_role("button", name="Sign in").click()
+    panel = tab.get_by_role("region", name="Administration")
+    await expect(panel).to_contain_text("Live workers: embedded")

@@ -90,6 +90,8 @@ def test_submit_follow_json_prints_only_the_final_calculation(cli: Cli) -> None:
     listed = cli("list", "--status", "SUCCEEDED", "--json")  # no --url: the stored one
     assert listed.returncode == 0, listed.stderr
     assert [row["id"] for row in json.loads(listed.stdout)] == [final["id"]]
+    table = cli("list", "--first", "0")
+    assert table.returncode == 0 and "0 of 1 calculations" in table.stderr
 
 
 def test_input_json_and_fields_combine(cli: Cli) -> None:
