@@ -29,7 +29,7 @@ from tests.e2e.processes import (
 )
 
 pytestmark = pytest.mark.slow
-PASSWORD = "correct horse battery"
+PASSWORD = "plum quartz lantern 7319 orbit"  # strong enough for any password policy
 
 
 class Cli:
