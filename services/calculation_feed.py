@@ -194,3 +194,8 @@ async def watch_own(
                 updates = await feed.take(event)
             for update in feed.visible(updates):
                 yield update
+            for row, _ in updates:
+                if STATUS_RANK[row.status] == 2:
+                    # Sent (the resolver has copied it): a finished row can only be
+                    # compared from now on, so its result (a PNG of megabytes) is not kept.
+                    row.result = row.partial_result = None
