@@ -24,7 +24,6 @@ from datetime import timedelta
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -44,7 +43,7 @@ from crunchql.app.graphiql import content_security_policy, graphiql_html
 from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 
 logger = logging.getLogger("crunchql.graphql")
 
@@ -144,11 +143,6 @@ def negotiate_media_type(accept: str | None) -> str | None:
     return APPLICATION_JSON
 
 
-def wants_graphql_response_json(accept: str) -> bool:
-    """True when the client prefers application/graphql-response+json to application/json."""
-    return negotiate_media_type(accept) == GRAPHQL_RESPONSE_JSON
-
-
 def accepts_html(accept: str | None) -> bool:
     if not accept:
         return False
@@ -181,7 +175,7 @@ class CrunchGraphQL(GraphQL[Context, None]):
     def __init__(
         self,
         schema: BaseSchema,
-        services: Services,
+        services: ServiceContainer,
         *,
         allowed_origins: list[str],
         connection_init_timeout: float,
@@ -417,35 +411,9 @@ class CrunchGraphQL(GraphQL[Context, None]):
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
-        if result.errors:
-            request_id = (log_context.get() or {}).get("request_id", "")
-            result.errors = [_with_contract_code(error, request_id) for error in result.errors]
         processed = await super().process_result(request, result)
         # A request refused before execution (syntax, validation, limits) has no
         # "data" entry at all, as the GraphQL spec asks.
         if result.data is None and result.errors and all(e.path is None for e in result.errors):
             processed.pop("data", None)
         return processed
-
-
-def _with_contract_code(error: GraphQLError, request_id: str) -> GraphQLError:
-    """Backstop for errors that reached the view without a contract code (Strawberry's
-    ParserCache raises syntax and token-limit errors outside the error-masking
-    extension): refusals of the document are BAD_USER_INPUT, anything else is masked."""
-    extensions = error.extensions or {}
-    if extensions.get("code"):
-        return error
-    original = error.original_error
-    if isinstance(original, CrunchError):
-        error.extensions = {**extensions, **original.extensions, "code": original.code.value}
-        return error
-    if original is None or isinstance(original, GraphQLError):
-        error.extensions = {**extensions, "code": ErrorCode.BAD_USER_INPUT.value}
-        return error
-    logger.error("unexpected error outside execution (request %s)", request_id, exc_info=original)
-    return GraphQLError(
-        MASKED_MESSAGE,
-        nodes=error.nodes,
-        path=error.path,
-        extensions={"code": ErrorCode.INTERNAL_SERVER_ERROR.value, "requestId": request_id},
-    )

@@ -16,31 +16,41 @@ import argparse
 import asyncio
 import statistics
 import time
+import uuid
 from contextlib import AsyncExitStack
 
+from crunchql.core.lifecycle import CalculationEvent
 from crunchql.pubsub.bus import InProcessEventBus, Subscription
 from crunchql.pubsub.channels import user_events_key
 
 USERS = (1, 10, 100, 1000, 5000)
-SHARED_KEY = "all-users"
+SHARED_KEY = uuid.UUID(int=0)
+
+
+def tick(calculation_id: uuid.UUID, owner_id: uuid.UUID | None, n: int) -> CalculationEvent:
+    return CalculationEvent.progress_tick(
+        calculation_id, attempt=1, version=n, progress=0.5, partial_result=None, owner_id=owner_id
+    )
 
 
 async def routed(users: int, events: int) -> float:
     """Seconds per event with per-user routing (the bus as built)."""
     bus = InProcessEventBus()
     async with AsyncExitStack() as stack:
+        owners = [uuid.uuid4() for _ in range(users)]
+        calculations = [uuid.uuid4() for _ in range(users)]
         mailboxes: list[tuple[Subscription, Subscription]] = []
-        for user in range(users):
+        for owner_id, calculation_id in zip(owners, calculations, strict=True):
             mailboxes.append(
                 (
-                    await stack.enter_async_context(bus.subscribe(user_events_key(user))),
-                    await stack.enter_async_context(bus.subscribe(f"calc-{user}")),
+                    await stack.enter_async_context(bus.subscribe(user_events_key(owner_id))),
+                    await stack.enter_async_context(bus.subscribe(calculation_id)),
                 )
             )
         started = time.perf_counter()
         for n in range(events):
             owner = n % users
-            await bus.publish(f"calc-{owner}", {"id": f"calc-{owner}", "n": n}, owner=str(owner))
+            await bus.publish(tick(calculations[owner], owners[owner], n))
             for subscription in mailboxes[owner]:  # the owner's subscribers read it
                 subscription._queue.get_nowait()
         elapsed = time.perf_counter() - started
@@ -51,17 +61,18 @@ async def broadcast(users: int, events: int) -> float:
     """Seconds per event when every list subscription gets every event and filters."""
     bus = InProcessEventBus()
     async with AsyncExitStack() as stack:
+        owners = [uuid.uuid4() for _ in range(users)]
         lists = [
-            (user, await stack.enter_async_context(bus.subscribe(SHARED_KEY)))
-            for user in range(users)
+            (owner_id, await stack.enter_async_context(bus.subscribe(SHARED_KEY)))
+            for owner_id in owners
         ]
         started = time.perf_counter()
         for n in range(events):
-            owner = n % users
-            await bus.publish(SHARED_KEY, {"id": f"calc-{owner}", "owner": owner, "n": n})
-            for user, subscription in lists:  # each subscriber reads it and drops others'
+            # Every event on the one shared key, naming its owner.
+            await bus.publish(tick(SHARED_KEY, owners[n % users], n))
+            for owner_id, subscription in lists:  # each subscriber reads it, drops others'
                 event = subscription._queue.get_nowait()
-                if event["owner"] != user:
+                if isinstance(event, CalculationEvent) and event.owner_id != owner_id:
                     continue
         elapsed = time.perf_counter() - started
     return elapsed / events

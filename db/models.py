@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -21,7 +22,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from crunchql.core.lifecycle import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    CalculationSnapshot,
+    CalculationStatus,
+)
 from crunchql.db.types import JSONType, UTCDateTime, utcnow
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "Base",
+    "Calculation",
+    "CalculationStatus",
+    "RefreshToken",
+    "Role",
+    "User",
+    "Worker",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -41,22 +60,17 @@ class Role(StrEnum):
     ADMIN = "ADMIN"
 
 
-class CalculationStatus(StrEnum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {CalculationStatus.SUCCEEDED, CalculationStatus.FAILED, CalculationStatus.CANCELLED}
-)
-ACTIVE_STATUSES = frozenset({CalculationStatus.QUEUED, CalculationStatus.RUNNING})
+def _stored_as_text(enum: type[StrEnum], length: int) -> Enum:
+    """A Python enum over the plain VARCHAR column the migrations made: the stored values
+    are the members' values, no database enum type and no CHECK constraint."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
 
 
 class User(Base):
@@ -67,7 +81,7 @@ class User(Base):
     # against any writer that forgets to normalise.
     email: Mapped[str] = mapped_column(String(320))
     password_hash: Mapped[str] = mapped_column(String(100))
-    role: Mapped[str] = mapped_column(String(16), default=Role.USER.value)
+    role: Mapped[Role] = mapped_column(_stored_as_text(Role, 16), default=Role.USER)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -98,7 +112,9 @@ class Calculation(Base):
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(64))
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16), default=CalculationStatus.QUEUED.value)
+    status: Mapped[CalculationStatus] = mapped_column(
+        _stored_as_text(CalculationStatus, 16), default=CalculationStatus.QUEUED
+    )
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     partial_result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
@@ -117,6 +133,24 @@ class Calculation(Base):
         Index("ix_calculations_owner_created", "owner_id", "created_at", "id"),
         Index("ix_calculations_status", "status"),
     )
+
+    def to_snapshot(self) -> CalculationSnapshot:
+        return CalculationSnapshot(
+            id=self.id,
+            owner_id=self.owner_id,
+            kind=self.kind,
+            input=self.input,
+            status=self.status,
+            progress=self.progress,
+            version=self.version,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            result=self.result,
+            partial_result=self.partial_result,
+            error=self.error,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
 
 
 class Worker(Base):

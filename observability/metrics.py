@@ -45,6 +45,8 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
+from crunchql.core.lifecycle import RunOutcome
+
 logger = logging.getLogger("crunchql.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -59,7 +61,6 @@ OTHER = "other"
 MAX_OPERATION_NAMES = 200
 OPERATION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 KIND_NAME = re.compile(r"^[a-z][A-Za-z0-9_]{0,39}$")  # the catalog's camelCase names
-STATUS_NAME = re.compile(r"^[a-z_]{1,20}$")
 ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,39}$")
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -219,13 +220,13 @@ def record_submitted(kind: str) -> None:
     CALCULATIONS_SUBMITTED.labels(kind=_checked(kind, KIND_NAME)).inc()
 
 
-def record_finished(kind: str, status: str, seconds: float) -> None:
-    """One run ended. ``status`` is ``RunStats.outcome`` (succeeded/failed/cancelled);
-    ``skipped`` (nothing to claim) is not a run and is ignored."""
-    if status == "skipped":
+def record_finished(kind: str, outcome: RunOutcome, seconds: float) -> None:
+    """One run ended (``workers.runner.run_with_policy`` calls this once per run). A
+    delivery that ran nothing (SKIPPED) or will be retried (RETRY) is not counted."""
+    if not outcome.is_run:
         return
     kind_label = _checked(kind, KIND_NAME)
-    CALCULATIONS_FINISHED.labels(kind=kind_label, status=_checked(status, STATUS_NAME)).inc()
+    CALCULATIONS_FINISHED.labels(kind=kind_label, status=outcome.value).inc()
     JOB_RUN_TIME.labels(kind=kind_label).observe(max(seconds, 0.0))
 
 

@@ -1,13 +1,12 @@
 """The event bus that carries calculation updates from runners to subscriptions.
 
-Events are small JSON objects: ``{"id": ..., "status": ..., "progress": ...,
-"version": ..., "partialResult": ..., "terminal": bool}``. A subscriber may also
-receive ``{"resync": true}``: something may have been missed (the Redis connection
+What travels is a :class:`~crunchql.core.lifecycle.CalculationEvent` (its ``encode``d
+form over Redis), delivered to the subscribers of its calculation id and, when it names
+its owner, to the subscribers of that owner's key (:func:`user_events_key`, the list
+views' ``myCalculationUpdates``): two lookups, whatever the number of users connected.
+A subscriber may
+also receive :data:`RESYNC`: something may have been missed (the Redis connection
 dropped, or the subscriber fell behind) and it must re-read the state.
-
-An event published with ``owner`` is also delivered to that user's key
-(:func:`~crunchql.pubsub.channels.user_events_key`): one Redis message, two lookups, so
-the cost of an event does not depend on how many users are connected.
 
 ``RedisEventBus`` holds ONE pub/sub connection per process for all subscribers.
 ``InProcessEventBus`` serves the embedded mode with the same interface.
@@ -17,35 +16,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import enum
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Final, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from crunchql.core.lifecycle import CalculationEvent, MalformedEventError
 from crunchql.pubsub.channels import CALCULATION_EVENTS, user_events_key
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-RESYNC: Event = {"resync": True}
+
+class Signal(enum.Enum):
+    RESYNC = "resync"
+
+
+# Delivered instead of events that may have been lost: re-read the state.
+RESYNC: Final = Signal.RESYNC
+Delivery = CalculationEvent | Literal[Signal.RESYNC]
 SUBSCRIBER_QUEUE_SIZE = 64
+# A calculation's id, or a user's events key (user_events_key).
+Key = uuid.UUID | str
 
 
 class Subscription:
     """One subscriber's mailbox. Bounded: when it overflows, the backlog is replaced
     by a single resync marker (the reader re-reads the state instead)."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: Key) -> None:
         self.key = key
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, event: Delivery) -> None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -53,7 +62,7 @@ class Subscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(RESYNC)
 
-    async def get(self, timeout: float | None = None) -> Event | None:
+    async def get(self, timeout: float | None = None) -> Delivery | None:
         """The next event, or None after ``timeout`` seconds."""
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
@@ -66,9 +75,9 @@ class EventBus(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, key: str, event: Event, *, owner: str | None = None) -> None: ...
+    async def publish(self, event: CalculationEvent) -> None: ...
 
-    def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    def subscribe(self, key: Key) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
     @property
     def subscriber_count(self) -> int: ...
@@ -76,17 +85,17 @@ class EventBus(Protocol):
 
 class _FanOut:
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._subscribers: dict[Key, set[Subscription]] = {}
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
-    def dispatch(self, key: str, event: Event, owner: str | None = None) -> None:
-        for subscription in tuple(self._subscribers.get(key, ())):
+    def dispatch(self, event: CalculationEvent) -> None:
+        for subscription in tuple(self._subscribers.get(event.id, ())):
             subscription.deliver(event)
-        if owner is not None:
-            for subscription in tuple(self._subscribers.get(user_events_key(owner), ())):
+        if event.owner_id is not None:
+            for subscription in tuple(self._subscribers.get(user_events_key(event.owner_id), ())):
                 subscription.deliver(event)
 
     def resync_all(self) -> None:
@@ -95,7 +104,7 @@ class _FanOut:
                 subscription.deliver(RESYNC)
 
     @asynccontextmanager
-    async def subscribe(self, key: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, key: Key) -> AsyncIterator[Subscription]:
         subscription = Subscription(key)
         self._subscribers.setdefault(key, set()).add(subscription)
         try:
@@ -109,14 +118,16 @@ class _FanOut:
 
 
 class InProcessEventBus(_FanOut):
+    """The embedded mode's bus: events are immutable, so subscribers share the object."""
+
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
 
-    async def publish(self, key: str, event: Event, *, owner: str | None = None) -> None:
-        self.dispatch(key, event, owner)
+    async def publish(self, event: CalculationEvent) -> None:
+        self.dispatch(event)
 
 
 class RedisEventBus(_FanOut):
@@ -145,12 +156,8 @@ class RedisEventBus(_FanOut):
                 await self._task
             self._task = None
 
-    async def publish(self, key: str, event: Event, *, owner: str | None = None) -> None:
-        envelope: Event = {"key": key, "event": event}
-        if owner is not None:
-            envelope["owner"] = owner
-        message = json.dumps(envelope, separators=(",", ":"))
-        await self.redis.publish(CALCULATION_EVENTS, message)
+    async def publish(self, event: CalculationEvent) -> None:
+        await self.redis.publish(CALCULATION_EVENTS, event.encode())
 
     async def _listen(self) -> None:
         delay = 0.05
@@ -196,11 +203,16 @@ class RedisEventBus(_FanOut):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     def _on_message(self, data: bytes | str) -> None:
+        # Every API process hears every calculation's events: decode only those that
+        # someone here watches.
+        key = CalculationEvent.peek_id(data)
+        if key is not None and key not in self._subscribers:
+            owner = CalculationEvent.peek_owner(data)
+            if owner is None or user_events_key(owner) not in self._subscribers:
+                return
         try:
-            decoded = json.loads(data)
-            owner = decoded.get("owner")
-            self.dispatch(
-                str(decoded["key"]), decoded["event"], str(owner) if owner is not None else None
-            )
-        except (ValueError, KeyError, TypeError):
-            logger.warning("dropped a malformed event bus message")
+            event = CalculationEvent.decode(data)
+        except MalformedEventError as error:
+            logger.warning("dropped a malformed event bus message: %s", error)
+            return
+        self.dispatch(event)

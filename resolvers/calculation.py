@@ -84,8 +84,8 @@ async def calculation_updates(
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
     with tracking_subscription():
-        async for row, overrides in calculations.watch(info.context.services, user, id):
-            yield Calculation.from_model(row, overrides)
+        async for snapshot in calculations.watch(info.context.services, user, id):
+            yield Calculation.from_model(snapshot)
 
 
 def _model_status(status: CalculationStatus | None) -> ModelStatus | None:
@@ -113,7 +113,7 @@ async def my_calculation_updates(
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
     with tracking_subscription():
-        async for row, overrides in calculation_feed.watch_own(
+        async for snapshot in calculation_feed.watch_own(
             info.context.services, user, kind=kind, status=_model_status(status)
         ):
-            yield Calculation.from_model(row, overrides)
+            yield Calculation.from_model(snapshot)

@@ -17,14 +17,14 @@ from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import read_only
 from crunchql.db.models import User
 from crunchql.db.repositories import UserRepository
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 from crunchql.services.users import get_active_user
 
 
-def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]:
+def users_by_id_loader(services: ServiceContainer) -> DataLoader[uuid.UUID, User | None]:
     """Batches ``owner`` and caller look-ups of one request: the process's short-lived
     user cache first, then one short read for the rest."""
-    cache = services.users
+    cache = services.user_cache
 
     async def load(ids: list[uuid.UUID]) -> list[User | None]:
         missing = [user_id for user_id in set(ids) if user_id not in cache]
@@ -39,7 +39,7 @@ def users_by_id_loader(services: Services) -> DataLoader[uuid.UUID, User | None]
 
 @dataclass
 class Context:
-    services: Services
+    services: ServiceContainer
     connection: HTTPConnection
     client: str
     claims: AccessClaims | None = None

@@ -21,13 +21,20 @@ from crunchql.auth.rate_limit import (
     RedisRateLimiter,
 )
 from crunchql.auth.tokens import TokenService
+from crunchql.core.lifecycle import RetryPolicy
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.migrate import upgrade_async
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import EventBus, InProcessEventBus, RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
-from crunchql.services.container import JobQueue, Limits, RunnerServices, Services, user_cache
+from crunchql.services.container import (
+    JobQueue,
+    Limits,
+    RunnerServices,
+    ServiceContainer,
+    new_user_cache,
+)
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
@@ -39,7 +46,7 @@ logger = logging.getLogger("crunchql.app")
 class Runtime:
     settings: Settings
     engine: AsyncEngine
-    services: Services
+    services: ServiceContainer
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
 
@@ -98,21 +105,19 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        retry=RetryPolicy(max_retries=settings.job_max_retries),
     )
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue
     if settings.redis_url:
-        queue = DramatiqJobQueue(
-            create_broker(settings.redis_url, max_retries=settings.job_max_retries)
-        )
+        queue = DramatiqJobQueue(create_broker(settings.redis_url))
     else:
         embedded = EmbeddedJobQueue(
             RunnerServices(session_factory=session_factory, bus=bus),
             config,
-            max_retries=settings.job_max_retries,
         )
         queue = embedded
-    services = Services(
+    services = ServiceContainer(
         session_factory=session_factory,
         hasher=PasswordHasher(settings.bcrypt_rounds),
         tokens=TokenService(
@@ -127,7 +132,7 @@ async def start_runtime(
         bus=bus,
         queue=queue,
         limits=limits_from(settings),
-        users=user_cache(settings.user_cache_seconds),
+        user_cache=new_user_cache(settings.user_cache_seconds),
     )
     await bus.start()
     if embedded is not None and run_jobs:

@@ -17,7 +17,9 @@ from graphql import (
     ValidationContext,
     ValidationRule,
 )
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import bind_log_context
@@ -28,22 +30,35 @@ MASKED_MESSAGE = "Internal server error."
 MAX_VALIDATION_ERRORS = 10
 
 
+# Strawberry's own refusals of a request before execution (an unknown operation name,
+# an operation type the transport does not allow, no query).
+_REFUSALS = CannotGetOperationTypeError | InvalidOperationTypeError | MissingQueryError
+
+
 def _code_of(error: GraphQLError) -> ErrorCode | None:
+    """The contract code of an error, None for an unexpected one (to be masked)."""
     original = error.original_error
     if isinstance(original, CrunchError):
         return original.code
-    if error.path is None:
-        # Raised before execution: syntax, validation, variable coercion, limits.
+    if original is None or isinstance(original, GraphQLError | _REFUSALS):
+        # GraphQL's own refusals: syntax, validation, limits, unknown operation.
         return ErrorCode.BAD_USER_INPUT
-    if original is None:
+    if error.path is None and error.nodes:
+        # A value in the document or its variables that a scalar refused (ValueError,
+        # TypeError from parse_value): located in the request, so the client's.
         return ErrorCode.BAD_USER_INPUT
+    # Anything else, raised in a resolver or while streaming a subscription (Strawberry
+    # gives those no path): unexpected.
     return None
 
 
 class ContractErrors(MaskErrors):
-    """Gives every error an ``extensions.code`` from the contract. Errors we raised on
-    purpose keep their message; anything unexpected becomes INTERNAL_SERVER_ERROR with
-    no detail, and the detail goes to the log with the request id."""
+    """The one place where errors get their ``extensions.code`` from the contract, for
+    every operation over HTTP and WebSocket (queries, mutations, each subscription
+    event). Errors we raised on purpose keep their message; anything unexpected becomes
+    INTERNAL_SERVER_ERROR with no detail, and the detail goes to the log with the
+    request id. (Faults of the HTTP view itself, outside GraphQL, are answered by the
+    view as a bare 500 INTERNAL_SERVER_ERROR.)"""
 
     def __init__(self) -> None:
         super().__init__(should_mask_error=lambda error: _code_of(error) is None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, Union, cast
@@ -12,11 +11,13 @@ import strawberry
 from strawberry.types import Info
 
 from crunchql.compute.base import JSONDict
+from crunchql.core.lifecycle import CalculationSnapshot
 from crunchql.db import models
 from crunchql.schema.kinds import BY_KIND, KIND_SCHEMAS
 from crunchql.schema.scalars import JSON
 
 
+# The contract's enums, member for member the models' (tests/schema checks it).
 @strawberry.enum
 class Role(Enum):
     USER = "USER"
@@ -44,7 +45,7 @@ class User:
         return cls(
             id=strawberry.ID(str(user.id)),
             email=user.email,
-            role=Role(user.role),
+            role=Role(user.role.value),
             created_at=user.created_at,
         )
 
@@ -104,20 +105,17 @@ class Calculation:
         return User.from_model(user)
 
     @classmethod
-    def from_model(
-        cls, row: models.Calculation, overrides: Mapping[str, Any] | None = None
-    ) -> Calculation:
-        overrides = overrides or {}
-        partial = overrides.get("partial_result", row.partial_result)
-        status = CalculationStatus(row.status)
+    def from_model(cls, row: models.Calculation | CalculationSnapshot) -> Calculation:
+        """From a row, or from the snapshot a subscription is shown."""
+        status = CalculationStatus(row.status.value)
         return cls(
             id=strawberry.ID(str(row.id)),
             kind=row.kind,
             status=status,
-            progress=float(overrides.get("progress", row.progress)),
+            progress=float(row.progress),
             input=cast(JSON, row.input),
             result=result_from_json(row.kind, row.result),
-            partial_result=result_from_json(row.kind, partial)
+            partial_result=result_from_json(row.kind, row.partial_result)
             if status is CalculationStatus.RUNNING
             else None,
             error=row.error,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import time
 import uuid
 import weakref
@@ -21,21 +20,15 @@ from crunchql.core.errors import (
     NotFoundError,
     RateLimitedError,
 )
+from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, WatchState
 from crunchql.db.engine import after_commit, read_only, unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus, Role, User
 from crunchql.db.repositories import CalculationPage, CalculationRepository, UserRepository
-from crunchql.pubsub.bus import Event
-from crunchql.services.container import Infrastructure, Services
+from crunchql.pubsub.bus import RESYNC
+from crunchql.services.container import ServiceContainer
 
 MAX_PAGE_SIZE = 100
 IDLE_RECHECK_SECONDS = 30.0
-STATUS_RANK = {
-    CalculationStatus.QUEUED.value: 0,
-    CalculationStatus.RUNNING.value: 1,
-    CalculationStatus.SUCCEEDED.value: 2,
-    CalculationStatus.FAILED.value: 2,
-    CalculationStatus.CANCELLED.value: 2,
-}
 
 
 _owner_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -56,63 +49,11 @@ def parse_id(raw: str) -> uuid.UUID | None:
 
 
 def can_see(user: User, calculation: Calculation) -> bool:
-    return calculation.owner_id == user.id or user.role == Role.ADMIN.value
-
-
-SNAPSHOT_RESULT_LIMIT = 64 * 1024  # bigger results (a large PNG) are read from the database
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def status_event(calculation: Calculation) -> Event:
-    """A status change, with the row's state so subscribers need not read it back.
-
-    A result too big for pub/sub is left out and the event says ``reload``.
-    """
-    event: Event = {
-        "id": str(calculation.id),
-        "status": calculation.status,
-        "progress": calculation.progress,
-        "version": calculation.version,
-        "attempts": calculation.attempts,
-        "error": calculation.error,
-        "startedAt": _iso(calculation.started_at),
-        "finishedAt": _iso(calculation.finished_at),
-        "terminal": CalculationStatus(calculation.status).is_terminal,
-        "snapshot": True,
-    }
-    if calculation.result is not None:
-        if len(json.dumps(calculation.result)) <= SNAPSHOT_RESULT_LIMIT:
-            event["result"] = calculation.result
-        else:
-            event["reload"] = True
-    return event
-
-
-def apply_snapshot(row: Calculation, event: Event) -> None:
-    """Bring a detached row (the subscriber's own copy) up to a status event."""
-    row.status = str(event["status"])
-    row.progress = float(event["progress"])
-    row.version = int(event["version"])
-    row.attempts = int(event["attempts"])
-    row.error = event.get("error")
-    row.result = event.get("result")
-    row.partial_result = None
-    started, finished = event.get("startedAt"), event.get("finishedAt")
-    row.started_at = datetime.fromisoformat(started) if started else None
-    row.finished_at = datetime.fromisoformat(finished) if finished else None
-
-
-async def publish_status(services: Infrastructure, calculation: Calculation) -> None:
-    await services.bus.publish(
-        str(calculation.id), status_event(calculation), owner=str(calculation.owner_id)
-    )
+    return calculation.owner_id == user.id or user.role is Role.ADMIN
 
 
 async def submit(
-    services: Services, user: User, kind_name: str, raw_input: Mapping[str, Any]
+    services: ServiceContainer, user: User, kind_name: str, raw_input: Mapping[str, Any]
 ) -> Calculation:
     kind = KINDS.get(kind_name)
     if kind is None:
@@ -142,7 +83,7 @@ async def submit(
 
         async def announce() -> None:
             # "created", for the owner's list views (myCalculationUpdates).
-            await publish_status(services, calculation)
+            await services.bus.publish(CalculationEvent.status_change(calculation.to_snapshot()))
 
         async def send() -> None:
             await services.queue.enqueue(calculation_id)
@@ -160,7 +101,7 @@ def check_kind(kind_name: str | None) -> None:
 
 
 async def count_own(
-    services: Services,
+    services: ServiceContainer,
     user: User,
     *,
     status: CalculationStatus | None,
@@ -173,7 +114,7 @@ async def count_own(
         )
 
 
-async def resubmit(services: Services, user: User, raw_id: str) -> Calculation:
+async def resubmit(services: ServiceContainer, user: User, raw_id: str) -> Calculation:
     """A new calculation of the caller's with the stored input of a visible one: the seed
     is stored, so it reproduces the result. The same checks and limits as ``submit``."""
     original = await get_visible(services, user, raw_id)
@@ -182,7 +123,7 @@ async def resubmit(services: Services, user: User, raw_id: str) -> Calculation:
     return await submit(services, user, original.kind, original.input)
 
 
-async def get_visible(services: Services, user: User, raw_id: str) -> Calculation | None:
+async def get_visible(services: ServiceContainer, user: User, raw_id: str) -> Calculation | None:
     calculation_id = parse_id(raw_id)
     if calculation_id is None:
         return None
@@ -210,7 +151,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_own(
-    services: Services,
+    services: ServiceContainer,
     user: User,
     *,
     first: int,
@@ -228,7 +169,7 @@ async def list_own(
         )
 
 
-async def cancel(services: Services, user: User, raw_id: str) -> Calculation:
+async def cancel(services: ServiceContainer, user: User, raw_id: str) -> Calculation:
     calculation_id = parse_id(raw_id)
     not_found = NotFoundError("Calculation not found.")
     if calculation_id is None:
@@ -245,79 +186,41 @@ async def cancel(services: Services, user: User, raw_id: str) -> Calculation:
             )
 
         async def announce() -> None:
-            await publish_status(services, cancelled)
+            await services.bus.publish(CalculationEvent.status_change(cancelled.to_snapshot()))
 
         after_commit(session, announce)
     return cancelled
 
 
-def _never_back(reported: float, row: Calculation) -> tuple[float, dict[str, Any] | None]:
-    """The progress to show for ``row``: never less than already reported (a re-run
-    starts again from zero, the database lags the events)."""
-    progress = max(reported, row.progress)
-    return progress, ({"progress": progress} if progress != row.progress else None)
-
-
 async def watch(
-    services: Services, user: User, raw_id: str
-) -> AsyncIterator[tuple[Calculation, Mapping[str, Any] | None]]:
-    """The calculation as it stands, then each change, until it is terminal.
-
-    Yields (row, overrides): ``overrides`` holds the newer progress and partial result
-    from a progress event, applied over the row last read from the database.
-    """
+    services: ServiceContainer, user: User, raw_id: str
+) -> AsyncIterator[CalculationSnapshot]:
+    """The calculation as it stands, then each change, until it is terminal."""
     calculation_id = parse_id(raw_id)
     if calculation_id is None:
         raise NotFoundError("Calculation not found.")
-    key = str(calculation_id)
     deadline = time.monotonic() + services.limits.subscription_max_seconds
 
-    async def load() -> Calculation:
+    async def load() -> CalculationSnapshot:
         async with read_only(services.session_factory) as session:
             row = await CalculationRepository(session).get(calculation_id)
         if row is None or not can_see(user, row):
             raise NotFoundError("Calculation not found.")
-        return row
+        return row.to_snapshot()
 
     # Subscribe first, then read: an update between the two is queued, not lost.
-    async with services.bus.subscribe(key) as subscription:
-        row = await load()
-        state = (STATUS_RANK[row.status], row.progress, row.version)
-        yield row, None
-        while state[0] < 2:
+    async with services.bus.subscribe(calculation_id) as subscription:
+        state = WatchState(await load())
+        yield state.current
+        while not state.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             event = await subscription.get(timeout=min(IDLE_RECHECK_SECONDS, remaining))
-            overrides: dict[str, Any] | None = None
-            event_rank = STATUS_RANK.get(str((event or {}).get("status")), -1)
-            if event is not None and event.get("snapshot") and not event.get("reload"):
-                # A status change carrying the row's state.
-                # Newer means a later status, a later attempt (a takeover), or a
-                # later version of the same attempt.
-                seen = (state[0], row.attempts, state[2])
-                if (event_rank, int(event["attempts"]), int(event["version"])) <= seen:
-                    continue  # stale or duplicate
-                apply_snapshot(row, event)
-                progress, overrides = _never_back(state[1], row)
-                candidate = (event_rank, progress, row.version)
-            elif (
-                event is None
-                or event.get("resync")
-                or event.get("reload")
-                or event_rank > STATUS_RANK[row.status]
-            ):
+            if event is None or event is RESYNC or state.needs_read(event):
                 # A quiet spell, a lost connection, a big result: read the truth.
-                row = await load()
-                progress, overrides = _never_back(state[1], row)
-                candidate = (STATUS_RANK[row.status], progress, max(state[2], row.version))
-                if candidate[:2] <= state[:2] and row.version <= state[2]:
-                    continue
+                update = state.refresh(await load())
             else:
-                progress = float(event.get("progress", 0.0))
-                if event_rank < STATUS_RANK[row.status] or progress <= state[1]:
-                    continue  # stale or duplicate
-                overrides = {"progress": progress, "partial_result": event.get("partialResult")}
-                candidate = (state[0], progress, max(state[2], int(event.get("version", 0))))
-            state = candidate
-            yield row, overrides
+                update = state.apply(event)
+            if update is not None:
+                yield update

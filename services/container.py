@@ -49,7 +49,7 @@ class Limits:
     subscription_max_seconds: float = 6 * 3600.0
 
 
-def user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:
+def new_user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:
     """Users by id, for a few seconds: every authenticated request needs its caller,
     and a database round trip per request would cost more than all the rest of a
     small query. A disabled account is refused within ``seconds``."""
@@ -57,7 +57,9 @@ def user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]
 
 
 @dataclass
-class Services:
+class ServiceContainer:
+    """Everything the API's use cases need, built once per process by ``runtime``."""
+
     session_factory: async_sessionmaker[AsyncSession]
     hasher: PasswordHasher
     tokens: TokenService
@@ -65,4 +67,4 @@ class Services:
     bus: EventBus
     queue: JobQueue
     limits: Limits
-    users: TTLCache[UUID, User] = field(default_factory=user_cache)
+    user_cache: TTLCache[UUID, User] = field(default_factory=new_user_cache)

@@ -15,7 +15,7 @@ from crunchql.core.errors import BadUserInputError, ConflictError, Unauthenticat
 from crunchql.db.engine import read_only, unit_of_work
 from crunchql.db.models import RefreshToken, Role, User
 from crunchql.db.repositories import RefreshTokenRepository, UserRepository
-from crunchql.services.container import Services
+from crunchql.services.container import ServiceContainer
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL_LENGTH = 254
@@ -44,7 +44,10 @@ def normalise_email(raw: str) -> str:
 
 
 async def _issue(
-    services: Services, repo: RefreshTokenRepository, user: User, family_id: uuid.UUID | None = None
+    services: ServiceContainer,
+    repo: RefreshTokenRepository,
+    user: User,
+    family_id: uuid.UUID | None = None,
 ) -> AuthResult:
     now = datetime.now(UTC)
     raw = services.tokens.new_refresh_token()
@@ -62,7 +65,7 @@ async def _issue(
 
 
 async def register(
-    services: Services, email: str, password: str, *, client: str, role: Role = Role.USER
+    services: ServiceContainer, email: str, password: str, *, client: str, role: Role = Role.USER
 ) -> AuthResult:
     if services.limits.rate_limits:
         await services.rate_limiter.hit(
@@ -78,14 +81,16 @@ async def register(
             users = UserRepository(session)
             if await users.get_by_email(email) is not None:
                 raise ConflictError("An account with this email already exists.")
-            user = await users.add(User(email=email, password_hash=password_hash, role=role.value))
+            user = await users.add(User(email=email, password_hash=password_hash, role=role))
             return await _issue(services, RefreshTokenRepository(session), user)
     except IntegrityError:
         # Two registrations of the same email raced; the unique index decided.
         raise ConflictError("An account with this email already exists.") from None
 
 
-async def login(services: Services, email: str, password: str, *, client: str) -> AuthResult:
+async def login(
+    services: ServiceContainer, email: str, password: str, *, client: str
+) -> AuthResult:
     normalised = unicodedata.normalize("NFKC", email).strip().lower()
     if services.limits.rate_limits:
         window = services.limits.rate_limit_window_seconds
@@ -112,7 +117,7 @@ async def login(services: Services, email: str, password: str, *, client: str) -
         return await _issue(services, RefreshTokenRepository(session), user)
 
 
-async def refresh(services: Services, refresh_token: str) -> AuthResult:
+async def refresh(services: ServiceContainer, refresh_token: str) -> AuthResult:
     invalid = UnauthenticatedError("Refresh token is invalid or expired; log in again.")
     if not refresh_token or len(refresh_token) > 200:
         raise invalid
@@ -134,15 +139,15 @@ async def refresh(services: Services, refresh_token: str) -> AuthResult:
         return await _issue(services, tokens, user, family_id=token.family_id)
 
 
-async def get_active_user(services: Services, user_id: uuid.UUID) -> User | None:
+async def get_active_user(services: ServiceContainer, user_id: uuid.UUID) -> User | None:
     """The user behind a token, if still active: from the process's short-lived cache,
     else the database (so a disabled account is refused within the cache time, on
     HTTP and on long-lived WebSockets alike)."""
-    user = services.users.get(user_id)
+    user = services.user_cache.get(user_id)
     if user is None:
         async with read_only(services.session_factory) as session:
             user = await UserRepository(session).get_by_id(user_id)
         if user is None:
             return None
-        services.users[user_id] = user
+        services.user_cache[user_id] = user
     return user if user.is_active else None

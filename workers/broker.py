@@ -82,26 +82,34 @@ class CrunchRedisBroker(RedisBroker):
             pipe.execute()
 
 
-def create_broker(
-    redis_url: str, *, max_retries: int, extra_middleware: list[Middleware] | None = None
-) -> CrunchRedisBroker:
-    middleware: list[Middleware] = [
+def _retry_requested(_retries: int, error: BaseException) -> bool:
+    return isinstance(error, dramatiq.Retry)
+
+
+def standard_middleware(extra: list[Middleware] | None = None) -> list[Middleware]:
+    """The middleware of every crunchql broker (the tests' stub broker included)."""
+    return [
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        # Retries only for what the actor re-raises as transient; an input error never
-        # reaches here (the runner stores FAILED at once).
-        Retries(max_retries=max_retries, min_backoff=500, max_backoff=15_000),
+        # Redelivers only what the actor asks to retry (dramatiq.Retry, with its delay):
+        # how often and when is workers.runner.run_with_policy's decision.
+        Retries(retry_when=_retry_requested),
         CurrentMessage(),
         AsyncIO(),
-        *(extra_middleware or []),
+        *(extra or []),
     ]
+
+
+def create_broker(
+    redis_url: str, *, extra_middleware: list[Middleware] | None = None
+) -> CrunchRedisBroker:
     # Timeouts, so that a Redis that drops packets fails a send in seconds instead of
     # hanging a request for the operating system's two minutes (BLPOP waits at most 1 s).
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10)
     broker = CrunchRedisBroker(  # type: ignore[no-untyped-call]
         client=client,
-        middleware=middleware,
+        middleware=standard_middleware(extra_middleware),
         namespace="crunchql",
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,

@@ -20,6 +20,7 @@ from dramatiq.middleware import Middleware
 from redis.asyncio import Redis
 
 from crunchql.compute.catalog import warm_up_all
+from crunchql.core.lifecycle import RetryPolicy
 from crunchql.core.settings import Settings
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.repositories import CalculationRepository, RefreshTokenRepository, WorkerRepository
@@ -74,6 +75,7 @@ class WorkerRuntime:
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
+                retry=RetryPolicy(max_retries=settings.job_max_retries),
             ),
             # One kernel thread per process: kernels are parallel inside, and numba's
             # default threading layer must not run two parallel regions at once.

@@ -6,21 +6,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from crunchql.compute.catalog import warm_up_all
-from crunchql.observability.metrics import record_finished
+from crunchql.core.lifecycle import RunOutcome
 from crunchql.services.container import Infrastructure
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
-from crunchql.workers.runner import (
-    RunnerConfig,
-    TransientError,
-    fail_exhausted,
-    is_transient,
-    run_calculation,
-)
+from crunchql.workers.runner import RunnerConfig, run_with_policy
 
 logger = logging.getLogger("crunchql.queue")
 ACTOR_NAME = "calculation.run"
@@ -50,6 +45,27 @@ class DramatiqJobQueue:
         await asyncio.wait_for(asyncio.to_thread(self.send, calculation_id), SEND_TIMEOUT_SECONDS)
 
 
+async def run_message(
+    services: Infrastructure, config: RunnerConfig, executor: Executor, calculation_id: str
+) -> None:
+    """The body of the ``calculation.run`` actor: one delivery, with the policy applied.
+
+    Dramatiq's Retries middleware keeps the retry count in the message; whether to retry
+    at all, and when, is ``run_with_policy``'s decision (``config.retry``), which asks
+    for it by ``dramatiq.Retry`` (the only exception the broker retries).
+    """
+    try:
+        parsed = uuid.UUID(calculation_id)
+    except ValueError:
+        return  # not ours to run; a retry would not help
+    message = CurrentMessage.get_current_message()
+    retries = int(message.options.get("retries", 0)) if message else 0
+    stats = await run_with_policy(services, config, parsed, executor, retries=retries)
+    if stats.outcome is RunOutcome.RETRY:
+        delay = config.retry.backoff(retries)
+        raise dramatiq.Retry(f"calculation {parsed}: retry {retries + 1}", delay=int(delay * 1000))
+
+
 class EmbeddedJobQueue:
     """Runs calculations as tasks of the API's own event loop, kernels in one thread.
 
@@ -63,11 +79,9 @@ class EmbeddedJobQueue:
         config: RunnerConfig,
         *,
         concurrency: int = 4,
-        max_retries: int = 3,
     ) -> None:
         self.services = services
         self.config = config
-        self.max_retries = max_retries
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crunchql-kernel")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,28 +101,22 @@ class EmbeddedJobQueue:
 
     async def _run(self, calculation_id: uuid.UUID, take_over: bool) -> None:
         async with self._slots:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    stats = await run_calculation(
-                        self.services,
-                        self.config,
-                        calculation_id,
-                        self._executor,
-                        take_over=take_over or attempt > 0,
-                    )
-                    if stats.kind:
-                        record_finished(stats.kind, stats.outcome, stats.seconds)
-                    return
-                except Exception as error:
-                    if not isinstance(error, TransientError) and not is_transient(error):
-                        logger.exception("calculation %s: runner crashed", calculation_id)
-                        break
-                    logger.warning("calculation %s: transient error: %s", calculation_id, error)
-                    await asyncio.sleep(min(2**attempt, 15))
-            with contextlib.suppress(Exception):
-                await fail_exhausted(
-                    self.services, calculation_id, "Gave up after repeated infrastructure errors."
+            retries = 0
+            while True:
+                # A retry takes the run over at once: this process owns every run, and
+                # the hand-back before a retry is best effort.
+                stats = await run_with_policy(
+                    self.services,
+                    self.config,
+                    calculation_id,
+                    self._executor,
+                    retries=retries,
+                    take_over=take_over or retries > 0,
                 )
+                if stats.outcome is not RunOutcome.RETRY:
+                    return
+                await asyncio.sleep(self.config.retry.backoff(retries))
+                retries += 1
 
     async def recover(self, calculation_ids: list[uuid.UUID]) -> None:
         """After a restart: every QUEUED or RUNNING row belongs to this single process."""

@@ -1,9 +1,10 @@
 """Runs one calculation: claim → kernel chunk by chunk → save → publish.
 
-The same coroutine serves the Dramatiq actor (worker processes) and the embedded
-in-process queue. The database row is the source of truth: a duplicate message finds
-nothing to claim, a cancel is seen at the next progress write, and a run whose
-worker died is claimed again once its heartbeat is stale.
+:func:`run_with_policy` is what the Dramatiq actor (worker processes) and the embedded
+in-process queue both call: one delivery of a calculation, with the retry policy
+applied. The database row is the source of truth: a duplicate message finds nothing
+to claim, a cancel is seen at the next progress write, and a run whose worker died is
+claimed again once its heartbeat is stale.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from typing import Any
 
 from crunchql.compute.base import Job, ParameterError
 from crunchql.compute.catalog import KINDS
+from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import unit_of_work
-from crunchql.db.models import Calculation, CalculationStatus
+from crunchql.db.models import Calculation
 from crunchql.db.repositories import CalculationRepository
-from crunchql.pubsub.bus import EventBus
-from crunchql.services.calculations import publish_status
+from crunchql.observability.metrics import record_finished
 from crunchql.services.container import Infrastructure
 
 logger = logging.getLogger("crunchql.runner")
+GAVE_UP = "Gave up after repeated infrastructure errors."
+INTERNAL_FAILURE = "The calculation could not be completed (an internal error)."
 
 
 class TransientError(Exception):
@@ -46,11 +49,12 @@ class RunnerConfig:
     # hands the calculation back (QUEUED) and asks for it to be queued again.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     requeue: Callable[[uuid.UUID], Awaitable[None]] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunStats:
-    outcome: str = "skipped"
+    outcome: RunOutcome = RunOutcome.SKIPPED
     kind: str | None = None
     seconds: float = 0.0
 
@@ -59,18 +63,73 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _announce(services: Infrastructure, calculation: Calculation) -> None:
+async def _publish(services: Infrastructure, event: CalculationEvent) -> None:
     try:
-        await publish_status(services, calculation)
+        await services.bus.publish(event)
     except Exception as error:  # the row is saved; subscribers re-read it when idle
-        logger.warning("could not publish a status change: %s", error)
+        logger.warning("could not publish a %s event: %s", event.kind.value, error)
 
 
-async def _publish(bus: EventBus, event: dict[str, Any], owner: uuid.UUID) -> None:
+async def _announce(services: Infrastructure, calculation: Calculation) -> None:
+    await _publish(services, CalculationEvent.status_change(calculation.to_snapshot()))
+
+
+async def run_with_policy(
+    services: Infrastructure,
+    config: RunnerConfig,
+    calculation_id: uuid.UUID,
+    executor: Executor | None = None,
+    *,
+    retries: int = 0,
+    take_over: bool = False,
+) -> RunStats:
+    """One delivery of a calculation, and what its failures mean (``config.retry``).
+
+    ``retries`` is how many times this calculation was already retried (the caller
+    keeps the count: Dramatiq's message, the embedded queue's loop).
+
+    - Shutting down: the calculation is handed back untouched (re-sent with a fresh
+      retry count: a hand-back is not a failure), and so is a run that infrastructure
+      trouble interrupts while the worker stops.
+    - Infrastructure trouble (database, Redis) with retries left: the run is handed
+      back QUEUED and the outcome is RETRY: deliver it again after
+      ``config.retry.backoff(retries)``, with ``retries + 1``.
+    - The same with no retries left: FAILED, "Gave up after repeated infrastructure
+      errors."
+    - Anything else escaping the runner (a bug): FAILED at once, never retried, the
+      detail logged. (Errors in the input or a kernel are FAILED by the runner itself.)
+
+    Finished runs are counted in the metrics here, once.
+    """
+    if config.stopping.is_set():
+        await _hand_back(services, config, calculation_id, claimed=False)
+        return RunStats()
     try:
-        await bus.publish(event["id"], event, owner=str(owner))
-    except Exception as error:  # a lost event is recovered by subscribers' re-reads
-        logger.warning("could not publish an event: %s", error)
+        stats = await run_calculation(
+            services, config, calculation_id, executor, take_over=take_over
+        )
+    except Exception as error:
+        if not is_transient(error):
+            logger.exception("calculation %s: the runner failed", calculation_id)
+            stats = await _give_up(services, calculation_id, INTERNAL_FAILURE)
+        elif config.stopping.is_set():
+            logger.warning("calculation %s handed back: %s while stopping", calculation_id, error)
+            await _hand_back(services, config, calculation_id)
+            return RunStats(RunOutcome.RELEASED)
+        elif not config.retry.gives_up(retries):
+            logger.warning(
+                "calculation %s: transient error (retry %d of %d follows): %s",
+                calculation_id, retries + 1, config.retry.max_retries, error,
+            )  # fmt: skip
+            await release(services, config, calculation_id)
+            return RunStats(RunOutcome.RETRY)
+        else:
+            logger.error("calculation %s: giving up after %d retries: %s", calculation_id,
+                         retries, error)  # fmt: skip
+            stats = await _give_up(services, calculation_id, GAVE_UP)
+    if stats.kind and stats.outcome.is_run:
+        record_finished(stats.kind, stats.outcome, stats.seconds)
+    return stats
 
 
 async def run_calculation(
@@ -81,12 +140,9 @@ async def run_calculation(
     *,
     take_over: bool = False,
 ) -> RunStats:
-    stats = RunStats()
-    if config.stopping.is_set():
-        # Shutting down: leave the calculation for another worker, untouched.
-        if config.requeue is not None:
-            await config.requeue(calculation_id)
-        return stats
+    """Claim and run the calculation once. Infrastructure errors propagate (the policy
+    in :func:`run_with_policy` decides); everything about the calculation itself (bad
+    input, a kernel error, the time limit, a cancel, a shutdown) is settled here."""
     factory = services.session_factory
     now = _now()
     stale_before = now if take_over else now - config.stale_after
@@ -95,16 +151,12 @@ async def run_calculation(
             calculation_id, config.worker_id, now, stale_before
         )
     if calculation is None:
-        return stats  # finished, cancelled, or alive on another worker
-    stats.kind = calculation.kind
+        return RunStats()  # finished, cancelled, or alive on another worker
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
     await _announce(services, calculation)
     started = time.monotonic()
-    try:
-        stats.outcome = await _execute(services, config, calculation, executor)
-    finally:
-        stats.seconds = time.monotonic() - started
-    return stats
+    outcome = await _execute(services, config, calculation, executor)
+    return RunStats(outcome, calculation.kind, time.monotonic() - started)
 
 
 async def _finish(
@@ -116,7 +168,7 @@ async def _finish(
     *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
-) -> str:
+) -> RunOutcome:
     async with unit_of_work(services.session_factory) as session:
         row = await CalculationRepository(session).finish(
             calculation.id,
@@ -128,9 +180,9 @@ async def _finish(
             error=error,
         )
     if row is None:
-        return "cancelled"  # cancelled (or taken over) while we ran: nothing to store
+        return RunOutcome.CANCELLED  # cancelled (or taken over) while we ran: nothing stored
     await _announce(services, row)
-    return status.value.lower()
+    return RunOutcome.FAILED if status is CalculationStatus.FAILED else RunOutcome.SUCCEEDED
 
 
 class KernelError(Exception):
@@ -160,12 +212,12 @@ async def _execute(
     config: RunnerConfig,
     calculation: Calculation,
     executor: Executor | None,
-) -> str:
+) -> RunOutcome:
     loop = asyncio.get_running_loop()
     kind = KINDS.get(calculation.kind)
     version = calculation.version
 
-    async def fail(message: str) -> str:
+    async def fail(message: str) -> RunOutcome:
         return await _finish(
             services, config, calculation, CalculationStatus.FAILED, version + 1, error=message
         )
@@ -184,7 +236,7 @@ async def _execute(
     budget = kind.time_limit_seconds
     floor = calculation.progress  # a re-run never reports less than was reported before
     last_publish = last_write = 0.0
-    key = str(calculation.id)
+    key = calculation.id
     try:
         while not job.done:
             if budget <= 0:
@@ -195,7 +247,7 @@ async def _execute(
             if config.stopping.is_set():
                 await _hand_back(services, config, calculation.id)
                 logger.info("calculation %s handed back: this worker is stopping", key)
-                return "released"
+                return RunOutcome.RELEASED
             budget -= await loop.run_in_executor(executor, _timed_step, job)
             progress = max(floor, job.progress)
             clock = time.monotonic()
@@ -207,15 +259,15 @@ async def _execute(
                 floor = progress
                 last_publish = clock
                 await _publish(
-                    services.bus,
-                    {
-                        "id": key,
-                        "status": CalculationStatus.RUNNING.value,
-                        "progress": progress,
-                        "partialResult": partial,
-                        "version": version,
-                    },
-                    calculation.owner_id,
+                    services,
+                    CalculationEvent.progress_tick(
+                        key,
+                        attempt=calculation.attempts,
+                        version=version,
+                        progress=progress,
+                        partial_result=partial,
+                        owner_id=calculation.owner_id,
+                    ),
                 )
             if clock - last_write >= config.write_interval:
                 last_write = clock
@@ -230,7 +282,7 @@ async def _execute(
                     )
                 if not owned:
                     logger.info("calculation %s was cancelled; stopping", key)
-                    return "cancelled"
+                    return RunOutcome.CANCELLED
         result = _kernel_call(job.result)
     except KernelError as error:
         logger.warning("kernel of %s failed: %s", key, error)
@@ -242,21 +294,26 @@ async def _execute(
             # The process is going away under the run: not the calculation's fault.
             await _hand_back(services, config, calculation.id)
             logger.warning("calculation %s handed back: the process is ending", key)
-            return "released"
+            return RunOutcome.RELEASED
         # Not the kernel and not passing trouble: the detail is ours, not the user's.
         logger.exception("running %s failed", key)
-        return await fail("The calculation could not be completed (an internal error).")
+        return await fail(INTERNAL_FAILURE)
     return await _finish(
         services, config, calculation, CalculationStatus.SUCCEEDED, version + 1, result=result
     )
 
 
 async def _hand_back(
-    services: Infrastructure, config: RunnerConfig, calculation_id: uuid.UUID
+    services: Infrastructure,
+    config: RunnerConfig,
+    calculation_id: uuid.UUID,
+    *,
+    claimed: bool = True,
 ) -> None:
-    """QUEUED again and re-sent, for another worker (a failed send is re-sent by the
-    sweeper)."""
-    await release(services, config, calculation_id)
+    """QUEUED again (when this worker had claimed it) and re-sent, for another worker
+    (a failed send is re-sent by the sweeper)."""
+    if claimed:
+        await release(services, config, calculation_id)
     if config.requeue is not None:
         with contextlib.suppress(Exception):
             await config.requeue(calculation_id)
@@ -269,6 +326,8 @@ def _process_is_ending(error: BaseException) -> bool:
 
 def is_transient(error: BaseException) -> bool:
     """Infrastructure trouble worth a retry (never an error in the input or a kernel)."""
+    if isinstance(error, TransientError):
+        return True
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import DBAPIError, OperationalError
@@ -299,11 +358,19 @@ async def release(
         logger.warning("could not release %s: %s", calculation_id, error)
 
 
-async def fail_exhausted(services: Infrastructure, calculation_id: uuid.UUID, reason: str) -> None:
-    """Retries are used up: FAILED, with the reason, and announced."""
-    async with unit_of_work(services.session_factory) as session:
-        row = await CalculationRepository(session).fail_unclaimed(
-            calculation_id, error=reason, now=_now()
-        )
-    if row is not None:
-        await _announce(services, row)
+async def _give_up(services: Infrastructure, calculation_id: uuid.UUID, reason: str) -> RunStats:
+    """FAILED straight away, with the reason, and announced. Best effort: when even this
+    cannot be stored, the row stays active and the sweeper (or the next start of the
+    embedded mode) sends it again."""
+    try:
+        async with unit_of_work(services.session_factory) as session:
+            row = await CalculationRepository(session).fail_unclaimed(
+                calculation_id, error=reason, now=_now()
+            )
+    except Exception as error:
+        logger.warning("could not mark %s FAILED: %s", calculation_id, error)
+        return RunStats(RunOutcome.FAILED)
+    if row is None:
+        return RunStats()  # finished or cancelled meanwhile
+    await _announce(services, row)
+    return RunStats(RunOutcome.FAILED, row.kind)

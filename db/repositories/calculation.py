@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
 
-_IS_ACTIVE = Calculation.status.in_([status.value for status in ACTIVE_STATUSES])
+_IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,6 @@ class CalculationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, calculation: Calculation) -> Calculation:
-        self.session.add(calculation)
-        await self.session.flush()
-        return calculation
-
     async def create(
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
     ) -> Calculation:
@@ -40,7 +35,7 @@ class CalculationRepository:
             insert(table)
             .values(
                 id=uuid.uuid4(), owner_id=owner_id, kind=kind, input=params,
-                status=CalculationStatus.QUEUED.value, progress=0.0, created_at=now,
+                status=CalculationStatus.QUEUED, progress=0.0, created_at=now,
                 attempts=0, version=0,
             )
             .returning(*table.c)
@@ -83,7 +78,7 @@ class CalculationRepository:
         """Newest first, keyset-paginated on (created_at, id)."""
         statement = select(Calculation).where(Calculation.owner_id == owner_id)
         if status is not None:
-            statement = statement.where(Calculation.status == status.value)
+            statement = statement.where(Calculation.status == status)
         if after is not None:
             created_at, last_id = after
             statement = statement.where(
@@ -121,9 +116,9 @@ class CalculationRepository:
         or late message then does nothing.
         """
         condition = or_(
-            Calculation.status == CalculationStatus.QUEUED.value,
+            Calculation.status == CalculationStatus.QUEUED,
             and_(
-                Calculation.status == CalculationStatus.RUNNING.value,
+                Calculation.status == CalculationStatus.RUNNING,
                 or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
             ),
         )
@@ -131,7 +126,7 @@ class CalculationRepository:
             calculation_id,
             condition,
             {
-                "status": CalculationStatus.RUNNING.value,
+                "status": CalculationStatus.RUNNING,
                 "started_at": now,
                 "attempts": Calculation.attempts + 1,
                 "worker_id": worker_id,
@@ -143,7 +138,7 @@ class CalculationRepository:
 
     def _owned_run(self, worker_id: str) -> Any:
         return and_(
-            Calculation.status == CalculationStatus.RUNNING.value,
+            Calculation.status == CalculationStatus.RUNNING,
             Calculation.worker_id == worker_id,
         )
 
@@ -190,7 +185,7 @@ class CalculationRepository:
         error: str | None = None,
     ) -> Calculation | None:
         values: dict[str, Any] = {
-            "status": status.value,
+            "status": status,
             "finished_at": now,
             "result": result,
             "error": error,
@@ -207,7 +202,7 @@ class CalculationRepository:
         result = await self.session.execute(
             update(Calculation)
             .where(Calculation.id == calculation_id, self._owned_run(worker_id))
-            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .values(status=CalculationStatus.QUEUED, worker_id=None)
             .execution_options(synchronize_session=False)
         )
         return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
@@ -220,7 +215,7 @@ class CalculationRepository:
             calculation_id,
             _IS_ACTIVE,
             {
-                "status": CalculationStatus.FAILED.value,
+                "status": CalculationStatus.FAILED,
                 "finished_at": now,
                 "error": error,
                 "version": Calculation.version + 1,
@@ -233,7 +228,7 @@ class CalculationRepository:
             calculation_id,
             _IS_ACTIVE,
             {
-                "status": CalculationStatus.CANCELLED.value,
+                "status": CalculationStatus.CANCELLED,
                 "finished_at": now,
                 "version": Calculation.version + 1,
             },
@@ -246,10 +241,10 @@ class CalculationRepository:
         statement = (
             update(table)
             .where(
-                table.c.status == CalculationStatus.RUNNING.value,
+                table.c.status == CalculationStatus.RUNNING,
                 or_(table.c.heartbeat_at.is_(None), table.c.heartbeat_at < stale_before),
             )
-            .values(status=CalculationStatus.QUEUED.value, worker_id=None)
+            .values(status=CalculationStatus.QUEUED, worker_id=None)
             .returning(table.c.id)
         )
         return list((await self.session.execute(statement)).scalars())
@@ -259,7 +254,7 @@ class CalculationRepository:
         statement = (
             select(Calculation.id)
             .where(
-                Calculation.status == CalculationStatus.QUEUED.value,
+                Calculation.status == CalculationStatus.QUEUED,
                 Calculation.created_at < created_before,
             )
             .order_by(Calculation.created_at)

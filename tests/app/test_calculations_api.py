@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from crunchql.core.lifecycle import RunOutcome
 from crunchql.db.engine import create_engine, create_session_factory
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices
@@ -182,7 +183,7 @@ async def test_cancelled_while_queued_never_runs(queued_client: Any) -> None:
         uuid.UUID(submitted["id"]),
     )
     await engine.dispose()
-    assert stats.outcome == "skipped"
+    assert stats.outcome is RunOutcome.SKIPPED
     calc = await status_of(client, submitted["id"])
     assert calc["status"] == "CANCELLED" and calc["attempts"] == 0
     again = await client.execute(

@@ -133,7 +133,7 @@ def test_worker_scales_on_the_dramatiq_queue(k8s_documents: list[dict[str, Any]]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "crunchql-worker"
     assert scaled["spec"]["minReplicaCount"] >= 1, "workers run the sweeper; readyz needs one"
     (trigger,) = scaled["spec"]["triggers"]
-    broker = create_broker("redis://127.0.0.1:6379/0", max_retries=0)  # no I/O until used
+    broker = create_broker("redis://127.0.0.1:6379/0")  # no I/O until used
     assert trigger["type"] == "redis"
     assert trigger["metadata"]["listName"] == f"{broker.namespace}:{QUEUE_NAME}"
 
@@ -146,7 +146,7 @@ def test_queue_key_on_real_redis(k8s_documents: list[dict[str, Any]]) -> None:
     import redis
 
     list_name = scaled_object(k8s_documents)["spec"]["triggers"][0]["metadata"]["listName"]
-    broker = create_broker(REDIS_URL, max_retries=0)
+    broker = create_broker(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL)
     existed = {key for key in (list_name, f"{list_name}.msgs") if client.exists(key)}
     message: dramatiq.Message[None] = dramatiq.Message(

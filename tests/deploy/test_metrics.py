@@ -23,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from crunchql.core.errors import BadUserInputError
+from crunchql.core.lifecycle import RunOutcome
 from crunchql.observability import metrics
 from crunchql.schema.extensions import ContractErrors
 from tests.deploy.conftest import ROOT
@@ -181,8 +182,8 @@ def test_plain_functions() -> None:
 
     done = {"kind": "prime_count", "status": "succeeded"}
     before = value("crunchql_calculations_finished_total", **done)
-    metrics.record_finished("prime_count", "succeeded", 2.5)
-    metrics.record_finished("prime_count", "skipped", 0.0)  # not a run
+    metrics.record_finished("prime_count", RunOutcome.SUCCEEDED, 2.5)
+    metrics.record_finished("prime_count", RunOutcome.SKIPPED, 0.0)  # not a run
     assert value("crunchql_calculations_finished_total", **done) == before + 1
     assert value("crunchql_calculation_run_seconds_count", kind="prime_count") >= 1
 

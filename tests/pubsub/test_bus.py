@@ -1,32 +1,43 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 
 import pytest
 from redis.asyncio import Redis
 
+from crunchql.core.lifecycle import CalculationEvent
 from crunchql.pubsub.bus import RESYNC, SUBSCRIBER_QUEUE_SIZE, InProcessEventBus, RedisEventBus
-from crunchql.pubsub.channels import user_events_key
+from crunchql.pubsub.channels import CALCULATION_EVENTS, user_events_key
 from crunchql.pubsub.redis_client import create_redis
+
+A, B = uuid.uuid4(), uuid.uuid4()
+
+
+def tick(calculation_id: uuid.UUID, n: int = 1) -> CalculationEvent:
+    return CalculationEvent.progress_tick(
+        calculation_id, attempt=1, version=n, progress=0.5, partial_result={"n": n}
+    )
 
 
 async def test_in_process_delivers_by_key_and_releases_on_exit() -> None:
     bus = InProcessEventBus()
-    async with bus.subscribe("a") as a, bus.subscribe("b") as b:
+    async with bus.subscribe(A) as a, bus.subscribe(B) as b:
         assert bus.subscriber_count == 2
-        await bus.publish("a", {"n": 1})
-        assert await a.get(timeout=1) == {"n": 1}
+        await bus.publish(tick(A))
+        assert await a.get(timeout=1) == tick(A)
         assert await b.get(timeout=0.05) is None
     assert bus.subscriber_count == 0
 
 
 async def test_a_slow_subscriber_gets_one_resync_instead_of_a_backlog() -> None:
     bus = InProcessEventBus()
-    async with bus.subscribe("a") as a:
+    async with bus.subscribe(A) as a:
         for n in range(SUBSCRIBER_QUEUE_SIZE + 10):
-            await bus.publish("a", {"n": n})
+            await bus.publish(tick(A, n))
         first = await a.get(timeout=1)
-        assert first == RESYNC or first == {"n": SUBSCRIBER_QUEUE_SIZE}
+        assert first == RESYNC or first == tick(A, SUBSCRIBER_QUEUE_SIZE)
         assert RESYNC in [first, *[await a.get(timeout=0.1) for _ in range(10)]]
 
 
@@ -50,15 +61,16 @@ async def test_redis_bus_fans_out_over_one_connection(
     listener, publisher = redis_buses
     admin = Redis.from_url(redis_url)
     before = sum(1 for c in await admin.client_list() if int(c.get("sub", 0)) > 0)
-    async with listener.subscribe("x") as first, listener.subscribe("x") as second:
-        subscriptions = [listener.subscribe(f"k{n}") for n in range(200)]
+    async with listener.subscribe(A) as first, listener.subscribe(A) as second:
+        subscriptions = [listener.subscribe(uuid.uuid4()) for _ in range(200)]
         for subscription in subscriptions:
             await subscription.__aenter__()
         after = sum(1 for c in await admin.client_list() if int(c.get("sub", 0)) > 0)
         assert after == before  # 202 subscriptions, still the one connection from start()
-        await publisher.publish("x", {"status": "RUNNING", "progress": 0.5})
-        assert await first.get(timeout=2) == {"status": "RUNNING", "progress": 0.5}
-        assert await second.get(timeout=2) == {"status": "RUNNING", "progress": 0.5}
+        await publisher.publish(tick(A))
+        # Decoded on arrival: the very event, typed, for each subscriber.
+        assert await first.get(timeout=2) == tick(A)
+        assert await second.get(timeout=2) == tick(A)
         for subscription in subscriptions:
             await subscription.__aexit__(None, None, None)
     assert listener.subscriber_count == 0
@@ -70,14 +82,30 @@ async def test_redis_bus_reconnects_and_asks_subscribers_to_resync(
 ) -> None:
     listener, publisher = redis_buses
     admin = Redis.from_url(redis_url)
-    async with listener.subscribe("y") as subscription:
+    async with listener.subscribe(B) as subscription:
         assert await admin.client_kill_filter(_type="pubsub") >= 1
         # Whatever was published while it was away is gone: it says so.
         assert await subscription.get(timeout=10) == RESYNC
         assert listener.connected
-        await publisher.publish("y", {"after": True})
-        assert await subscription.get(timeout=5) == {"after": True}
+        await publisher.publish(tick(B, 7))
+        assert await subscription.get(timeout=5) == tick(B, 7)
     await admin.aclose()
+
+
+async def test_redis_bus_drops_malformed_messages_and_keeps_listening(
+    redis_buses: tuple[RedisEventBus, RedisEventBus], caplog: pytest.LogCaptureFixture
+) -> None:
+    listener, publisher = redis_buses
+    async with listener.subscribe(A) as subscription:
+        with caplog.at_level(logging.WARNING, logger="crunchql.pubsub.bus"):
+            # Whatever else lands on the channel (a stray client, an old format).
+            for junk in [b"\xff\xfe", "not json", '{"key": "x", "event": {}}', "[1, 2]"]:
+                await publisher.redis.publish(CALCULATION_EVENTS, junk)
+            await publisher.publish(tick(A, 3))
+            assert await subscription.get(timeout=5) == tick(A, 3)
+        assert await subscription.get(timeout=0.05) is None
+        dropped = [r for r in caplog.records if "malformed" in r.getMessage()]
+        assert len(dropped) == 4
 
 
 async def test_start_does_not_hang_when_redis_is_down() -> None:
@@ -88,17 +116,43 @@ async def test_start_does_not_hang_when_redis_is_down() -> None:
     await bus.redis.aclose()
 
 
+async def test_redis_bus_skips_events_nobody_here_watches(
+    redis_buses: tuple[RedisEventBus, RedisEventBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listener, publisher = redis_buses
+    decoded: list[object] = []
+    real = CalculationEvent.decode
+
+    def counting(data: str | bytes) -> CalculationEvent:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(CalculationEvent, "decode", counting)
+    async with listener.subscribe(A) as subscription:
+        await publisher.publish(tick(B, 1))  # watched elsewhere, not in this process
+        await publisher.publish(tick(A, 2))
+        assert await subscription.get(timeout=5) == tick(A, 2)
+    assert len(decoded) == 1
+
+
 async def test_an_owned_event_reaches_its_calculation_and_its_owner_only(
     redis_buses: tuple[RedisEventBus, RedisEventBus],
 ) -> None:
     listener, publisher = redis_buses
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    owned = CalculationEvent.progress_tick(
+        A, attempt=1, version=1, progress=0.5, partial_result=None, owner_id=alice
+    )
     for bus, sender in [(InProcessEventBus(), None), (listener, publisher)]:
         async with (
-            bus.subscribe("calc-1") as calculation,
-            bus.subscribe(user_events_key("alice")) as alice,
-            bus.subscribe(user_events_key("bob")) as bob,
+            bus.subscribe(user_events_key(alice)) as owner,
+            bus.subscribe(user_events_key(bob)) as other,
         ):
-            await (sender or bus).publish("calc-1", {"progress": 0.5}, owner="alice")
-            assert await calculation.get(timeout=2) == {"progress": 0.5}
-            assert await alice.get(timeout=2) == {"progress": 0.5}
-            assert await bob.get(timeout=0.1) is None
+            # Nobody here watches the calculation itself: the owner's key lets it in.
+            await (sender or bus).publish(owned)
+            assert await owner.get(timeout=2) == owned
+            assert await other.get(timeout=0.1) is None
+            async with bus.subscribe(A) as calculation:
+                await (sender or bus).publish(owned)
+                assert await calculation.get(timeout=2) == owned
+                assert await owner.get(timeout=2) == owned

@@ -15,11 +15,12 @@ from crunchql.auth.passwords import PasswordHasher
 from crunchql.auth.rate_limit import DisabledRateLimiter
 from crunchql.auth.tokens import TokenService
 from crunchql.core.errors import BadUserInputError
+from crunchql.core.lifecycle import CalculationEvent
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus, User
-from crunchql.pubsub.bus import RESYNC, InProcessEventBus
+from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculation_feed, calculations
-from crunchql.services.container import Limits, Services
+from crunchql.services.container import Limits, ServiceContainer
 
 
 class NoQueue:
@@ -28,9 +29,9 @@ class NoQueue:
 
 
 @pytest.fixture
-async def services(database_url: str) -> AsyncIterator[Services]:
+async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
-    yield Services(
+    yield ServiceContainer(
         session_factory=create_session_factory(engine),
         hasher=PasswordHasher(rounds=4),
         tokens=TokenService(secret="s" * 40),
@@ -42,7 +43,7 @@ async def services(database_url: str) -> AsyncIterator[Services]:
     await engine.dispose()
 
 
-async def make_user(services: Services) -> User:
+async def make_user(services: ServiceContainer) -> User:
     async with unit_of_work(services.session_factory) as session:
         user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
         session.add(user)
@@ -53,16 +54,15 @@ async def make_user(services: Services) -> User:
 class Feed:
     """Runs watch_own() in the background and hands over what it yields."""
 
-    def __init__(self, services: Services, user: User, **filters: Any) -> None:
+    def __init__(self, services: ServiceContainer, user: User, **filters: Any) -> None:
         self.updates: asyncio.Queue[tuple[str, str, str, float]] = asyncio.Queue()
         self.task = asyncio.create_task(self._run(services, user, filters))
 
-    async def _run(self, services: Services, user: User, filters: dict[str, Any]) -> None:
-        async for row, overrides in calculation_feed.watch_own(services, user, **filters):
-            progress = (overrides or {}).get("progress", row.progress)
-            await self.updates.put((str(row.id), row.kind, row.status, progress))
+    async def _run(self, services: ServiceContainer, user: User, filters: dict[str, Any]) -> None:
+        async for shown in calculation_feed.watch_own(services, user, **filters):
+            await self.updates.put((str(shown.id), shown.kind, shown.status, shown.progress))
 
-    async def started(self, services: Services) -> None:
+    async def started(self, services: ServiceContainer) -> None:
         # Subscribed once the bus counts it: only then is no event missed.
         for _ in range(500):
             if services.bus.subscriber_count:
@@ -84,18 +84,25 @@ class Feed:
             await self.task
 
 
-def running(calculation: Calculation, **values: Any) -> dict[str, Any]:
-    calculation.status = "RUNNING"
+def running(calculation: Calculation, **values: Any) -> CalculationEvent:
+    calculation.status = CalculationStatus.RUNNING
     calculation.attempts = 1
     calculation.version = 1
     calculation.started_at = datetime.now(UTC)
     for key, value in values.items():
         setattr(calculation, key, value)
-    return calculations.status_event(calculation)
+    return CalculationEvent.status_change(calculation.to_snapshot())
+
+
+def tick(calculation: Calculation, progress: float, version: int) -> CalculationEvent:
+    return CalculationEvent.progress_tick(
+        calculation.id, attempt=1, version=version, progress=progress, partial_result=None,
+        owner_id=calculation.owner_id,
+    )  # fmt: skip
 
 
 async def test_created_status_progress_and_result_of_every_own_calculation(
-    services: Services,
+    services: ServiceContainer,
 ) -> None:
     user, other = await make_user(services), await make_user(services)
     feed = Feed(services, user)
@@ -105,17 +112,16 @@ async def test_created_status_progress_and_result_of_every_own_calculation(
     await calculations.submit(services, other, "primeCount", {"limit": 1000})  # not theirs
     assert await feed.next() == (str(first.id), "monteCarloPi", "QUEUED", 0.0)
     assert await feed.next() == (str(second.id), "primeCount", "QUEUED", 0.0)
-    key, owner = str(first.id), str(user.id)
-    await services.bus.publish(key, running(first), owner=owner)
+    key = str(first.id)
+    await services.bus.publish(running(first))
     assert await feed.next() == (key, "monteCarloPi", "RUNNING", 0.0)
     for progress, version in [(0.3, 2), (0.2, 3), (0.3, 3), (0.6, 4)]:  # one stale, one dup
-        event = {"id": key, "status": "RUNNING", "progress": progress, "version": version}
-        await services.bus.publish(key, event, owner=owner)
+        await services.bus.publish(tick(first, progress, version))
     assert await feed.next() == (key, "monteCarloPi", "RUNNING", 0.3)
     assert await feed.next() == (key, "monteCarloPi", "RUNNING", 0.6)
-    first.status, first.progress, first.version = "SUCCEEDED", 1.0, 5
+    first.status, first.progress, first.version = CalculationStatus.SUCCEEDED, 1.0, 5
     first.result = {"estimate": 3.1, "standardError": 0.1, "samples": 100}
-    await services.bus.publish(key, calculations.status_event(first), owner=owner)
+    await services.bus.publish(CalculationEvent.status_change(first.to_snapshot()))
     assert await feed.next() == (key, "monteCarloPi", "SUCCEEDED", 1.0)
     await feed.nothing_more()  # and it does not complete after a terminal event
     assert not feed.task.done()
@@ -123,7 +129,7 @@ async def test_created_status_progress_and_result_of_every_own_calculation(
     assert services.bus.subscriber_count == 0
 
 
-async def test_filters_by_kind_and_status(services: Services) -> None:
+async def test_filters_by_kind_and_status(services: ServiceContainer) -> None:
     user = await make_user(services)
     by_kind = Feed(services, user, kind="primeCount")
     by_status = Feed(services, user, status=CalculationStatus.RUNNING)
@@ -134,7 +140,7 @@ async def test_filters_by_kind_and_status(services: Services) -> None:
     pi = await calculations.submit(services, user, "monteCarloPi", {"samples": 100})
     primes = await calculations.submit(services, user, "primeCount", {"limit": 1000})
     assert await by_kind.next() == (str(primes.id), "primeCount", "QUEUED", 0.0)
-    await services.bus.publish(str(pi.id), running(pi), owner=str(user.id))
+    await services.bus.publish(running(pi))
     assert await by_status.next() == (str(pi.id), "monteCarloPi", "RUNNING", 0.0)
     await by_kind.nothing_more()
     await by_status.nothing_more()
@@ -145,7 +151,7 @@ async def test_filters_by_kind_and_status(services: Services) -> None:
     await by_status.stop()
 
 
-async def test_a_resync_rereads_what_changed_unseen(services: Services) -> None:
+async def test_a_resync_rereads_what_changed_unseen(services: ServiceContainer) -> None:
     user = await make_user(services)
     feed = Feed(services, user)
     await feed.started(services)
@@ -156,15 +162,15 @@ async def test_a_resync_rereads_what_changed_unseen(services: Services) -> None:
         await session.execute(
             update(Calculation)
             .where(Calculation.id == calculation.id)
-            .values(status="SUCCEEDED", progress=1.0, version=3, attempts=1)
+            .values(status=CalculationStatus.SUCCEEDED, progress=1.0, version=3, attempts=1)
         )
-    await services.bus.publish(f"user:{user.id}", RESYNC)
+    services.bus.resync_all()  # what the bus does when it reconnects to Redis
     assert await feed.next() == (str(calculation.id), "monteCarloPi", "SUCCEEDED", 1.0)
     await feed.nothing_more()  # an unchanged row is not sent again
     await feed.stop()
 
 
-async def test_count_and_resubmit(services: Services) -> None:
+async def test_count_and_resubmit(services: ServiceContainer) -> None:
     user, other = await make_user(services), await make_user(services)
     first = await calculations.submit(services, user, "monteCarloPi", {"samples": 100})
     await calculations.submit(services, user, "primeCount", {"limit": 10})
@@ -178,7 +184,7 @@ async def test_count_and_resubmit(services: Services) -> None:
 
 
 async def test_a_list_of_fifty_running_calculations_is_one_subscription(
-    services: Services,
+    services: ServiceContainer,
 ) -> None:
     user = await make_user(services)
     feed = Feed(services, user)
@@ -189,10 +195,9 @@ async def test_a_list_of_fifty_running_calculations_is_one_subscription(
         rows.append(await calculations.submit(services, user, "monteCarloPi", {"samples": 100}))
         updates.append(await feed.next())
     for row in rows:
-        await services.bus.publish(str(row.id), running(row), owner=str(user.id))
+        await services.bus.publish(running(row))
         updates.append(await feed.next())
-        event = {"id": str(row.id), "status": "RUNNING", "progress": 0.5, "version": 2}
-        await services.bus.publish(str(row.id), event, owner=str(user.id))
+        await services.bus.publish(tick(row, 0.5, 2))
         updates.append(await feed.next())
     assert services.bus.subscriber_count == 1
     assert {u[0] for u in updates if u[2:] == ("RUNNING", 0.5)} == {str(r.id) for r in rows}

@@ -14,11 +14,12 @@ from sqlalchemy import update
 from crunchql.auth.passwords import PasswordHasher
 from crunchql.auth.rate_limit import DisabledRateLimiter
 from crunchql.auth.tokens import TokenService
+from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, CalculationStatus
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.models import Calculation, User
-from crunchql.pubsub.bus import RESYNC, InProcessEventBus
+from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculations
-from crunchql.services.container import Limits, Services
+from crunchql.services.container import Limits, ServiceContainer
 
 
 class NoQueue:
@@ -27,9 +28,9 @@ class NoQueue:
 
 
 @pytest.fixture
-async def services(database_url: str) -> AsyncIterator[Services]:
+async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
-    yield Services(
+    yield ServiceContainer(
         session_factory=create_session_factory(engine),
         hasher=PasswordHasher(rounds=4),
         tokens=TokenService(secret="s" * 40),
@@ -41,7 +42,7 @@ async def services(database_url: str) -> AsyncIterator[Services]:
     await engine.dispose()
 
 
-async def make(services: Services, **values: Any) -> tuple[User, Calculation]:
+async def make(services: ServiceContainer, **values: Any) -> tuple[User, Calculation]:
     async with unit_of_work(services.session_factory) as session:
         user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
         session.add(user)
@@ -57,15 +58,15 @@ async def make(services: Services, **values: Any) -> tuple[User, Calculation]:
 class Watcher:
     """Runs watch() in the background and hands over what it yields."""
 
-    def __init__(self, services: Services, user: User, calculation_id: uuid.UUID) -> None:
-        self.updates: asyncio.Queue[tuple[Calculation, Any] | None] = asyncio.Queue()
+    def __init__(self, services: ServiceContainer, user: User, calculation_id: uuid.UUID) -> None:
+        self.updates: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+        self.seen: list[CalculationSnapshot] = []
         self.task = asyncio.create_task(self._run(services, user, str(calculation_id)))
 
-    async def _run(self, services: Services, user: User, raw_id: str) -> None:
-        async for row, overrides in calculations.watch(services, user, raw_id):
-            # Copy what matters now: the row object is updated in place later.
-            progress = (overrides or {}).get("progress", row.progress)
-            await self.updates.put((row.status, progress, row.attempts, row.result))  # type: ignore[arg-type]
+    async def _run(self, services: ServiceContainer, user: User, raw_id: str) -> None:
+        async for shown in calculations.watch(services, user, raw_id):
+            self.seen.append(shown)
+            await self.updates.put((shown.status, shown.progress, shown.attempts, shown.result))
         await self.updates.put(None)
 
     async def next(self) -> Any:
@@ -78,47 +79,63 @@ class Watcher:
         assert self.updates.empty()
 
 
-def snapshot(calculation: Calculation, **values: Any) -> dict[str, Any]:
+def status_change(calculation: Calculation, **values: Any) -> CalculationEvent:
     for key, value in values.items():
         setattr(calculation, key, value)
-    return calculations.status_event(calculation)
+    return CalculationEvent.status_change(calculation.to_snapshot())
 
 
-async def test_events_in_order_duplicates_dropped_terminal_completes(services: Services) -> None:
+def tick(calculation: Calculation, progress: float, version: int) -> CalculationEvent:
+    return CalculationEvent.progress_tick(
+        calculation.id, attempt=1, version=version, progress=progress, partial_result=None
+    )
+
+
+async def test_events_in_order_duplicates_dropped_terminal_completes(
+    services: ServiceContainer,
+) -> None:
     user, calculation = await make(services)
     watcher = Watcher(services, user, calculation.id)
     assert await watcher.next() == ("QUEUED", 0.0, 0, None)
-    key = str(calculation.id)
-    running = snapshot(
-        calculation, status="RUNNING", attempts=1, version=1, started_at=datetime.now(UTC)
+    running = status_change(
+        calculation,
+        status=CalculationStatus.RUNNING,
+        attempts=1,
+        version=1,
+        started_at=datetime.now(UTC),
     )
-    await services.bus.publish(key, running)
+    await services.bus.publish(running)
     assert await watcher.next() == ("RUNNING", 0.0, 1, None)
-    await services.bus.publish(key, running)  # duplicate
+    await services.bus.publish(running)  # duplicate
     for progress, version in [(0.2, 2), (0.1, 3), (0.2, 3), (0.5, 4)]:  # one stale, one dup
-        await services.bus.publish(
-            key, {"id": key, "status": "RUNNING", "progress": progress, "version": version}
-        )
+        await services.bus.publish(tick(calculation, progress, version))
     assert await watcher.next() == ("RUNNING", 0.2, 1, None)
     assert await watcher.next() == ("RUNNING", 0.5, 1, None)
     await watcher.nothing_more()
-    done = snapshot(
-        calculation, status="SUCCEEDED", progress=1.0, version=5,
+    done = status_change(
+        calculation, status=CalculationStatus.SUCCEEDED, progress=1.0, version=5,
         result={"estimate": 3.0, "standardError": 0.1, "samples": 10},
         finished_at=datetime.now(UTC),
     )  # fmt: skip
-    await services.bus.publish(key, done)
-    assert await watcher.next() == ("SUCCEEDED", 1.0, 1, done["result"])
+    await services.bus.publish(done)
+    assert await watcher.next() == ("SUCCEEDED", 1.0, 1, done.result)
     assert await watcher.next() is None  # completed
     assert services.bus.subscriber_count == 0  # and let go of its subscription
+    # Each update is its own value: what was shown earlier is unchanged.
+    assert [shown.progress for shown in watcher.seen] == [0.0, 0.0, 0.2, 0.5, 1.0]
+    assert watcher.seen[0].status == "QUEUED" and watcher.seen[0].started_at is None
 
 
-async def test_a_takeover_is_newer_even_with_a_lower_version(services: Services) -> None:
-    user, calculation = await make(services, status="RUNNING", attempts=1, version=40, progress=0.3)
+async def test_a_takeover_is_newer_even_with_a_lower_version(services: ServiceContainer) -> None:
+    user, calculation = await make(
+        services, status=CalculationStatus.RUNNING, attempts=1, version=40, progress=0.3
+    )
     watcher = Watcher(services, user, calculation.id)
     assert await watcher.next() == ("RUNNING", 0.3, 1, None)
     await services.bus.publish(
-        str(calculation.id), snapshot(calculation, status="RUNNING", attempts=2, version=12)
+        status_change(
+            calculation, status=CalculationStatus.RUNNING, attempts=2, version=12, progress=0.0
+        )
     )
     status, progress, attempts, _ = await watcher.next()
     assert (status, attempts) == ("RUNNING", 2)
@@ -126,8 +143,12 @@ async def test_a_takeover_is_newer_even_with_a_lower_version(services: Services)
     watcher.task.cancel()
 
 
-async def test_resync_and_big_results_are_read_from_the_database(services: Services) -> None:
-    user, calculation = await make(services, status="RUNNING", attempts=1, version=1)
+async def test_resync_and_big_results_are_read_from_the_database(
+    services: ServiceContainer,
+) -> None:
+    user, calculation = await make(
+        services, status=CalculationStatus.RUNNING, attempts=1, version=1
+    )
     watcher = Watcher(services, user, calculation.id)
     await watcher.next()
     big = {"width": 4096, "height": 4096, "insideFraction": 0.2, "png": "x" * 100_000}
@@ -135,23 +156,50 @@ async def test_resync_and_big_results_are_read_from_the_database(services: Servi
         await session.execute(
             update(Calculation)
             .where(Calculation.id == calculation.id)
-            .values(status="SUCCEEDED", progress=1.0, version=9, result=big)
+            .values(status=CalculationStatus.SUCCEEDED, progress=1.0, version=9, result=big)
         )
     # The change reached the database, but its event was lost: a resync finds it.
-    await services.bus.publish(str(calculation.id), RESYNC)
+    assert isinstance(services.bus, InProcessEventBus)
+    services.bus.resync_all()
     assert await watcher.next() == ("SUCCEEDED", 1.0, 1, big)
-    event = snapshot(calculation, status="SUCCEEDED", result=big)
-    assert event["reload"] and "result" not in event  # too big to travel on pub/sub
 
 
-async def test_finished_calculation_yields_once(services: Services) -> None:
-    user, calculation = await make(services, status="FAILED", error="boom", version=3)
+async def test_a_result_too_big_for_the_bus_is_read_from_the_database(
+    services: ServiceContainer,
+) -> None:
+    user, calculation = await make(
+        services, status=CalculationStatus.RUNNING, attempts=1, version=1
+    )
+    watcher = Watcher(services, user, calculation.id)
+    await watcher.next()
+    big = {"width": 4096, "height": 4096, "insideFraction": 0.2, "png": "x" * 100_000}
+    async with unit_of_work(services.session_factory) as session:
+        await session.execute(
+            update(Calculation)
+            .where(Calculation.id == calculation.id)
+            .values(status=CalculationStatus.SUCCEEDED, progress=1.0, version=2, result=big)
+        )
+    # As it arrives over Redis: encoded, the result left out.
+    done = status_change(
+        calculation, status=CalculationStatus.SUCCEEDED, progress=1.0, version=2, result=big
+    )
+    arrived = CalculationEvent.decode(done.encode())
+    assert arrived.reload and arrived.result is None
+    await services.bus.publish(arrived)
+    assert await watcher.next() == ("SUCCEEDED", 1.0, 1, big)
+    assert await watcher.next() is None
+
+
+async def test_finished_calculation_yields_once(services: ServiceContainer) -> None:
+    user, calculation = await make(
+        services, status=CalculationStatus.FAILED, error="boom", version=3
+    )
     watcher = Watcher(services, user, calculation.id)
     assert (await watcher.next())[0] == "FAILED"
     assert await watcher.next() is None
 
 
-async def test_someone_elses_calculation_is_not_found(services: Services) -> None:
+async def test_someone_elses_calculation_is_not_found(services: ServiceContainer) -> None:
     _owner, calculation = await make(services)
     stranger, _ = await make(services)
     with pytest.raises(calculations.NotFoundError):

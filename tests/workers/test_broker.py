@@ -17,7 +17,7 @@ from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue
 
 @pytest.fixture
 def broker(redis_url: str) -> Iterator[CrunchRedisBroker]:
-    broker = create_broker(redis_url, max_retries=0)
+    broker = create_broker(redis_url)
     broker.flush_all()
     yield broker
     broker.flush_all()

@@ -1,12 +1,13 @@
 """The runner on each database with the in-process bus: claims, progress, failures,
-cancellation, shutdown hand-back."""
+cancellation, shutdown hand-back; and the one retry policy, driven through both the
+Dramatiq actor (on Dramatiq's stub broker and worker) and the embedded queue."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,19 +16,13 @@ from sqlalchemy import update
 
 from crunchql.compute.base import Kind
 from crunchql.compute.catalog import KINDS
+from crunchql.core.lifecycle import CalculationEvent, EventKind, RunOutcome
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus, User
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices
-from crunchql.workers.runner import RunnerConfig, run_calculation
-
-
-@dataclass
-class Recorder:
-    """Collects every event the runner publishes for one calculation."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
+from crunchql.workers.runner import RunnerConfig, run_calculation, run_with_policy
 
 
 @pytest.fixture
@@ -74,13 +69,24 @@ async def load(services: RunnerServices, calculation_id: uuid.UUID) -> Calculati
 
 async def run_watching(
     services: RunnerServices, calculation_id: uuid.UUID, cfg: RunnerConfig
-) -> tuple[str, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    async with services.bus.subscribe(str(calculation_id)) as subscription:
+) -> tuple[RunOutcome, list[CalculationEvent]]:
+    events: list[CalculationEvent] = []
+    async with services.bus.subscribe(calculation_id) as subscription:
         stats = await run_calculation(services, cfg, calculation_id)
         while (event := await subscription.get(timeout=0.05)) is not None:
+            assert isinstance(event, CalculationEvent)
             events.append(event)
     return stats.outcome, events
+
+
+async def outcome_of(
+    services: RunnerServices, cfg: RunnerConfig, calculation_id: uuid.UUID
+) -> RunOutcome:
+    return (await run_calculation(services, cfg, calculation_id)).outcome
+
+
+def ticks(events: list[CalculationEvent]) -> list[CalculationEvent]:
+    return [event for event in events if event.kind is EventKind.PROGRESS]
 
 
 async def test_a_run_publishes_status_progress_and_the_terminal_event(
@@ -88,16 +94,17 @@ async def test_a_run_publishes_status_progress_and_the_terminal_event(
 ) -> None:
     calculation_id = await make_calculation(services)
     outcome, events = await run_watching(services, calculation_id, config())
-    assert outcome == "succeeded"
-    assert events[0]["status"] == "RUNNING" and events[0]["snapshot"]
-    progress = [e for e in events if not e.get("snapshot")]
+    assert outcome is RunOutcome.SUCCEEDED
+    assert events[0].status is CalculationStatus.RUNNING and events[0].kind is EventKind.STATUS
+    progress = ticks(events)
     assert len(progress) >= 2
-    values = [e["progress"] for e in progress]
+    values = [e.progress for e in progress]
     assert values == sorted(values) and all(0 < v < 1 for v in values)
-    assert all(e["partialResult"]["standardError"] > 0 for e in progress)
-    versions = [e["version"] for e in events]
+    assert all((e.partial_result or {})["standardError"] > 0 for e in progress)
+    assert {e.attempt for e in events} == {1}
+    versions = [e.version for e in events]
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
-    assert events[-1]["terminal"] and events[-1]["status"] == "SUCCEEDED"
+    assert events[-1].terminal and events[-1].status is CalculationStatus.SUCCEEDED
     row = await load(services, calculation_id)
     assert row.status == "SUCCEEDED" and row.progress == 1.0 and row.attempts == 1
     assert row.result is not None and row.result["samples"] == 300_000_000
@@ -106,9 +113,11 @@ async def test_a_run_publishes_status_progress_and_the_terminal_event(
 
 async def test_a_duplicate_message_does_nothing(services: RunnerServices) -> None:
     calculation_id = await make_calculation(services, raw={"samples": 1000, "seed": 1})
-    assert (await run_calculation(services, config(), calculation_id)).outcome == "succeeded"
+    assert (
+        await run_calculation(services, config(), calculation_id)
+    ).outcome is RunOutcome.SUCCEEDED
     finished = await load(services, calculation_id)
-    assert (await run_calculation(services, config(), calculation_id)).outcome == "skipped"
+    assert await outcome_of(services, config(), calculation_id) is RunOutcome.SKIPPED
     again = await load(services, calculation_id)
     assert again.attempts == 1 and again.finished_at == finished.finished_at
 
@@ -128,7 +137,7 @@ async def _mark_running(
 async def test_a_run_alive_elsewhere_is_left_alone(services: RunnerServices) -> None:
     calculation_id = await make_calculation(services, raw={"samples": 1000, "seed": 1})
     await _mark_running(services, calculation_id, datetime.now(UTC))
-    assert (await run_calculation(services, config(), calculation_id)).outcome == "skipped"
+    assert await outcome_of(services, config(), calculation_id) is RunOutcome.SKIPPED
     assert (await load(services, calculation_id)).worker_id == "elsewhere"
 
 
@@ -136,11 +145,12 @@ async def test_a_run_whose_worker_died_is_taken_over(services: RunnerServices) -
     calculation_id = await make_calculation(services, raw={"samples": 50_000_000, "seed": 1})
     await _mark_running(services, calculation_id, datetime.now(UTC) - timedelta(minutes=5))
     outcome, events = await run_watching(services, calculation_id, config())
-    assert outcome == "succeeded"
+    assert outcome is RunOutcome.SUCCEEDED
     row = await load(services, calculation_id)
     assert row.attempts == 2 and row.status == "SUCCEEDED"
     # Progress never goes back below what the dead worker had reported.
-    assert all(e["progress"] >= 0.4 for e in events if not e.get("snapshot"))
+    assert all(e.progress >= 0.4 for e in ticks(events))
+    assert {e.attempt for e in events} == {2}
 
 
 def fake_kind(name: str, step: Any, *, steps: int = 3, time_limit: float = 60.0) -> Kind:
@@ -202,13 +212,13 @@ async def test_a_kernel_that_raises_fails_the_calculation_with_its_message(
     monkeypatch.setitem(KINDS, "exploding", fake_kind("exploding", explode))
     calculation_id = await make_calculation(services, "exploding", {})
     outcome, events = await run_watching(services, calculation_id, config())
-    assert outcome == "failed"
+    assert outcome is RunOutcome.FAILED
     row = await load(services, calculation_id)
     assert row.status == "FAILED" and "the kernel divided by zero" in (row.error or "")
-    assert events[-1]["terminal"]
+    assert events[-1].terminal
     # The runner keeps serving.
     other = await make_calculation(services, raw={"samples": 1000, "seed": 2})
-    assert (await run_calculation(services, config(), other)).outcome == "succeeded"
+    assert (await run_calculation(services, config(), other)).outcome is RunOutcome.SUCCEEDED
 
 
 async def test_the_time_limit_fails_the_job_between_chunks(
@@ -219,7 +229,7 @@ async def test_the_time_limit_fails_the_job_between_chunks(
                                  time_limit=0.5)
     )  # fmt: skip
     calculation_id = await make_calculation(services, "slow", {})
-    assert (await run_calculation(services, config(), calculation_id)).outcome == "failed"
+    assert await outcome_of(services, config(), calculation_id) is RunOutcome.FAILED
     row = await load(services, calculation_id)
     assert row.status == "FAILED" and "Time limit" in (row.error or "")
 
@@ -241,7 +251,7 @@ async def test_cancel_stops_the_run_at_a_chunk_boundary(
     async with unit_of_work(services.session_factory) as session:
         assert await CalculationRepository(session).cancel(calculation_id, datetime.now(UTC))
     stats = await asyncio.wait_for(run, 5)
-    assert stats.outcome == "cancelled"
+    assert stats.outcome is RunOutcome.CANCELLED
     row = await load(services, calculation_id)
     assert row.status == "CANCELLED" and row.result is None
 
@@ -259,14 +269,16 @@ async def test_shutdown_hands_the_calculation_back(
         KINDS, "handback", fake_kind("handback", lambda n: n == 1 and cfg.stopping.set(), steps=10)
     )
     calculation_id = await make_calculation(services, "handback", {})
-    assert (await run_calculation(services, cfg, calculation_id)).outcome == "released"
+    assert await outcome_of(services, cfg, calculation_id) is RunOutcome.RELEASED
     row = await load(services, calculation_id)
     assert row.status == CalculationStatus.QUEUED.value and row.worker_id is None
     assert requeued == [calculation_id]
     # A stopping worker does not even claim what it is sent.
-    assert (await run_calculation(services, cfg, calculation_id)).outcome == "skipped"
+    assert (await run_with_policy(services, cfg, calculation_id)).outcome is RunOutcome.SKIPPED
     assert requeued == [calculation_id, calculation_id]
-    assert (await run_calculation(services, config(), calculation_id)).outcome == "succeeded"
+    assert (
+        await run_calculation(services, config(), calculation_id)
+    ).outcome is RunOutcome.SUCCEEDED
 
 
 async def test_a_process_shutting_down_hands_the_run_back_instead_of_failing_it(
@@ -283,7 +295,7 @@ async def test_a_process_shutting_down_hands_the_run_back_instead_of_failing_it(
     executor = ThreadPoolExecutor(max_workers=1)
     executor.shutdown()  # as during interpreter or worker shutdown
     stats = await run_calculation(services, config(requeue=requeue), calculation_id, executor)
-    assert stats.outcome == "released"
+    assert stats.outcome is RunOutcome.RELEASED
     row = await load(services, calculation_id)
     assert row.status == "QUEUED" and row.error is None
     assert requeued == [calculation_id]
@@ -306,16 +318,17 @@ async def test_every_kind_stops_within_a_chunk_when_cancelled(
     services: RunnerServices, kind: str
 ) -> None:
     calculation_id = await make_calculation(services, kind, BIG_INPUTS[kind])
-    async with services.bus.subscribe(str(calculation_id)) as subscription:
+    async with services.bus.subscribe(calculation_id) as subscription:
         run = asyncio.create_task(run_calculation(services, config(), calculation_id))
         while True:  # wait for the first progress event: the kernel is under way
             event = await subscription.get(timeout=60)
             assert event is not None, "no progress within 60 s"
-            if not event.get("snapshot") and event["progress"] > 0:
+            assert isinstance(event, CalculationEvent)
+            if event.kind is EventKind.PROGRESS and event.progress > 0:
                 break
         async with unit_of_work(services.session_factory) as session:
             assert await CalculationRepository(session).cancel(calculation_id, datetime.now(UTC))
         stats = await asyncio.wait_for(run, 10)  # chunks are well under a second
-    assert stats.outcome == "cancelled"
+    assert stats.outcome is RunOutcome.CANCELLED
     row = await load(services, calculation_id)
     assert row.status == "CANCELLED" and row.result is None and row.progress < 1.0
