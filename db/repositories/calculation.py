@@ -62,7 +62,7 @@ class CalculationRepository:
     ) -> int:
         statement = select(func.count()).where(Calculation.owner_id == owner_id)
         if status is not None:
-            statement = statement.where(Calculation.status == status.value)
+            statement = statement.where(Calculation.status == status)
         if kind is not None:
             statement = statement.where(Calculation.kind == kind)
         return int((await self.session.execute(statement)).scalar_one())
