@@ -18,6 +18,7 @@ from crunchql.app.console import ConsoleAssets, console_page
 from crunchql.app.graphiql import ASSETS_DIR
 from crunchql.app.graphql_view import CrunchGraphQL
 from crunchql.app.health import healthz, readyz
+from crunchql.app.security import SecurityHeadersMiddleware
 from crunchql.core.logging import configure_logging
 from crunchql.core.settings import Settings, get_settings
 from crunchql.observability.errors import init_error_reporting
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 # Suggestions reveal the schema: only where introspection does too.
                 field_suggestions=settings.introspection_enabled and not settings.is_production,
                 metrics=settings.metrics,
+                max_cost=settings.max_query_cost,
             )
         )
         app.state.runtime = runtime
@@ -65,6 +67,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             allowed_origins=settings.allowed_ws_origins or settings.effective_cors_origins,
             connection_init_timeout=settings.ws_connection_init_timeout_seconds,
             max_request_bytes=settings.max_request_bytes,
+            max_response_bytes=settings.max_response_bytes,
+            graphiql=settings.graphiql_enabled,
         )
         logger.info(
             "crunchql ready (%s, %s, %s)",
@@ -88,13 +92,18 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 max_age=600,
             )
         )
+    # Every response, errors and CORS preflights included, carries the headers.
+    middleware.insert(0, Middleware(SecurityHeadersMiddleware, hsts_seconds=settings.hsts_seconds))
     if settings.metrics:
         middleware.insert(0, Middleware(MetricsMiddleware))  # outermost: sees every request
+    graphiql_assets = Mount(
+        "/graphiql-assets", StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"
+    )
     return Starlette(
         routes=[
             Route("/graphql", graphql_endpoint),  # the view answers every method itself
             WebSocketRoute("/graphql", graphql_endpoint),
-            Mount("/graphiql-assets", StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"),
+            *([graphiql_assets] if settings.graphiql_enabled else []),
             Route("/", console_page, methods=["GET", "HEAD"]),
             Mount("/console", ConsoleAssets(), name="console"),
             Route("/healthz", healthz),

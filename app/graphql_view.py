@@ -12,16 +12,21 @@
 - ``application/graphql-response+json`` is spoken when the client prefers it; under it
   a request refused before execution (no ``data`` entry) is a 400;
 - every GraphQL error carries an ``extensions.code`` from the contract;
-- browsers get our own GraphiQL page with its assets served from the package.
+- a response that consumed rate limits carries ``RateLimit-Policy``/``RateLimit``
+  headers, and one over ``max_response_bytes`` is replaced by an error before encoding;
+- WebSockets: a per-socket operation rate, and a per-user cap on open sockets (4429);
+- browsers get our own GraphiQL page with its assets served from the package (unless
+  switched off: the default in production).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -34,12 +39,30 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage as TransportErrorMessage,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage,
+    StartMessage,
+)
+from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage as LegacyErrorMessage
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from crunchql.app.graphiql import content_security_policy, graphiql_html
+from crunchql.app.limits import (
+    OperationRate,
+    estimated_json_size,
+    rate_limit_headers,
+    too_large_body,
+)
+from crunchql.auth.rate_limit import tracking_usage
 from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
@@ -153,9 +176,52 @@ def error_body(message: str, code: ErrorCode = ErrorCode.BAD_USER_INPUT) -> dict
     return {"errors": [{"message": message, "extensions": {"code": code.value}}]}
 
 
+async def _run_on_close(context: Context) -> None:
+    while context.on_close:
+        with contextlib.suppress(Exception):
+            await context.on_close.pop()()
+
+
+class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with a per-socket operation rate and a per-user socket cap."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rate = OperationRate(self.context.services.limits.ws_operations_per_minute)
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and not self.context.on_close:
+            refusal = await cast("CrunchGraphQL", self.view).admit_socket(self.context)
+            if refusal is not None:
+                self.connection_acknowledged = False
+                await self.websocket.close(code=4429, reason=refusal)
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if self.connection_acknowledged and message["id"] not in self.operations:
+            refusal = self.rate.refusal()
+            if refusal is not None:
+                await self.send_message(
+                    TransportErrorMessage(id=message["id"], type="error", payload=[refusal])
+                )
+                return
+        await super().handle_subscribe(message)
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            await _run_on_close(self.context)
+
+
 class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
     """The older graphql-ws protocol: Strawberry closes a rejected connection_init with
-    1011 there; the contract wants 4403 on both protocols."""
+    1011 there; the contract wants 4403 on both protocols. Both close a socket over the
+    user's open-socket cap with 4429."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rate = OperationRate(self.context.services.limits.ws_operations_per_minute)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         payload = message.get("payload")
@@ -166,11 +232,33 @@ class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
             except ConnectionRejectionError:
                 await self.websocket.close(code=4403, reason="Forbidden")
                 return
+        if not self.context.on_close:  # a repeated connection_init takes no second slot
+            refusal = await cast("CrunchGraphQL", self.view).admit_socket(self.context)
+            if refusal is not None:
+                await self.websocket.close(code=4429, reason=refusal)
+                return
         await super().handle_connection_init(message)
+
+    async def handle_start(self, message: StartMessage) -> None:
+        if self.connection_acknowledged:
+            refusal = self.rate.refusal()
+            if refusal is not None:
+                await self.send_message(
+                    LegacyErrorMessage(type="error", id=message["id"], payload=refusal)
+                )
+                return
+        await super().handle_start(message)
+
+    async def handle(self) -> None:
+        try:
+            await super().handle()
+        finally:
+            await _run_on_close(self.context)
 
 
 class CrunchGraphQL(GraphQL[Context, None]):
     graphql_ws_handler_class = LegacyGraphQLWSHandler
+    graphql_transport_ws_handler_class = GraphQLTransportWSHandler
 
     def __init__(
         self,
@@ -180,16 +268,19 @@ class CrunchGraphQL(GraphQL[Context, None]):
         allowed_origins: list[str],
         connection_init_timeout: float,
         max_request_bytes: int,
+        max_response_bytes: int = 32 * 1024 * 1024,
+        graphiql: bool = True,
     ) -> None:
         super().__init__(
             schema,
-            graphql_ide="graphiql",
+            graphql_ide="graphiql" if graphiql else None,
             connection_init_wait_timeout=timedelta(seconds=connection_init_timeout),
             allowed_origins=allowed_origins,
             max_subscriptions_per_connection=100,
         )
         self.services = services
         self.max_request_bytes = max_request_bytes
+        self.max_response_bytes = max_response_bytes
         self._page = graphiql_html(endpoint="/graphql", assets_prefix="/graphiql-assets")
         self._page_csp = content_security_policy(self._page)
 
@@ -224,11 +315,22 @@ class CrunchGraphQL(GraphQL[Context, None]):
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
         header = params.get("Authorization", params.get("authorization"))
-        if header is None:
-            return None  # anonymous: protected operations answer UNAUTHENTICATED
-        self._authenticate(context, header)
-        if context.auth_error is not None:
-            raise ConnectionRejectionError({"message": context.auth_error.message})
+        if header is not None:
+            self._authenticate(context, header)
+            if context.auth_error is not None:
+                raise ConnectionRejectionError({"message": context.auth_error.message})
+        return None
+
+    async def admit_socket(self, context: Context) -> str | None:
+        """Take one of the user's socket slots (anonymous sockets count per client
+        address) until the socket closes; the refusal's reason when none is left."""
+        owner = f"user:{context.claims.user_id}" if context.claims else f"addr:{context.client}"
+        limit = self.services.limits.ws_max_sockets_per_user
+        slots = self.services.slots
+        slot = await slots.acquire(f"sockets:{owner}", limit)
+        if slot is None:
+            return f"Too many open sockets (limit {limit})"
+        context.on_close.append(lambda: slots.release(slot))
         return None
 
     async def render_graphql_ide(self, request: Request) -> Response:
@@ -244,6 +346,15 @@ class CrunchGraphQL(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
             return
         request = Request(scope, receive=self._limited(receive))
+        with tracking_usage() as usages:
+            response = await self._answer(request)
+        if response is None:
+            return
+        if usages:
+            response.headers.update(rate_limit_headers(usages))
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request) -> Response | None:
         try:
             response = await self._respond(request)
         except ViewError as error:
@@ -257,14 +368,14 @@ class CrunchGraphQL(GraphQL[Context, None]):
                 self._media_type(request),
             )
         except ClientDisconnect:
-            return
+            return None
         except Exception:
             request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:64]
             logger.exception("unexpected error answering an HTTP request (request %s)", request_id)
             body = error_body(MASKED_MESSAGE, ErrorCode.INTERNAL_SERVER_ERROR)
             body["errors"][0]["extensions"]["requestId"] = request_id
             response = JSONResponse(body, status_code=500, media_type=self._media_type(request))
-        await response(scope, receive, send)
+        return response
 
     async def _respond(self, request: Request) -> Response:
         declared = request.headers.get("content-length")
@@ -416,4 +527,11 @@ class CrunchGraphQL(GraphQL[Context, None]):
         # "data" entry at all, as the GraphQL spec asks.
         if result.data is None and result.errors and all(e.path is None for e in result.errors):
             processed.pop("data", None)
+        if estimated_json_size(processed, self.max_response_bytes) > self.max_response_bytes:
+            # Refused before encoding: the encoded copy of a huge answer is never made.
+            logger.warning("response over %d bytes refused", self.max_response_bytes)
+            return cast(
+                GraphQLHTTPResponse,
+                too_large_body(self.max_response_bytes, processed.get("extensions")),
+            )
         return processed

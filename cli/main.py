@@ -39,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
         # pings find dead peers.
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
+        # A WebSocket message over this closes the socket (1009), as an HTTP body over
+        # CRUNCHQL_MAX_REQUEST_BYTES is refused: Uvicorn's default would be 16 MiB.
+        ws_max_size=settings.ws_max_message_bytes,
         log_config=None,
         timeout_graceful_shutdown=10,
     )

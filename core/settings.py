@@ -72,17 +72,31 @@ class Settings(BaseSettings):
     max_aliases: int = Field(default=50, ge=1)
     max_tokens: int = Field(default=450, ge=100)
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_query_cost: int = Field(default=5000, ge=10)
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    graphiql: bool | None = None  # None: on in development, off in production
+    hsts_seconds: int = Field(default=0, ge=0)  # 0: no Strict-Transport-Security header
 
     rate_limits: bool = True
-    login_attempts_per_account: int = Field(default=10, ge=1)  # failed ones
-    login_attempts_per_address: int = Field(default=300, ge=1)
+    # Failed logins for one account from one client address per window; past it that
+    # address is locked out of that account, longer each time (window, 2x, 4x, ... 24 h).
+    login_attempts_per_account: int = Field(default=10, ge=1)
+    login_failures_per_address: int = Field(default=50, ge=1)  # across accounts, per window
+    login_failures_per_account: int = Field(default=100, ge=1)  # from anywhere, per hour
+    login_attempts_per_address: int = Field(default=300, ge=1)  # any outcome, per window
     register_attempts_per_address: int = Field(default=100, ge=1)
     rate_limit_window_seconds: int = Field(default=300, ge=1)
+    # Not a rate limit: applies whatever CRUNCHQL_RATE_LIMITS says.
     max_active_calculations: int = Field(default=20, ge=1)
+    max_running_per_user: int = Field(default=2, ge=1)
     user_cache_seconds: float = Field(default=5.0, gt=0, le=300)
 
     ws_connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     subscription_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    ws_max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    ws_max_sockets_per_user: int = Field(default=10, ge=1)
+    ws_max_subscriptions_per_user: int = Field(default=200, ge=1)
+    ws_operations_per_minute: int = Field(default=300, ge=1)  # per socket
 
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
@@ -136,8 +150,8 @@ class Settings(BaseSettings):
                 )
             if not self.rate_limits:
                 warnings.warn(
-                    "CRUNCHQL_RATE_LIMITS=off in production: login, register and submit "
-                    "are not rate limited.",
+                    "CRUNCHQL_RATE_LIMITS=off in production: login and register are not "
+                    "rate limited.",
                     stacklevel=2,
                 )
         elif not self.jwt_secret:
@@ -170,6 +184,10 @@ class Settings(BaseSettings):
     @property
     def introspection_enabled(self) -> bool:
         return self.introspection if self.introspection is not None else not self.is_production
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphiql if self.graphiql is not None else not self.is_production
 
     @property
     def json_logs(self) -> bool:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,6 +45,7 @@ Delivery = CalculationEvent | Literal[Signal.RESYNC]
 SUBSCRIBER_QUEUE_SIZE = 64
 # A calculation's id, or a user's events key (user_events_key).
 Key = uuid.UUID | str
+MALFORMED_RESYNC_SECONDS = 5.0
 
 
 class Subscription:
@@ -103,6 +105,10 @@ class _FanOut:
             for subscription in tuple(subs):
                 subscription.deliver(RESYNC)
 
+    def resync(self, key: Key) -> None:
+        for subscription in tuple(self._subscribers.get(key, ())):
+            subscription.deliver(RESYNC)
+
     @asynccontextmanager
     async def subscribe(self, key: Key) -> AsyncIterator[Subscription]:
         subscription = Subscription(key)
@@ -135,6 +141,7 @@ class RedisEventBus(_FanOut):
 
     def __init__(self, redis: Redis, *, reconnect_max_delay: float = 2.0) -> None:
         super().__init__()
+        self._malformed_resync_at = -MALFORMED_RESYNC_SECONDS
         self.redis = redis
         self.reconnect_max_delay = reconnect_max_delay
         self._task: asyncio.Task[None] | None = None
@@ -214,5 +221,16 @@ class RedisEventBus(_FanOut):
             event = CalculationEvent.decode(data)
         except MalformedEventError as error:
             logger.warning("dropped a malformed event bus message: %s", error)
+            # Subscriptions do not poll: what the dropped message said (another
+            # version's format during a roll) is read from the database instead, for
+            # everyone at most every MALFORMED_RESYNC_SECONDS when it names no one.
+            if key is not None:
+                self.resync(key)
+                owner = CalculationEvent.peek_owner(data)
+                if owner is not None:
+                    self.resync(user_events_key(owner))
+            elif time.monotonic() - self._malformed_resync_at >= MALFORMED_RESYNC_SECONDS:
+                self._malformed_resync_at = time.monotonic()
+                self.resync_all()
             return
         self.dispatch(event)

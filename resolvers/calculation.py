@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 
 import strawberry
 
 from crunchql.compute.catalog import KINDS
-from crunchql.core.errors import BadUserInputError
+from crunchql.core.errors import BadUserInputError, RateLimitedError
 from crunchql.db.models import CalculationStatus as ModelStatus
+from crunchql.db.models import User
 from crunchql.observability.metrics import record_submitted, tracking_subscription
 from crunchql.resolvers.context import GraphQLInfo, current_user
 from crunchql.schema.inputs import CalculationInput, selected_kind
@@ -83,9 +85,27 @@ async def calculation_updates(
     id: strawberry.ID,
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
-    with tracking_subscription():
+    async with _subscription_slot(info, user):
         async for snapshot in calculations.watch(info.context.services, user, id):
             yield Calculation.from_model(snapshot)
+
+
+@asynccontextmanager
+async def _subscription_slot(info: GraphQLInfo, user: User) -> AsyncIterator[None]:
+    """One of the user's open-subscription slots (all sockets, all processes), held for
+    the life of the subscription."""
+    services = info.context.services
+    limit = services.limits.ws_max_subscriptions_per_user
+    slot = await services.slots.acquire(f"subscriptions:{user.id}", limit)
+    if slot is None:
+        raise RateLimitedError(
+            f"The limit of {limit} open subscriptions per user (all sockets together) is "
+            "reached; complete one first.",
+            retry_after=calculations.COUNT_LIMIT_RETRY_SECONDS,
+        )
+    async with services.slots.holding(slot):
+        with tracking_subscription():
+            yield
 
 
 def _model_status(status: CalculationStatus | None) -> ModelStatus | None:
@@ -112,7 +132,7 @@ async def my_calculation_updates(
     info: GraphQLInfo, kind: str | None, status: CalculationStatus | None
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
-    with tracking_subscription():
+    async with _subscription_slot(info, user):
         async for snapshot in calculation_feed.watch_own(
             info.context.services, user, kind=kind, status=_model_status(status)
         ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,8 @@ class Context:
     # Filled in by Strawberry from the WebSocket connection_init payload.
     connection_params: dict[str, Any] | None = None
     request_id: str = ""
+    # Run when the WebSocket closes (frees the user's socket slot).
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.users_by_id = users_by_id_loader(self.services)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crunchql.auth.concurrency import SlotLimiter
 from crunchql.auth.passwords import PasswordHasher
 from crunchql.auth.rate_limit import (
     DisabledRateLimiter,
@@ -54,6 +55,7 @@ class Runtime:
         if self.embedded_queue is not None:
             await self.embedded_queue.close()
         await self.services.bus.close()
+        await self.services.slots.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -63,10 +65,16 @@ def limits_from(settings: Settings) -> Limits:
     return Limits(
         rate_limits=settings.rate_limits,
         login_attempts_per_account=settings.login_attempts_per_account,
+        login_failures_per_address=settings.login_failures_per_address,
+        login_failures_per_account=settings.login_failures_per_account,
         login_attempts_per_address=settings.login_attempts_per_address,
         register_attempts_per_address=settings.register_attempts_per_address,
         rate_limit_window_seconds=settings.rate_limit_window_seconds,
         max_active_calculations=settings.max_active_calculations,
+        max_running_per_user=settings.max_running_per_user,
+        ws_max_sockets_per_user=settings.ws_max_sockets_per_user,
+        ws_max_subscriptions_per_user=settings.ws_max_subscriptions_per_user,
+        ws_operations_per_minute=settings.ws_operations_per_minute,
         subscription_max_seconds=settings.subscription_max_seconds,
     )
 
@@ -105,6 +113,7 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
+        max_running_per_user=settings.max_running_per_user,
         retry=RetryPolicy(max_retries=settings.job_max_retries),
     )
     embedded: EmbeddedJobQueue | None = None
@@ -133,6 +142,7 @@ async def start_runtime(
         queue=queue,
         limits=limits_from(settings),
         user_cache=new_user_cache(settings.user_cache_seconds),
+        slots=SlotLimiter(redis),
     )
     await bus.start()
     if embedded is not None and run_jobs:

@@ -28,6 +28,7 @@ from crunchql.schema.extensions import (
     OperationName,
     depth_limit_rule,
 )
+from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
 from crunchql.schema.types import (
     AuthPayload,
@@ -126,6 +127,7 @@ class SchemaOptions:
     introspection: bool = True
     field_suggestions: bool = True
     metrics: bool = False
+    max_cost: int = 5000
 
 
 def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
@@ -134,6 +136,7 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
     # MaxAliasesLimiter makes a new class each time it is constructed.
     rules = [
         depth_limit_rule(options.max_depth),
+        SingleAuthMutationRule,
         *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
     ]
     # Factories: a fresh extension per operation (the parser and validation caches
@@ -145,7 +148,10 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
         lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=1024),
+        lambda: OperationGuard(max_cost=options.max_cost),
     ]
+    # Outermost: its after-hook sees every message last.
+    extensions.insert(0, lambda: CleanMessages(suggestions=options.field_suggestions))
     if not options.introspection:
         extensions.append(DisableIntrospection)
     if options.metrics:

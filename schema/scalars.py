@@ -11,7 +11,9 @@ from strawberry.scalars import JSON
 from strawberry.types.scalar import ScalarDefinition
 
 MAX_SAFE_INTEGER = 2**53
-_DIGITS = re.compile(r"^-?\d{1,30}$")
+MAX_BIG_INT = 10**30  # far above any limit a calculation accepts
+# ASCII digits only (``\d`` would take "١٢٣" and other scripts' digits), optional sign.
+_DIGITS = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
 
 
 def serialize_big_int(value: int) -> int | str:
@@ -22,17 +24,23 @@ def parse_big_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("BigInt must be an integer, not a boolean.")
     if isinstance(value, int):
+        if abs(value) >= MAX_BIG_INT:
+            raise ValueError("BigInt is out of range (at most 30 digits).")
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and _DIGITS.match(value):
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
     raise ValueError("BigInt must be an integer: a JSON number or a string of digits.")
 
 
 def parse_big_int_literal(node: ValueNode, _variables: Any = None) -> int:
-    if isinstance(node, IntValueNode | StringValueNode):
-        return parse_big_int(node.value if isinstance(node, StringValueNode) else int(node.value))
+    if isinstance(node, StringValueNode):
+        return parse_big_int(node.value)
+    if isinstance(node, IntValueNode):
+        if len(node.value) > 31:  # before int(): no 5,000-digit conversion
+            raise ValueError("BigInt is out of range (at most 30 digits).")
+        return parse_big_int(int(node.value))
     raise ValueError("BigInt must be an integer: a number or a string of digits.")
 
 

@@ -6,8 +6,8 @@ its owner, so an event costs a dictionary lookup per API process whatever the nu
 users connected. Per calculation it applies the same rules as ``watch``
 (:class:`~crunchql.core.lifecycle.WatchState`: never a step back, stale and duplicate
 events dropped), reading a row from the database only the first time it sees the
-calculation, when an event says so (a big result, a run it never saw start), on a
-``resync`` marker, or after a quiet spell.
+calculation, when an event says so (a big result, a run it never saw start), or on a
+``resync`` marker (a lost Redis connection, a full mailbox).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from crunchql.db.models import CalculationStatus, User
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import RESYNC, Delivery
 from crunchql.pubsub.channels import user_events_key
-from crunchql.services.calculations import IDLE_RECHECK_SECONDS, can_see, check_kind
+from crunchql.services.calculations import can_see, check_kind
 from crunchql.services.container import ServiceContainer
 
 MAX_TRACKED = 512  # calculations followed per subscription (a list view shows far fewer)
@@ -76,13 +76,12 @@ class _Feed:
         update = state.refresh(row)
         return self._shown(update, state) if update is not None else None
 
-    async def reread(self, *, recent: bool) -> list[CalculationSnapshot]:
+    async def reread(self) -> list[CalculationSnapshot]:
         """Read again what may have changed unseen: the calculations still moving, and
-        with ``recent`` (after a resync) the newest ones too."""
+        the newest ones (started and maybe finished while events were lost)."""
         rows = await self._load(list(self.moving))
-        if recent:
-            known = {row.id for row in rows}
-            rows += [row for row in await self._load_recent() if row.id not in known]
+        known = {row.id for row in rows}
+        rows += [row for row in await self._load_recent() if row.id not in known]
         rows.sort(key=lambda row: row.created_at)
         return [update for row in rows if (update := self._take_row(row)) is not None]
 
@@ -126,13 +125,13 @@ async def watch_own(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            delivery: Delivery | None = await subscription.get(
-                timeout=min(IDLE_RECHECK_SECONDS, remaining)
-            )
+            # No periodic re-read (an idle list costs no query): what could be missed
+            # (a lost Redis connection, a full mailbox) arrives as a resync.
+            delivery: Delivery | None = await subscription.get(timeout=remaining)
             if delivery is None:
-                updates = await feed.reread(recent=False)  # a quiet spell: check the rows
-            elif delivery is RESYNC:
-                updates = await feed.reread(recent=True)
+                continue  # the subscription's lifetime is over (checked above)
+            if delivery is RESYNC:
+                updates = await feed.reread()
             else:
                 updates = await feed.take(delivery)
             for update in updates:

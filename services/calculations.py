@@ -28,7 +28,7 @@ from crunchql.pubsub.bus import RESYNC
 from crunchql.services.container import ServiceContainer
 
 MAX_PAGE_SIZE = 100
-IDLE_RECHECK_SECONDS = 30.0
+COUNT_LIMIT_RETRY_SECONDS = 5.0
 
 
 _owner_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -64,18 +64,20 @@ async def submit(
         raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
     async with _owner_lock(user.id), unit_of_work(services.session_factory) as session:
         repo = CalculationRepository(session)
-        if services.limits.rate_limits:
-            # Count and insert under the owner's lock, so parallel submits cannot all
-            # pass the count (row lock on PostgreSQL, across API processes; an
-            # in-process lock as well, which is what serialises them on SQLite).
-            await UserRepository(session).lock(user.id)
-            active = await repo.count_active(user.id)
-            if active >= services.limits.max_active_calculations:
-                raise RateLimitedError(
-                    f"You have {active} calculations queued or running; the limit is "
-                    f"{services.limits.max_active_calculations}. Wait for one to finish "
-                    "or cancel one."
-                )
+        # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. Count and insert
+        # under the owner's lock, so parallel submits cannot all pass the count (row
+        # lock on PostgreSQL, across API processes; an in-process lock as well, which
+        # is what serialises them on SQLite).
+        await UserRepository(session).lock(user.id)
+        active = await repo.count_active(user.id)
+        if active >= services.limits.max_active_calculations:
+            raise RateLimitedError(
+                f"You have {active} calculations queued or running; the limit is "
+                f"{services.limits.max_active_calculations}. Wait for one to finish "
+                "or cancel one.",
+                # A count, not a window: when to try again is a suggestion.
+                retry_after=COUNT_LIMIT_RETRY_SECONDS,
+            )
         calculation = await repo.create(
             owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC)
         )
@@ -145,8 +147,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at = datetime.fromisoformat(created)
         if created_at.tzinfo is None:
             raise ValueError("cursor without offset")
-        return created_at, uuid.UUID(raw_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # In UTC here, so that a date near the ends of the calendar fails now and not
+        # in the database driver (year 1 at +05:00 is before year 1 in UTC).
+        return created_at.astimezone(UTC), uuid.UUID(raw_id)
+    except (ValueError, binascii.Error, UnicodeError, OverflowError):
         raise BadUserInputError("Cursor is not valid.", field="after") from None
 
 
@@ -216,9 +220,13 @@ async def watch(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            event = await subscription.get(timeout=min(IDLE_RECHECK_SECONDS, remaining))
-            if event is None or event is RESYNC or state.needs_read(event):
-                # A quiet spell, a lost connection, a big result: read the truth.
+            # No periodic re-read: an idle subscription costs no query. What could be
+            # missed (a lost Redis connection, a full mailbox) arrives as a resync.
+            event = await subscription.get(timeout=remaining)
+            if event is None:
+                continue  # the subscription's lifetime is over (checked above)
+            if event is RESYNC or state.needs_read(event):
+                # A lost connection, a full mailbox, a big result: read the truth.
                 update = state.refresh(await load())
             else:
                 update = state.apply(event)

@@ -9,6 +9,7 @@ from uuid import UUID
 from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crunchql.auth.concurrency import SlotLimiter
 from crunchql.auth.passwords import PasswordHasher
 from crunchql.auth.rate_limit import RateLimiter
 from crunchql.auth.tokens import TokenService
@@ -41,11 +42,17 @@ class RunnerServices:
 @dataclass(frozen=True)
 class Limits:
     rate_limits: bool = True
-    login_attempts_per_account: int = 10
+    login_attempts_per_account: int = 10  # failures per (account, address) per window
+    login_failures_per_address: int = 50
+    login_failures_per_account: int = 100  # per hour, from any address
     login_attempts_per_address: int = 300
     register_attempts_per_address: int = 100
     rate_limit_window_seconds: int = 300
     max_active_calculations: int = 20
+    max_running_per_user: int = 2
+    ws_max_sockets_per_user: int = 10
+    ws_max_subscriptions_per_user: int = 200
+    ws_operations_per_minute: int = 300
     subscription_max_seconds: float = 6 * 3600.0
 
 
@@ -68,3 +75,5 @@ class ServiceContainer:
     queue: JobQueue
     limits: Limits
     user_cache: TTLCache[UUID, User] = field(default_factory=new_user_cache)
+    # Open sockets and subscriptions per user (shared through Redis when configured).
+    slots: SlotLimiter = field(default_factory=SlotLimiter)

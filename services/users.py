@@ -11,11 +11,16 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 
 from crunchql.auth.passwords import check_password_policy
-from crunchql.core.errors import BadUserInputError, ConflictError, UnauthenticatedError
+from crunchql.core.errors import (
+    BadUserInputError,
+    ConflictError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 from crunchql.db.engine import read_only, unit_of_work
 from crunchql.db.models import RefreshToken, Role, User
 from crunchql.db.repositories import RefreshTokenRepository, UserRepository
-from crunchql.services.container import ServiceContainer
+from crunchql.services.container import Limits, ServiceContainer
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL_LENGTH = 254
@@ -72,6 +77,7 @@ async def register(
             f"register:addr:{client}",
             services.limits.register_attempts_per_address,
             services.limits.rate_limit_window_seconds,
+            policy="register",
         )
     email = normalise_email(email)
     check_password_policy(password)
@@ -88,31 +94,62 @@ async def register(
         raise ConflictError("An account with this email already exists.") from None
 
 
+ACCOUNT_CEILING_WINDOW_SECONDS = 3600
+
+
+def _failure_keys(limits: Limits, account: str, client: str) -> list[tuple[str, int, int, str]]:
+    """The failure budgets one login draws on: (key, limit, window, policy name)."""
+    window = limits.rate_limit_window_seconds
+    return [
+        # The brute-force brake: one address guessing one account's password. Locking
+        # out this pair leaves the owner's own address untouched.
+        (f"login:fail:{account}:{client}", limits.login_attempts_per_account, window, "login"),
+        # One address spraying one password over many accounts.
+        (f"login:fail-addr:{client}", limits.login_failures_per_address, window, "login-address"),
+        # A distributed guess at one account: a ceiling far above what its owner reaches.
+        (
+            f"login:fail-acct:{account}",
+            limits.login_failures_per_account,
+            ACCOUNT_CEILING_WINDOW_SECONDS,
+            "login-account",
+        ),
+    ]
+
+
 async def login(
     services: ServiceContainer, email: str, password: str, *, client: str
 ) -> AuthResult:
     normalised = unicodedata.normalize("NFKC", email).strip().lower()
-    if services.limits.rate_limits:
-        window = services.limits.rate_limit_window_seconds
-        await services.rate_limiter.hit(
-            f"login:addr:{client}", services.limits.login_attempts_per_address, window
+    limits = services.limits
+    limiter = services.rate_limiter
+    counted: list[str] = []
+    if limits.rate_limits:
+        await limiter.hit(
+            f"login:addr:{client}",
+            limits.login_attempts_per_address,
+            limits.rate_limit_window_seconds,
+            policy="login-requests",
         )
-        # Only failed attempts count against an account (brute force), so logging in
-        # correctly and often never locks anyone out.
-        await services.rate_limiter.check(
-            f"login:acct:{normalised}", services.limits.login_attempts_per_account, window
-        )
+        # Every attempt counts as a failure BEFORE the password is checked, in one
+        # atomic step per budget: thirty parallel guesses count thirty, and at most the
+        # limit of them reach bcrypt. A right password gives its counts back below.
+        try:
+            for key, limit, window, policy in _failure_keys(limits, normalised, client):
+                await limiter.hit(key, limit, window, policy=policy, escalate=policy == "login")
+                counted.append(key)
+        except RateLimitedError:
+            for key in counted:
+                await limiter.refund(key)  # a refused attempt is not a guess
+            raise
     async with read_only(services.session_factory) as session:
         user = await UserRepository(session).get_by_email(normalised)
     # Verify even for an unknown email (against a dummy hash): same answer, same time.
     # No database connection is held during bcrypt: a login flood must not drain the pool.
     ok = await services.hasher.verify(password, user.password_hash if user else None)
     if user is None or not ok or not user.is_active:
-        if services.limits.rate_limits:
-            await services.rate_limiter.record(
-                f"login:acct:{normalised}", services.limits.rate_limit_window_seconds
-            )
         raise UnauthenticatedError(LOGIN_FAILED)
+    for key in counted:
+        await limiter.refund(key)
     async with unit_of_work(services.session_factory) as session:
         return await _issue(services, RefreshTokenRepository(session), user)
 

@@ -75,6 +75,7 @@ class WorkerRuntime:
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
+                max_running_per_user=settings.max_running_per_user,
                 retry=RetryPolicy(max_retries=settings.job_max_retries),
             ),
             # One kernel thread per process: kernels are parallel inside, and numba's
@@ -110,12 +111,21 @@ class WorkerRuntime:
             repo = CalculationRepository(session)
             resend = await repo.release_stale_runs(stale_before=now - self.config.stale_after)
             if await asyncio.to_thread(self.broker.do_qsize, QUEUE_NAME) == 0:
-                resend += await repo.list_waiting(created_before=now - QUEUED_RESEND_AFTER)
+                resend += await repo.list_waiting(
+                    created_before=now - QUEUED_RESEND_AFTER,
+                    # Waiting for a free per-user slot is not a lost message.
+                    max_running=self.config.max_running_per_user,
+                    alive_after=now - self.config.stale_after,
+                )
             else:
                 clock = time.monotonic()
                 period = QUEUED_RESEND_ALWAYS_AFTER.total_seconds()
                 self.resent = {k: t for k, t in self.resent.items() if clock - t < period}
-                old = await repo.list_waiting(created_before=now - QUEUED_RESEND_ALWAYS_AFTER)
+                old = await repo.list_waiting(
+                    created_before=now - QUEUED_RESEND_ALWAYS_AFTER,
+                    max_running=self.config.max_running_per_user,
+                    alive_after=now - self.config.stale_after,
+                )
                 resend += [each for each in old if each not in self.resent]
                 self.resent.update(dict.fromkeys(resend, clock))
             await WorkerRepository(session).prune(now, timedelta(hours=1))

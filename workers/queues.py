@@ -85,6 +85,10 @@ class EmbeddedJobQueue:
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crunchql-kernel")
         self._tasks: set[asyncio.Task[None]] = set()
+        if config.requeue is None:
+            # Waiting calculations (an owner at the running limit) are started again
+            # here when one of the owner's runs ends.
+            config.requeue = self.enqueue
 
     def warm_up(self) -> None:
         """Compile or load every kernel in the kernel thread, ahead of the first job

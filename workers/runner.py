@@ -50,6 +50,9 @@ class RunnerConfig:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     requeue: Callable[[uuid.UUID], Awaitable[None]] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Fair share: an owner's calculations beyond this many running are not claimed;
+    # their message is dropped and sent again when one of the owner's runs ends.
+    max_running_per_user: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def _now() -> datetime:
 async def _publish(services: Infrastructure, event: CalculationEvent) -> None:
     try:
         await services.bus.publish(event)
-    except Exception as error:  # the row is saved; subscribers re-read it when idle
+    except Exception as error:  # the row is saved; subscribers re-read it on a resync
         logger.warning("could not publish a %s event: %s", event.kind.value, error)
 
 
@@ -148,15 +151,44 @@ async def run_calculation(
     stale_before = now if take_over else now - config.stale_after
     async with unit_of_work(factory) as session:
         calculation = await CalculationRepository(session).claim(
-            calculation_id, config.worker_id, now, stale_before
+            calculation_id,
+            config.worker_id,
+            now,
+            stale_before,
+            max_running=config.max_running_per_user,
+            alive_after=now - config.stale_after,
         )
     if calculation is None:
-        return RunStats()  # finished, cancelled, or alive on another worker
+        # Finished, cancelled, alive on another worker, or its owner is at the running
+        # limit (then it waits, QUEUED, without holding this worker).
+        return RunStats()
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
     await _announce(services, calculation)
     started = time.monotonic()
-    outcome = await _execute(services, config, calculation, executor)
+    try:
+        outcome = await _execute(services, config, calculation, executor)
+    finally:
+        await _start_waiting(services, config, calculation.owner_id)
     return RunStats(outcome, calculation.kind, time.monotonic() - started)
+
+
+async def _start_waiting(
+    services: Infrastructure, config: RunnerConfig, owner_id: uuid.UUID
+) -> None:
+    """One of the owner's runs ended: send the owner's oldest waiting calculations
+    again (their messages were dropped at the running limit). A send that is lost here
+    is re-sent by the workers' sweeper."""
+    if config.max_running_per_user is None or config.requeue is None:
+        return
+    try:
+        async with unit_of_work(services.session_factory) as session:
+            waiting = await CalculationRepository(session).list_waiting_for_owner(
+                owner_id, config.max_running_per_user
+            )
+        for calculation_id in waiting:
+            await config.requeue(calculation_id)
+    except Exception as error:
+        logger.warning("could not wake the owner's waiting calculations: %s", error)
 
 
 async def _finish(

@@ -10,8 +10,10 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
+from crunchql.db.repositories.user import UserRepository
 
 _IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
 
@@ -20,6 +22,23 @@ _IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
 class CalculationPage:
     items: list[Calculation]
     has_next_page: bool
+
+
+def _other_live_runs_of_owner(alive_after: datetime) -> Any:
+    """For the calculation row of the enclosing statement: how many OTHER calculations of
+    its owner are RUNNING with a heartbeat after ``alive_after`` (a correlated count)."""
+    other = aliased(Calculation)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.owner_id == Calculation.owner_id,
+            other.id != Calculation.id,
+            other.status == CalculationStatus.RUNNING,
+            other.heartbeat_at >= alive_after,
+        )
+        .scalar_subquery()
+    )
 
 
 class CalculationRepository:
@@ -108,12 +127,22 @@ class CalculationRepository:
         return Calculation(**row) if row is not None else None
 
     async def claim(
-        self, calculation_id: uuid.UUID, worker_id: str, now: datetime, stale_before: datetime
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        now: datetime,
+        stale_before: datetime,
+        *,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
     ) -> Calculation | None:
         """QUEUED → RUNNING, or take over a RUNNING one whose worker stopped beating.
 
         None when the calculation is finished, cancelled or alive elsewhere: a duplicate
-        or late message then does nothing.
+        or late message then does nothing. With ``max_running``, also None (and the row
+        left QUEUED, untouched) while its owner already has that many runs alive
+        (heartbeat after ``alive_after``): the caller drops the message and the owner's
+        next finishing run sends it again (``list_waiting_for_owner``).
         """
         condition = or_(
             Calculation.status == CalculationStatus.QUEUED,
@@ -122,6 +151,13 @@ class CalculationRepository:
                 or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
             ),
         )
+        if max_running is not None:
+            condition = and_(
+                condition,
+                await self._owner_has_room(
+                    calculation_id, max_running, alive_after or stale_before
+                ),
+            )
         return await self._update_returning(
             calculation_id,
             condition,
@@ -135,6 +171,36 @@ class CalculationRepository:
                 "error": None,
             },
         )
+
+    async def _owner_has_room(
+        self, calculation_id: uuid.UUID, max_running: int, alive_after: datetime
+    ) -> Any:
+        """The claim's extra condition: fewer than ``max_running`` other live runs of the
+        same owner. Part of the UPDATE itself, so SQLite (one writer) decides it
+        atomically; on PostgreSQL claims for one owner also queue on the owner's row,
+        so two workers cannot both count the same free slot."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            owner_id = (
+                await self.session.execute(
+                    select(Calculation.owner_id).where(Calculation.id == calculation_id)
+                )
+            ).scalar_one_or_none()
+            if owner_id is not None:
+                await UserRepository(self.session).lock(owner_id)
+        return _other_live_runs_of_owner(alive_after) < max_running
+
+    async def list_waiting_for_owner(self, owner_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+        """The owner's oldest QUEUED calculations: the next to start when a run ends."""
+        statement = (
+            select(Calculation.id)
+            .where(
+                Calculation.owner_id == owner_id,
+                Calculation.status == CalculationStatus.QUEUED,
+            )
+            .order_by(Calculation.created_at, Calculation.id)
+            .limit(limit)
+        )
+        return list((await self.session.execute(statement)).scalars())
 
     def _owned_run(self, worker_id: str) -> Any:
         return and_(
@@ -249,17 +315,24 @@ class CalculationRepository:
         )
         return list((await self.session.execute(statement)).scalars())
 
-    async def list_waiting(self, *, created_before: datetime, limit: int = 500) -> list[uuid.UUID]:
-        """QUEUED rows older than ``created_before``, oldest first."""
-        statement = (
-            select(Calculation.id)
-            .where(
-                Calculation.status == CalculationStatus.QUEUED,
-                Calculation.created_at < created_before,
-            )
-            .order_by(Calculation.created_at)
-            .limit(limit)
+    async def list_waiting(
+        self,
+        *,
+        created_before: datetime,
+        limit: int = 500,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
+    ) -> list[uuid.UUID]:
+        """QUEUED rows older than ``created_before``, oldest first. With
+        ``max_running``, only those whose owner could start one now: the others wait
+        for their owner's runs to end, and re-sending them would only be refused."""
+        statement = select(Calculation.id).where(
+            Calculation.status == CalculationStatus.QUEUED,
+            Calculation.created_at < created_before,
         )
+        if max_running is not None and alive_after is not None:
+            statement = statement.where(_other_live_runs_of_owner(alive_after) < max_running)
+        statement = statement.order_by(Calculation.created_at).limit(limit)
         return list((await self.session.execute(statement)).scalars())
 
     async def list_active_ids(self) -> list[uuid.UUID]:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import GraphQLClient, error_codes, flush_redis, make_settings, running_app
+from tests.conftest import (
+    GraphQLClient,
+    error_codes,
+    flush_redis,
+    make_settings,
+    running_app,
+    wait_for,
+)
 
 LOGIN = (
     "mutation($e: String!, $p: String!) { login(email: $e, password: $p) "
@@ -108,7 +118,7 @@ async def test_malformed_authorization_header(client: GraphQLClient) -> None:
 
 async def test_typename_needs_no_token(client: GraphQLClient) -> None:
     body = await client.execute("{ __typename }")
-    assert body == {"data": {"__typename": "Query"}}
+    assert body["data"] == {"__typename": "Query"}
 
 
 async def test_a_login_does_not_stall_other_requests(empty_sqlite_url: str) -> None:
@@ -127,7 +137,7 @@ async def test_a_login_does_not_stall_other_requests(empty_sqlite_url: str) -> N
         quick_seconds = time.perf_counter() - started
         login_body = await login
         login_seconds = time.perf_counter() - started
-        assert quick == {"data": {"__typename": "Query"}}
+        assert quick["data"] == {"__typename": "Query"}
         assert "errors" not in login_body
         assert quick_seconds < login_seconds / 2, (quick_seconds, login_seconds)
 
@@ -157,25 +167,150 @@ async def test_login_is_rate_limited_per_account(
         await flush_redis(redis)
 
 
-async def test_aliases_cannot_pack_logins_past_the_limit(empty_sqlite_url: str) -> None:
-    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_address=3) as (
+@pytest.mark.parametrize(
+    "document",
+    [
+        " ".join(
+            f'a{i}: login(email: "packed@example.com", password: "correct horse battery") '
+            "{ accessToken }"
+            for i in range(8)
+        ),
+        # A fragment and two different authentication mutations are no way around it.
+        '...F } fragment F on Mutation { login(email: "packed@example.com", '
+        'password: "correct horse battery") { accessToken } '
+        'register(email: "new@example.com", password: "correct horse battery") '
+        "{ accessToken }",
+    ],
+)
+async def test_one_authentication_mutation_per_operation(
+    empty_sqlite_url: str, document: str
+) -> None:
+    """The finding: 50 aliased logins cost 50 bcrypt runs in one request."""
+    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_address=1) as (
         _,
         client,
     ):
         await client.register("packed@example.com")
-        fields = " ".join(
-            f'a{i}: login(email: "packed@example.com", password: "correct horse battery") '
-            "{ accessToken }"
-            for i in range(8)
-        )
-        body = await client.execute(f"mutation {{ {fields} }}")
-        # Every alias is one attempt: the fourth is refused (and stops the operation).
-        assert error_codes(body) == ["RATE_LIMITED"]
-        assert body["errors"][0]["path"] == ["a3"]
+        body = await client.execute(f"mutation {{ {document} }}")
+        assert error_codes(body) == ["BAD_USER_INPUT"]
+        assert "data" not in body  # refused before anything ran
+        # Nothing was counted against the address (its budget is one login) and
+        # nothing registered.
         single = await client.execute(
             LOGIN, {"e": "packed@example.com", "p": "correct horse battery"}
         )
-        assert error_codes(single) == ["RATE_LIMITED"]
+        assert "errors" not in single, single
+        assert error_codes(
+            await client.execute(LOGIN, {"e": "new@example.com", "p": "correct horse battery"})
+        ) == ["RATE_LIMITED"]
+
+
+@asynccontextmanager
+async def client_at(app: Any, address: str) -> AsyncIterator[GraphQLClient]:
+    """A second client of the same app, coming from another address."""
+    transport = httpx.ASGITransport(app=app, client=(address, 5151))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield GraphQLClient(http)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_parallel_wrong_passwords_are_counted_before_bcrypt(
+    empty_sqlite_url: str, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The finding: 30 wrong passwords sent at once (limit 10) all answered
+    UNAUTHENTICATED, none RATE_LIMITED: the limit was check-then-record."""
+    redis = request.getfixturevalue("redis_url") if backend == "redis" else None
+    if redis:
+        await flush_redis(redis)
+    async with await _limited_client(empty_sqlite_url, redis, login_attempts_per_account=10) as (
+        _,
+        client,
+    ):
+        await client.register("burst@example.com")
+        bodies = await asyncio.gather(
+            *(
+                client.execute(LOGIN, {"e": "burst@example.com", "p": f"wrong password {i}"})
+                for i in range(30)
+            )
+        )
+        codes = [error_codes(body)[0] for body in bodies]
+        assert codes.count("RATE_LIMITED") >= 20, codes
+        assert set(codes) == {"UNAUTHENTICATED", "RATE_LIMITED"}
+    if redis:
+        await flush_redis(redis)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_an_attacker_cannot_lock_the_owner_out(
+    empty_sqlite_url: str, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The finding: 10 wrong passwords from anywhere locked the owner out for 5 minutes,
+    renewable forever. Failures now count per (account, address)."""
+    redis = request.getfixturevalue("redis_url") if backend == "redis" else None
+    if redis:
+        await flush_redis(redis)
+    async with await _limited_client(empty_sqlite_url, redis, login_attempts_per_account=5) as (
+        app,
+        attacker,
+    ):
+        await attacker.register("owner@example.com")
+        hammering = [
+            await attacker.execute(LOGIN, {"e": "owner@example.com", "p": "guess {i}"})
+            for i in range(12)
+        ]
+        assert error_codes(hammering[-1]) == ["RATE_LIMITED"]
+        async with client_at(app, "198.51.100.20") as owner:
+            own = await owner.execute(
+                LOGIN, {"e": "owner@example.com", "p": "correct horse battery"}
+            )
+        assert "errors" not in own, own
+        # The attacker's own address stays locked, even with the right password.
+        locked = await attacker.execute(
+            LOGIN, {"e": "owner@example.com", "p": "correct horse battery"}
+        )
+        assert error_codes(locked) == ["RATE_LIMITED"]
+    if redis:
+        await flush_redis(redis)
+
+
+async def test_the_lockout_grows_with_repeated_failures(empty_sqlite_url: str) -> None:
+    async with await _limited_client(
+        empty_sqlite_url, None, login_attempts_per_account=2, rate_limit_window_seconds=2
+    ) as (_, client):
+        await client.register("stubborn@example.com")
+        retry_afters = []
+        for _ in range(2):
+            for _ in range(2):
+                wrong = await client.execute(LOGIN, {"e": "stubborn@example.com", "p": "nope!"})
+                assert error_codes(wrong) == ["UNAUTHENTICATED"]
+            refused = await client.execute(LOGIN, {"e": "stubborn@example.com", "p": "nope!"})
+            assert error_codes(refused) == ["RATE_LIMITED"]
+            retry_after = refused["errors"][0]["extensions"]["retryAfter"]
+            retry_afters.append(retry_after)
+
+            async def unlocked() -> bool:
+                body = await client.execute(
+                    LOGIN, {"e": "stubborn@example.com", "p": "correct horse battery"}
+                )
+                return "errors" not in body
+
+            await wait_for(unlocked, timeout=retry_after + 10, interval=0.2)
+        assert retry_afters == [2, 4]  # one window, then two
+
+
+async def test_login_answers_carry_rate_limit_headers(empty_sqlite_url: str) -> None:
+    async with await _limited_client(empty_sqlite_url, None, login_attempts_per_account=3) as (
+        _,
+        client,
+    ):
+        await client.register("headers@example.com")
+        response = await client.post(LOGIN, {"e": "headers@example.com", "p": "wrong password"})
+        policy = response.headers["RateLimit-Policy"]
+        assert '"login";q=3;w=300' in policy
+        assert '"login-requests";q=300;w=300' in policy
+        assert '"login";r=2;t=' in response.headers["RateLimit"]
+        plain = await client.post("{ __typename }")
+        assert "RateLimit" not in plain.headers  # it consumed no limit
 
 
 async def test_successful_logins_do_not_lock_an_account(empty_sqlite_url: str) -> None:

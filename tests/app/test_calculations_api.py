@@ -192,13 +192,17 @@ async def test_cancelled_while_queued_never_runs(queued_client: Any) -> None:
     assert error_codes(again) == ["CONFLICT"]
 
 
-async def test_active_calculations_per_user_are_limited(database_url: str, redis_url: str) -> None:
+@pytest.mark.parametrize("rate_limits", [True, False])
+async def test_active_calculations_per_user_are_limited(
+    database_url: str, redis_url: str, rate_limits: bool
+) -> None:
+    """The finding: CRUNCHQL_RATE_LIMITS=off silently removed the active cap as well."""
     await truncate(database_url)
     await flush_redis(redis_url)
     settings = make_settings(
         database_url=database_url,
         redis_url=redis_url,
-        rate_limits=True,
+        rate_limits=rate_limits,
         max_active_calculations=3,
     )
     async with running_app(settings) as (_app, client):
@@ -207,6 +211,7 @@ async def test_active_calculations_per_user_are_limited(database_url: str, redis
             await submit(client, {"monteCarloPi": {"samples": 10}})
         refused = await client.execute(SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}})
         assert error_codes(refused) == ["RATE_LIMITED"]
+        assert refused["errors"][0]["extensions"]["retryAfter"] > 0
         # Another user is not affected.
         other = (await client.register())["accessToken"]
         accepted = await client.execute(

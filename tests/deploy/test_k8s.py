@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import dramatiq
 import pytest
+import yaml
 
 from crunchql.workers.broker import QUEUE_NAME, create_broker
 from tests.conftest import REDIS_URL, require_service
-from tests.deploy.conftest import THIRD_PARTY_ENV
+from tests.deploy.conftest import DEPLOY, THIRD_PARTY_ENV
 
 ACTOR_NAME = "calculation.run"  # workers.queues.ACTOR_NAME (that module imports the kernels)
 
@@ -171,3 +173,45 @@ def test_queue_key_on_real_redis(k8s_documents: list[dict[str, Any]]) -> None:
                 client.delete(key)
         broker.close()
         client.close()
+
+
+def test_ingress_terminates_tls_and_routes_only_public_paths(
+    k8s_documents: list[dict[str, Any]],
+) -> None:
+    """The finding: the Kubernetes manifests shipped no ingress (no TLS, no limits)."""
+    ingress = of_kind(k8s_documents, "Ingress")["crunchql-api"]
+    spec = ingress["spec"]
+    hosts = {host for tls in spec["tls"] for host in tls["hosts"]}
+    assert all(tls["secretName"] for tls in spec["tls"])
+    assert {rule["host"] for rule in spec["rules"]} <= hosts  # every routed host has TLS
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
+    services = of_kind(k8s_documents, "Service")
+    paths = [path for rule in spec["rules"] for path in rule["http"]["paths"]]
+    assert {path["path"] for path in paths} == {"/graphql", "/graphiql-assets"}
+    for path in paths:
+        backend = path["backend"]["service"]
+        port_names = {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
+        assert backend["port"]["name"] in port_names
+
+
+def test_ingress_applies_the_same_limits_as_nginx(k8s_documents: list[dict[str, Any]]) -> None:
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text("utf-8")
+    rates = {int(rate) for rate in re.findall(r"limit_req_zone .*rate=(\d+)r/s;", conf)}
+    bursts = {int(burst) for burst in re.findall(r"limit_req zone=\S+ burst=(\d+)", conf)}
+    connections = re.search(r"limit_conn per_address (\d+);", conf)
+    body = re.search(r"client_max_body_size (\w+);", conf)
+    assert rates and bursts and connections and body
+    annotations = of_kind(k8s_documents, "Ingress")["crunchql-api"]["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    rps = int(annotations[prefix + "limit-rps"])
+    assert rps in rates
+    assert rps * int(annotations[prefix + "limit-burst-multiplier"]) in bursts
+    assert annotations[prefix + "limit-connections"] == connections.group(1)
+    assert annotations[prefix + "proxy-body-size"] == body.group(1)
+    assert int(annotations[prefix + "proxy-read-timeout"]) >= 3600  # subscriptions
+
+
+def test_kustomization_applies_the_ingress() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text("utf-8"))
+    assert "ingress.yaml" in kustomization["resources"]

@@ -102,10 +102,24 @@ async def test_redis_bus_drops_malformed_messages_and_keeps_listening(
             for junk in [b"\xff\xfe", "not json", '{"key": "x", "event": {}}', "[1, 2]"]:
                 await publisher.redis.publish(CALCULATION_EVENTS, junk)
             await publisher.publish(tick(A, 3))
+            # Subscriptions do not poll: they are told to re-read, once for the burst.
+            assert await subscription.get(timeout=5) == RESYNC
             assert await subscription.get(timeout=5) == tick(A, 3)
         assert await subscription.get(timeout=0.05) is None
         dropped = [r for r in caplog.records if "malformed" in r.getMessage()]
         assert len(dropped) == 4
+
+
+async def test_a_malformed_event_for_a_watched_calculation_resyncs_its_subscribers(
+    redis_buses: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    listener, publisher = redis_buses
+    async with listener.subscribe(A) as a, listener.subscribe(B) as b:
+        good = tick(A, 1).encode()
+        broken = good[: good.index(str(A)) + 40] + "}"  # its id readable, the rest not
+        await publisher.redis.publish(CALCULATION_EVENTS, broken)
+        assert await a.get(timeout=5) == RESYNC
+        assert await b.get(timeout=0.1) is None
 
 
 async def test_start_does_not_hang_when_redis_is_down() -> None:

@@ -38,7 +38,7 @@ async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
         rate_limiter=DisabledRateLimiter(),
         bus=InProcessEventBus(),
         queue=NoQueue(),
-        limits=Limits(rate_limits=False),
+        limits=Limits(rate_limits=False, max_active_calculations=100),
     )
     await engine.dispose()
 

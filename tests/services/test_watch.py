@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from crunchql.db.models import Calculation, User
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculations
 from crunchql.services.container import Limits, ServiceContainer
+from tests.conftest import wait_for
 
 
 class NoQueue:
@@ -206,3 +208,50 @@ async def test_someone_elses_calculation_is_not_found(services: ServiceContainer
         async for _ in calculations.watch(services, stranger, str(calculation.id)):
             pass
     assert services.bus.subscriber_count == 0
+
+
+async def test_an_idle_subscription_does_not_poll_the_database(
+    services: ServiceContainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finding: every idle subscription re-read the database every 30 s. It now
+    waits for its lifetime and re-reads only on a resync (one per bus reconnect)."""
+    from crunchql.pubsub.bus import Subscription
+
+    waits: list[float | None] = []
+    original_get = Subscription.get
+
+    async def recording_get(self: Subscription, timeout: float | None = None) -> Any:
+        waits.append(timeout)
+        return await original_get(self, timeout)
+
+    reads = 0
+    original_get_row = calculations.CalculationRepository.get
+
+    async def counting_get(self: Any, calculation_id: uuid.UUID) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original_get_row(self, calculation_id)
+
+    monkeypatch.setattr(Subscription, "get", recording_get)
+    monkeypatch.setattr(calculations.CalculationRepository, "get", counting_get)
+    user, calculation = await make(services, status=CalculationStatus.QUEUED)
+    watcher = Watcher(services, user, calculation.id)
+    assert (await watcher.next())[0] == "QUEUED"
+
+    async def waiting() -> bool:
+        return bool(waits)
+
+    await wait_for(waiting, timeout=5)
+    assert reads == 1
+    assert all(w is not None and w > 6 * 3600 - 60 for w in waits)  # its whole lifetime
+    assert isinstance(services.bus, InProcessEventBus)
+    services.bus.resync_all()  # what the Redis bus does when it reconnects
+
+    async def reread() -> bool:
+        return reads == 2 and len(waits) == 2
+
+    await wait_for(reread, timeout=5)
+    watcher.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher.task
+    assert reads == 2

@@ -1,0 +1,217 @@
+"""Fair compute: an owner's calculations beyond the per-user running limit wait,
+QUEUED, without holding a worker, and start again as the owner's runs end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from crunchql.compute.base import Kind
+from crunchql.compute.catalog import KINDS
+from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.models import Calculation, CalculationStatus, User
+from crunchql.db.repositories import CalculationRepository
+from crunchql.pubsub.bus import InProcessEventBus
+from crunchql.services.container import RunnerServices
+from crunchql.workers.queues import EmbeddedJobQueue
+from crunchql.workers.runner import RunnerConfig
+from tests.conftest import wait_for
+from tests.workers.test_runner import AnyParams
+
+
+@pytest.fixture
+async def services(database_url: str) -> AsyncIterator[RunnerServices]:
+    engine = create_engine(database_url)
+    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
+    await engine.dispose()
+
+
+class SleepyJob:
+    """``steps`` chunks of ``seconds`` each (a stand-in for a long kernel)."""
+
+    def __init__(self, steps: int, seconds: float) -> None:
+        self.steps, self.seconds, self.count = steps, seconds, 0
+
+    @property
+    def done(self) -> bool:
+        return self.count >= self.steps
+
+    @property
+    def progress(self) -> float:
+        return self.count / self.steps
+
+    def step(self) -> None:
+        time.sleep(self.seconds)
+        self.count += 1
+
+    def partial_result(self) -> dict[str, Any] | None:
+        return None
+
+    def result(self) -> dict[str, Any]:
+        return {"steps": self.count}
+
+
+def sleepy_kind(name: str, steps: int, seconds: float) -> Kind[Any]:
+    class SleepyKind(Kind[Any]):
+        def start(self, params: Mapping[str, Any]) -> SleepyJob:
+            return SleepyJob(steps, seconds)
+
+        def warm_up(self) -> None:
+            pass
+
+    return SleepyKind(name=name, description="test", params=AnyParams, kernel="-")
+
+
+async def new_user(services: RunnerServices) -> uuid.UUID:
+    async with unit_of_work(services.session_factory) as session:
+        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
+        session.add(user)
+        await session.flush()
+        return user.id
+
+
+async def new_calculation(services: RunnerServices, owner: uuid.UUID, kind: str) -> uuid.UUID:
+    async with unit_of_work(services.session_factory) as session:
+        row = await CalculationRepository(session).create(
+            owner_id=owner, kind=kind, params={}, now=datetime.now(UTC)
+        )
+        return row.id
+
+
+async def count(services: RunnerServices, owner: uuid.UUID, status: CalculationStatus) -> int:
+    async with unit_of_work(services.session_factory) as session:
+        statement = select(func.count()).where(
+            Calculation.owner_id == owner, Calculation.status == status.value
+        )
+        return int((await session.execute(statement)).scalar_one())
+
+
+async def status_of(services: RunnerServices, calculation_id: uuid.UUID) -> str:
+    async with unit_of_work(services.session_factory) as session:
+        row = await CalculationRepository(session).get(calculation_id)
+        assert row is not None
+        return row.status
+
+
+async def test_one_users_queue_does_not_delay_another_user(
+    services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finding: the queue was first-in-first-out, so one user's 20 long jobs
+    delayed everyone."""
+    monkeypatch.setitem(KINDS, "long", sleepy_kind("long", steps=100_000, seconds=0.01))
+    monkeypatch.setitem(KINDS, "tiny", sleepy_kind("tiny", steps=1, seconds=0.0))
+    config = RunnerConfig(
+        worker_id="fair", publish_interval=0.0, write_interval=0.0, max_running_per_user=2
+    )
+    queue = EmbeddedJobQueue(services, config, concurrency=4)
+    alice, bob = await new_user(services), await new_user(services)
+    alices = [await new_calculation(services, alice, "long") for _ in range(20)]
+    peak = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, await count(services, alice, CalculationStatus.RUNNING))
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        for calculation_id in alices:
+            await queue.enqueue(calculation_id)
+
+        async def alice_runs_two() -> bool:
+            return await count(services, alice, CalculationStatus.RUNNING) == 2
+
+        await wait_for(alice_runs_two, timeout=30)
+        tiny = await new_calculation(services, bob, "tiny")
+        await queue.enqueue(tiny)
+
+        async def bob_done() -> bool:
+            return await status_of(services, tiny) == CalculationStatus.SUCCEEDED.value
+
+        await wait_for(bob_done, timeout=30)
+        # Bob did not wait for Alice's queue: it is all still there.
+        assert await count(services, alice, CalculationStatus.QUEUED) == 18
+
+        # One of Alice's runs ends: her next waiting calculation starts (none is lost).
+        async with unit_of_work(services.session_factory) as session:
+            running = (
+                await session.execute(
+                    select(Calculation.id).where(
+                        Calculation.owner_id == alice,
+                        Calculation.status == CalculationStatus.RUNNING.value,
+                    )
+                )
+            ).scalars()
+            first = next(iter(running))
+            await CalculationRepository(session).cancel(first, datetime.now(UTC))
+
+        async def next_one_started() -> bool:
+            return (
+                await count(services, alice, CalculationStatus.RUNNING) == 2
+                and await count(services, alice, CalculationStatus.QUEUED) == 17
+            )
+
+        await wait_for(next_one_started, timeout=30)
+        assert peak == 2  # never more than the limit at once
+    finally:
+        sampling = False
+        await sampler
+        async with unit_of_work(services.session_factory) as session:
+            repo = CalculationRepository(session)
+            for calculation_id in alices:
+                await repo.cancel(calculation_id, datetime.now(UTC))
+        await queue.close()
+
+
+async def test_claims_beyond_the_running_limit_leave_the_row_queued(
+    services: RunnerServices,
+) -> None:
+    owner = await new_user(services)
+    ids = [await new_calculation(services, owner, "long") for _ in range(6)]
+    now = datetime.now(UTC)
+    stale_before = now - timedelta(seconds=30)
+    factory = services.session_factory
+
+    async def claim(calculation_id: uuid.UUID) -> bool:
+        async with unit_of_work(factory) as session:
+            row = await CalculationRepository(session).claim(
+                calculation_id, "w", now, stale_before, max_running=2, alive_after=stale_before
+            )
+        return row is not None
+
+    # In parallel (each claim its own transaction): the owner's row lock decides.
+    claimed = await asyncio.gather(*(claim(each) for each in ids))
+    assert sum(claimed) == 2
+    assert await count(services, owner, CalculationStatus.QUEUED) == 4
+    async with unit_of_work(factory) as session:
+        waiting = await CalculationRepository(session).list_waiting_for_owner(owner, 10)
+    refused = {each for each, ok in zip(ids, claimed, strict=True) if not ok}
+    assert len(waiting) == 4 and set(waiting) == refused
+    # The sweeper does not re-send what waits for its owner's slot (it would be refused).
+    async with unit_of_work(factory) as session:
+        repo = CalculationRepository(session)
+        created_before = now + timedelta(seconds=1)
+        assert len(await repo.list_waiting(created_before=created_before)) == 4
+        assert not await repo.list_waiting(
+            created_before=created_before, max_running=2, alive_after=stale_before
+        )
+        assert len(await repo.list_waiting(
+            created_before=created_before, max_running=3, alive_after=stale_before
+        )) == 4  # fmt: skip
+    # A run whose worker stopped beating no longer counts against its owner.
+    later = now + timedelta(minutes=5)
+    async with unit_of_work(factory) as session:
+        row = await CalculationRepository(session).claim(
+            waiting[0], "w2", later, later - timedelta(seconds=30), max_running=2,
+            alive_after=later - timedelta(seconds=30),
+        )  # fmt: skip
+    assert row is not None
