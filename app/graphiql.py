@@ -44,6 +44,8 @@ DEFAULT_QUERY = """\
 # 3. Run "Me" to see who you are.
 # 4. Run "Submit", paste the returned id into "Watch"
 #    and run it to follow the calculation live.
+# 5. Run "Schedule" for a calculation every hour;
+#    nextRuns says when it will fire.
 # The Docs button (top left) lists everything else.
 
 mutation Register {
@@ -77,6 +79,18 @@ mutation Submit {
   ) {
     id
     status
+  }
+}
+
+mutation Schedule {
+  createSchedule(input: {
+    calculation: { monteCarloPi: { samples: 1000000 } }
+    cron: "0 * * * *"
+    timezone: "Europe/Berlin"
+  }) {
+    id
+    status
+    nextRuns(count: 3)
   }
 }
 

@@ -12,8 +12,9 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from crunchql.db.engine import unit_of_work
+from crunchql.db.engine import read_only, unit_of_work
 from crunchql.db.repositories import WorkerRepository
+from crunchql.db.repositories.schedule import ScheduleRepository
 from crunchql.runtime import Runtime
 
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -68,9 +69,27 @@ async def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
     return all(item["ok"] for item in report.values()), report
 
 
+async def scheduler_leadership(runtime: Runtime) -> dict[str, Any]:
+    """Who leads the schedulers (informative: the API serves without one). In embedded
+    mode this process; on PostgreSQL whoever holds the leader lock."""
+    if runtime.scheduler is not None and runtime.settings.is_sqlite:
+        return runtime.scheduler.status()
+    try:
+        async with read_only(runtime.services.session_factory) as session:
+            found = await asyncio.wait_for(
+                ScheduleRepository(session).leader(), CHECK_TIMEOUT_SECONDS
+            )
+    except Exception as error:
+        return {"leader": None, "error": type(error).__name__}
+    return found or {"leader": None}
+
+
 async def readyz(request: Request) -> JSONResponse:
-    ready, report = await readiness(request.app.state.runtime)
+    runtime = request.app.state.runtime
+    (ready, report), scheduler = await asyncio.gather(
+        readiness(runtime), scheduler_leadership(runtime)
+    )
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": report},
+        {"status": "ready" if ready else "unavailable", "checks": report, "scheduler": scheduler},
         status_code=200 if ready else 503,
     )

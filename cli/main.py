@@ -1,5 +1,6 @@
-"""The ``crunchql`` command: serve, worker, db upgrade, users create-admin, schema export;
-and the API's command-line client: login, submit, watch, list, cancel, logout."""
+"""The ``crunchql`` command: serve, worker, scheduler, db upgrade, users create-admin,
+schema export; and the API's command-line client: login, submit, watch, list, cancel,
+logout."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def _worker(args: argparse.Namespace) -> int:
     if not get_settings().redis_url:
         print("crunchql worker needs REDIS_URL.", file=sys.stderr)
         return 2
+    if args.no_scheduler:
+        os.environ["CRUNCHQL_RUN_SCHEDULER"] = "false"
     # Prefetch no more than we can run: with Dramatiq's default (2 x threads) an idle
     # worker could watch a busy one sit on jobs.
     os.environ["dramatiq_queue_prefetch"] = str(args.threads)  # noqa: SIM112 - Dramatiq reads it lower-case
@@ -76,6 +79,26 @@ def _worker(args: argparse.Namespace) -> int:
     ]
     sys.argv = ["crunchql worker", *argv]
     return int(dramatiq_main() or 0)  # type: ignore[no-untyped-call]
+
+
+def _scheduler(_args: argparse.Namespace) -> int:
+    from crunchql.core.logging import configure_logging
+    from crunchql.core.settings import get_settings
+    from crunchql.observability.errors import init_error_reporting
+    from crunchql.workers.scheduler import serve
+
+    settings = get_settings()
+    if not settings.redis_url:
+        print(
+            "crunchql scheduler needs REDIS_URL (it sends jobs to the workers); without it, "
+            "`crunchql serve` fires schedules itself.",
+            file=sys.stderr,
+        )
+        return 2
+    configure_logging(settings)
+    init_error_reporting(settings, component="scheduler")
+    asyncio.run(serve(settings))
+    return 0
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -159,7 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--threads", type=int, default=4, help="concurrent jobs per process")
     worker.add_argument("--shutdown-timeout-ms", type=int, default=30_000)
+    worker.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="do not contend for scheduler leadership in these processes",
+    )
     worker.set_defaults(handler=_worker)
+
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="fire scheduled calculations (one leader among any number; needs REDIS_URL)",
+    )
+    scheduler.set_defaults(handler=_scheduler)
 
     database = commands.add_parser("db", help="database maintenance")
     db_commands = database.add_subparsers(dest="db_command", required=True)

@@ -110,6 +110,9 @@ class CalculationSnapshot:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Set for a calculation a schedule created (never changes).
+    schedule_id: uuid.UUID | None = None
+    scheduled_for: datetime | None = None
 
 
 class EventKind(StrEnum):

@@ -105,6 +105,21 @@ class Settings(BaseSettings):
     progress_write_interval: float = Field(default=1.0, gt=0)
     job_max_retries: int = Field(default=3, ge=0)
 
+    # Schedules (docs/operations.md, "Schedules").
+    max_active_schedules: int = Field(default=20, ge=1)
+    # Every `crunchql worker` process (and `crunchql serve` in embedded mode) contends
+    # for scheduler leadership; off: only `crunchql scheduler` processes fire schedules.
+    run_scheduler: bool = True
+    scheduler_misfire_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
+    scheduler_batch_size: int = Field(default=100, ge=1, le=1000)
+    scheduler_lanes: int = Field(default=4, ge=1, le=16)
+    scheduler_max_sleep_seconds: float = Field(default=60.0, gt=0)
+    scheduler_follower_retry_seconds: float = Field(default=2.0, gt=0, le=10)
+    scheduler_metrics_port: int = Field(default=9101, ge=1, le=65535)
+    # Tests only (refused in production): a sixth, leading seconds field in cron
+    # expressions, so end-to-end tests need not wait for whole minutes.
+    scheduler_seconds_field: bool = False
+
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON in production, console in development
     sentry_dsn: str | None = Field(
@@ -147,6 +162,11 @@ class Settings(BaseSettings):
                 raise SettingsError(
                     "DATABASE_URL points at SQLite; production needs PostgreSQL "
                     "(postgresql://user:password@host:5432/dbname)."
+                )
+            if self.scheduler_seconds_field:
+                raise SettingsError(
+                    "CRUNCHQL_SCHEDULER_SECONDS_FIELD is for tests; production cron "
+                    "expressions have five fields."
                 )
             if not self.rate_limits:
                 warnings.warn(

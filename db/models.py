@@ -38,6 +38,9 @@ __all__ = [
     "CalculationStatus",
     "RefreshToken",
     "Role",
+    "Schedule",
+    "ScheduleFire",
+    "ScheduleStatus",
     "User",
     "Worker",
 ]
@@ -128,6 +131,9 @@ class Calculation(Base):
     # The worker that claimed the run, and when it last said the run is alive.
     worker_id: Mapped[str | None] = mapped_column(String(100), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Set for a calculation a schedule created: which one, and for which fire instant.
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None, index=True)
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
         Index("ix_calculations_owner_created", "owner_id", "created_at", "id"),
@@ -150,6 +156,8 @@ class Calculation(Base):
             error=self.error,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            schedule_id=self.schedule_id,
+            scheduled_for=self.scheduled_for,
         )
 
 
@@ -163,3 +171,59 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScheduleStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    FINISHED = "FINISHED"
+
+
+class Schedule(Base):
+    """Creates a calculation (``kind``, ``input``) at each instant of ``cron`` in
+    ``timezone``, or once at ``run_at``. ``next_fire_at`` is the next instant, in UTC,
+    while ACTIVE (null otherwise): the scheduler's work list."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    kind: Mapped[str] = mapped_column(String(64))
+    input: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    cron: Mapped[str | None] = mapped_column(String(200), default=None)
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    misfire_policy: Mapped[str] = mapped_column(String(16), default="RUN_ONCE")
+    status: Mapped[ScheduleStatus] = mapped_column(
+        _stored_as_text(ScheduleStatus, 16), default=ScheduleStatus.ACTIVE
+    )
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    skipped_runs: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_schedules_owner_created", "owner_id", "created_at", "id"),
+        Index("ix_schedules_status_next_fire_at", "status", "next_fire_at"),
+    )
+
+
+class ScheduleFire(Base):
+    """One fire instant of one schedule, written in the transaction that acts on it.
+    The primary key is what makes a fire happen once, whatever the schedulers do."""
+
+    __tablename__ = "schedule_fires"
+
+    schedule_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True
+    )
+    fire_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    # CREATED (a calculation), SKIPPED_LIMIT, SKIPPED_DISABLED (the owner is disabled).
+    outcome: Mapped[str] = mapped_column(String(24))
+    calculation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("calculations.id", ondelete="CASCADE"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

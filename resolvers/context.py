@@ -16,8 +16,9 @@ from crunchql.auth.tokens import AccessClaims
 from crunchql.core.errors import CrunchError, UnauthenticatedError
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import read_only
-from crunchql.db.models import User
+from crunchql.db.models import Schedule, User
 from crunchql.db.repositories import UserRepository
+from crunchql.db.repositories.schedule import ScheduleRepository
 from crunchql.services.container import ServiceContainer
 from crunchql.services.users import get_active_user
 
@@ -38,6 +39,18 @@ def users_by_id_loader(services: ServiceContainer) -> DataLoader[uuid.UUID, User
     return DataLoader(load_fn=load)
 
 
+def schedules_by_id_loader(services: ServiceContainer) -> DataLoader[uuid.UUID, Schedule | None]:
+    """``Calculation.schedule`` for a page of calculations, in one read. The caller
+    sees the calculation, so it sees the schedule that created it (same owner)."""
+
+    async def load(ids: list[uuid.UUID]) -> list[Schedule | None]:
+        async with read_only(services.session_factory) as session:
+            found = {row.id: row for row in await ScheduleRepository(session).list_by_ids(ids)}
+        return [found.get(schedule_id) for schedule_id in ids]
+
+    return DataLoader(load_fn=load)
+
+
 @dataclass
 class Context:
     services: ServiceContainer
@@ -46,6 +59,7 @@ class Context:
     claims: AccessClaims | None = None
     auth_error: CrunchError | None = None
     users_by_id: DataLoader[uuid.UUID, User | None] = field(init=False)
+    schedules_by_id: DataLoader[uuid.UUID, Schedule | None] = field(init=False)
     # Filled in by Strawberry from the WebSocket connection_init payload.
     connection_params: dict[str, Any] | None = None
     request_id: str = ""
@@ -54,6 +68,7 @@ class Context:
 
     def __post_init__(self) -> None:
         self.users_by_id = users_by_id_loader(self.services)
+        self.schedules_by_id = schedules_by_id_loader(self.services)
 
 
 GraphQLInfo = Info[Context, None]

@@ -39,6 +39,7 @@ from crunchql.services.container import (
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig
+from crunchql.workers.scheduler import Scheduler, build_scheduler
 
 logger = logging.getLogger("crunchql.app")
 
@@ -50,8 +51,11 @@ class Runtime:
     services: ServiceContainer
     redis: Redis | None
     embedded_queue: EmbeddedJobQueue | None
+    scheduler: Scheduler | None = None
 
     async def close(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.embedded_queue is not None:
             await self.embedded_queue.close()
         await self.services.bus.close()
@@ -76,6 +80,8 @@ def limits_from(settings: Settings) -> Limits:
         ws_max_subscriptions_per_user=settings.ws_max_subscriptions_per_user,
         ws_operations_per_minute=settings.ws_operations_per_minute,
         subscription_max_seconds=settings.subscription_max_seconds,
+        max_active_schedules=settings.max_active_schedules,
+        cron_seconds_field=settings.scheduler_seconds_field,
     )
 
 
@@ -153,6 +159,17 @@ async def start_runtime(
         if pending:
             logger.info("resuming %d calculations left from the last run", len(pending))
         await embedded.recover(pending)
+    scheduler = None
+    if embedded is not None and run_jobs and settings.run_scheduler:
+        # Embedded mode: schedules fire in this process (with Redis, workers and
+        # `crunchql scheduler` processes fire them).
+        scheduler = build_scheduler(settings, session_factory, embedded, services.limits)
+        scheduler.start()
     return Runtime(
-        settings=settings, engine=engine, services=services, redis=redis, embedded_queue=embedded
+        settings=settings,
+        engine=engine,
+        services=services,
+        redis=redis,
+        embedded_queue=embedded,
+        scheduler=scheduler,
     )

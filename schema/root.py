@@ -20,6 +20,7 @@ from strawberry.types import ExecutionContext
 
 from crunchql.observability.metrics import GraphQLMetrics
 from crunchql.resolvers import calculation as calculation_resolvers
+from crunchql.resolvers import schedule as schedule_resolvers
 from crunchql.resolvers import user as user_resolvers
 from crunchql.resolvers.context import GraphQLInfo
 from crunchql.schema.extensions import (
@@ -30,6 +31,7 @@ from crunchql.schema.extensions import (
 )
 from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
+from crunchql.schema.schedule import Schedule, ScheduleConnection
 from crunchql.schema.types import (
     AuthPayload,
     Calculation,
@@ -58,6 +60,13 @@ class Query:
         resolver=calculation_resolvers.calculation_count,
         description="How many of the caller's calculations match.",
     )
+    schedule: Schedule | None = strawberry.field(
+        resolver=schedule_resolvers.schedule, description="Null when absent or not the caller's."
+    )
+    schedules: ScheduleConnection = strawberry.field(
+        resolver=schedule_resolvers.schedules_page,
+        description="The caller's schedules, newest first.",
+    )
 
 
 @strawberry.type
@@ -78,6 +87,15 @@ class Mutation:
         resolver=calculation_resolvers.resubmit_calculation,
         description="A new calculation with exactly the stored input of that one (seed "
         "included), so it reproduces the result; the same limits as submitCalculation.",
+    )
+    create_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.create_schedule)
+    pause_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.pause_schedule)
+    resume_schedule: Schedule = strawberry.mutation(
+        resolver=schedule_resolvers.resume_schedule,
+        description="Fires resume from the next instant after now.",
+    )
+    delete_schedule: bool = strawberry.mutation(
+        resolver=schedule_resolvers.delete_schedule, description="Its calculations stay."
     )
 
 

@@ -16,6 +16,9 @@ from crunchql.db import models
 from crunchql.schema.kinds import BY_KIND, KIND_SCHEMAS
 from crunchql.schema.scalars import JSON
 
+if TYPE_CHECKING:
+    from crunchql.schema.schedule import Schedule
+
 
 # The contract's enums, member for member the models' (tests/schema checks it).
 @strawberry.enum
@@ -98,11 +101,23 @@ class Calculation:
     finished_at: datetime | None
     attempts: int = strawberry.field(description="How many times a worker started it.")
     owner_id: strawberry.Private[uuid.UUID]
+    scheduled_for: datetime | None = strawberry.field(
+        default=None, description="The fire instant it was created for."
+    )
+    schedule_id: strawberry.Private[uuid.UUID | None] = None
 
     @strawberry.field
     async def owner(self, info: Info) -> User:
         user = await info.context.users_by_id.load(self.owner_id)
         return User.from_model(user)
+
+    @strawberry.field(description="The schedule that created it.")  # type: ignore[untyped-decorator]
+    async def schedule(
+        self, info: Info
+    ) -> Annotated[Schedule, strawberry.lazy("crunchql.schema.schedule")] | None:
+        from crunchql.schema.schedule import load_schedule
+
+        return await load_schedule(info, self.schedule_id)
 
     @classmethod
     def from_model(cls, row: models.Calculation | CalculationSnapshot) -> Calculation:
@@ -124,6 +139,8 @@ class Calculation:
             finished_at=row.finished_at,
             attempts=row.attempts,
             owner_id=row.owner_id,
+            scheduled_for=row.scheduled_for,
+            schedule_id=row.schedule_id,
         )
 
 

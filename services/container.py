@@ -54,6 +54,9 @@ class Limits:
     ws_max_subscriptions_per_user: int = 200
     ws_operations_per_minute: int = 300
     subscription_max_seconds: float = 6 * 3600.0
+    max_active_schedules: int = 20
+    # Tests only: cron expressions with a sixth, leading seconds field.
+    cron_seconds_field: bool = False
 
 
 def new_user_cache(seconds: float = 5.0, size: int = 10_000) -> TTLCache[UUID, User]:

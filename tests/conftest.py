@@ -24,7 +24,7 @@ from crunchql.db.migrate import upgrade_async
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TABLES = ("refresh_tokens", "calculations", "workers", "users")
+TABLES = ("schedule_fires", "refresh_tokens", "calculations", "schedules", "workers", "users")
 
 # Kernels compiled once per machine, shared by every test process and subprocess.
 os.environ.setdefault(
@@ -61,6 +61,8 @@ def make_settings(**overrides: Any) -> Settings:
         "warm_up_kernels": False,  # the compute tests compile them; app starts stay fast
         "progress_publish_interval": 0.02,
         "progress_write_interval": 0.1,
+        # Tests that fire schedules drive the scheduler themselves (or turn it on).
+        "run_scheduler": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

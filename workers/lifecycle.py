@@ -31,6 +31,7 @@ from crunchql.services.container import RunnerServices
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.queues import DramatiqJobQueue
 from crunchql.workers.runner import RunnerConfig
+from crunchql.workers.scheduler import Scheduler, build_scheduler
 
 logger = logging.getLogger("crunchql.worker")
 SWEEP_INTERVAL_SECONDS = 5.0
@@ -53,6 +54,7 @@ class WorkerRuntime:
     redis: Redis
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     resent: dict[uuid.UUID, float] = field(default_factory=dict)
+    scheduler: Scheduler | None = None
 
     @classmethod
     async def create(cls, settings: Settings, broker: CrunchRedisBroker) -> WorkerRuntime:
@@ -87,6 +89,8 @@ class WorkerRuntime:
             asyncio.create_task(runtime._heartbeat_loop()),
             asyncio.create_task(runtime._sweep_loop()),
         ]
+        if settings.run_scheduler:
+            runtime.scheduler = start_scheduler(settings, broker)
         return runtime
 
     async def _heartbeat_loop(self) -> None:
@@ -147,6 +151,9 @@ class WorkerRuntime:
                 logger.warning("stale-run sweep failed: %s", error)
 
     async def close(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            await self.scheduler.session_factory.kw["bind"].dispose()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -158,6 +165,20 @@ class WorkerRuntime:
         self.executor.shutdown(wait=False)
         await self.services.session_factory.kw["bind"].dispose()
         await self.redis.aclose()
+
+
+def start_scheduler(settings: Settings, broker: CrunchRedisBroker) -> Scheduler:
+    """A scheduler contending for leadership (CRUNCHQL_RUN_SCHEDULER=false or
+    `crunchql worker --no-scheduler` turns it off). Its own small engine, with
+    synchronous commits: a fire it records must survive a database crash."""
+    from crunchql.runtime import limits_from
+
+    engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
+    scheduler = build_scheduler(
+        settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
+    )
+    scheduler.start()
+    return scheduler
 
 
 _runtime: WorkerRuntime | None = None

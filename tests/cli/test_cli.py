@@ -24,7 +24,7 @@ def crunchql(
 def test_help_lists_the_commands() -> None:
     result = crunchql("--help")
     assert result.returncode == 0
-    for command in ("serve", "worker", "db", "users", "export-schema"):
+    for command in ("serve", "worker", "scheduler", "db", "users", "export-schema"):
         assert command in result.stdout
 
 
@@ -63,7 +63,7 @@ async def test_create_admin_reads_the_password_from_stdin(tmp_path: Path) -> Non
         assert seen["data"]["calculation"]["owner"]["email"] == "someone@example.com"
 
 
-@pytest.mark.parametrize("args", [["worker"], ["serve", "--workers", "2"]])
+@pytest.mark.parametrize("args", [["worker"], ["serve", "--workers", "2"], ["scheduler"]])
 def test_commands_that_need_redis_say_so(args: list[str]) -> None:
     result = crunchql(*args, env={"REDIS_URL": ""})
     assert result.returncode == 2 and "REDIS_URL" in result.stderr

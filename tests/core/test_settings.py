@@ -67,3 +67,8 @@ def test_production_defaults_harden_the_api() -> None:
     assert not settings.introspection_enabled
     assert settings.json_logs
     assert "k" * 48 not in repr(settings)
+
+
+def test_production_refuses_second_granularity_crons() -> None:
+    with pytest.raises(ValidationError, match="SCHEDULER_SECONDS_FIELD is for tests"):
+        make(**PRODUCTION, jwt_secret="k" * 48, scheduler_seconds_field=True)
