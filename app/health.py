@@ -1,4 +1,13 @@
-"""/healthz: the process answers. /readyz: it can serve (database, Redis, a live worker)."""
+"""/healthz: the process answers. /readyz: this process can serve its requests.
+
+Readiness covers only what an API process needs to answer: the database, and Redis
+when one is configured (rate limits, the job queue, the event bus). Whether a worker is
+alive is reported in the body (and as ``crunchql_workers_alive``), never as a failed
+readiness: with every worker gone, users must still be able to log in, read their
+results and queue new calculations, which wait in Redis until a worker returns. Taking
+every API pod out of its Service because the workers are away would turn a slow queue
+into an outage.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ from starlette.responses import JSONResponse
 from crunchql.db.engine import read_only, unit_of_work
 from crunchql.db.repositories import WorkerRepository
 from crunchql.db.repositories.schedule import ScheduleRepository
+from crunchql.observability.metrics import record_workers_alive
 from crunchql.runtime import Runtime
 
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -36,8 +46,29 @@ async def _timed(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, An
     return state
 
 
-async def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
-    settings = runtime.settings
+async def _workers(runtime: Runtime) -> dict[str, Any]:
+    """Worker presence, for the body: ``alive`` is the number of worker processes with
+    a fresh heartbeat, ``null`` when it could not be counted (the database check says
+    why). The embedded mode runs calculations in this process."""
+    if runtime.redis is None:
+        return {"embedded": True, "alive": None}
+    stale = timedelta(seconds=runtime.settings.worker_stale_seconds)
+
+    async def count() -> int:
+        async with unit_of_work(runtime.services.session_factory) as session:
+            return await WorkerRepository(session).count_alive(datetime.now(UTC), stale)
+
+    try:
+        alive = await asyncio.wait_for(count(), CHECK_TIMEOUT_SECONDS)
+    except Exception as error:
+        return {"embedded": False, "alive": None, "error": type(error).__name__}
+    record_workers_alive(alive)
+    return {"embedded": False, "alive": alive}
+
+
+async def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any], dict[str, Any]]:
+    """(ready, checks, workers): ready when every check passed; ``workers`` is
+    information only."""
 
     async def database() -> dict[str, Any]:
         async with unit_of_work(runtime.services.session_factory) as session:
@@ -49,24 +80,14 @@ async def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
         await runtime.redis.ping()
         return {}
 
-    async def workers() -> dict[str, Any]:
-        async with unit_of_work(runtime.services.session_factory) as session:
-            alive = await WorkerRepository(session).count_alive(
-                datetime.now(UTC), timedelta(seconds=settings.worker_stale_seconds)
-            )
-        if alive == 0:
-            raise LookupError("no worker heard from recently")
-        return {"alive": alive}
-
     checks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {"database": database}
     if runtime.redis is not None:
         checks["redis"] = redis
-        checks["workers"] = workers
-    results = await asyncio.gather(*(_timed(check) for check in checks.values()))
+    *results, workers = await asyncio.gather(
+        *(_timed(check) for check in checks.values()), _workers(runtime)
+    )
     report = dict(zip(checks, results, strict=True))
-    if runtime.redis is None:
-        report["workers"] = {"ok": True, "embedded": True}
-    return all(item["ok"] for item in report.values()), report
+    return all(item["ok"] for item in report.values()), report, workers
 
 
 async def scheduler_leadership(runtime: Runtime) -> dict[str, Any]:
@@ -86,10 +107,11 @@ async def scheduler_leadership(runtime: Runtime) -> dict[str, Any]:
 
 async def readyz(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
-    (ready, report), scheduler = await asyncio.gather(
+    (ready, report, workers), scheduler = await asyncio.gather(
         readiness(runtime), scheduler_leadership(runtime)
     )
+    body = {"status": "ready" if ready else "unavailable", "checks": report}
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": report, "scheduler": scheduler},
+        {**body, "workers": workers, "scheduler": scheduler},
         status_code=200 if ready else 503,
     )

@@ -144,7 +144,8 @@ QUEUE_DEPTH = Gauge(
 )
 WORKERS_ALIVE = Gauge(
     "crunchql_workers_alive",
-    "Worker processes whose heartbeat is fresh (refreshed from the database on each scrape).",
+    "Worker processes whose heartbeat is fresh (refreshed from the database on each scrape "
+    "and each /readyz). Zero does not make the API unready: alert on it instead.",
     registry=REGISTRY,
     multiprocess_mode="livemostrecent",
 )
@@ -260,6 +261,11 @@ def record_finished(kind: str, outcome: RunOutcome, seconds: float) -> None:
     JOB_RUN_TIME.labels(kind=kind_label).observe(max(seconds, 0.0))
 
 
+def record_workers_alive(alive: int) -> None:
+    """Worker presence as counted by /readyz or a scrape (never a readiness failure)."""
+    WORKERS_ALIVE.set(alive)
+
+
 def subscription_started() -> None:
     SUBSCRIPTIONS_ACTIVE.inc()
 
@@ -314,7 +320,7 @@ async def refresh_workers_alive(session_factory: Any, stale_seconds: float) -> N
         alive = await WorkerRepository(session).count_alive(
             datetime.now(UTC), timedelta(seconds=stale_seconds)
         )
-    WORKERS_ALIVE.set(alive)
+    record_workers_alive(alive)
 
 
 async def _refresh(source: str, refresh: Any) -> None:

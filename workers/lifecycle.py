@@ -201,10 +201,14 @@ class WorkerLifecycle(Middleware):
         warm_up_all()
         logger.info("kernels ready in %.2f s", time.perf_counter() - started)
 
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # Dramatiq starts consuming between its before_ and after_worker_boot hooks, so a
+        # message already waiting could reach the actor before an after-boot runtime
+        # existed (it failed, and waited a minute for the sweep). AsyncIO, which comes
+        # earlier in the middleware list, has started the event loop thread by now.
         global _runtime
         loop_thread = get_event_loop_thread()
-        assert loop_thread is not None
+        assert loop_thread is not None, "the AsyncIO middleware must come first"
         _runtime = loop_thread.run_coroutine(WorkerRuntime.create(self.settings, broker))
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:

@@ -265,7 +265,10 @@ class ScheduleRepository:
                     "SELECT a.application_name, a.backend_start FROM pg_locks l "
                     "JOIN pg_stat_activity a ON a.pid = l.pid "
                     "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :key "
-                    "AND l.objsubid = 1 AND l.granted"
+                    "AND l.objsubid = 1 AND l.granted "
+                    # Advisory locks are per database; another database's leader is not ours.
+                    "AND l.database = (SELECT oid FROM pg_database "
+                    "WHERE datname = current_database())"
                 ),
                 {"key": LEADER_LOCK_KEY},
             )

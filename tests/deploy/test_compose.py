@@ -150,6 +150,25 @@ def test_only_nginx_faces_the_world(compose: dict[str, Any]) -> None:
     assert services(compose)["nginx"]["ports"] == ["80:8080", "443:8443"]
 
 
+def test_the_api_believes_forwarded_headers_from_nginx_only(compose: dict[str, Any]) -> None:
+    """X-Forwarded-For decides the address rate limits count: only nginx may set it."""
+    import ipaddress
+
+    svc = services(compose)
+    trusted = environment(svc["api"])["FORWARDED_ALLOW_IPS"]
+    assert "*" not in trusted
+    ((network, spec),) = svc["nginx"]["networks"].items()
+    nginx_address = ipaddress.ip_address(spec["ipv4_address"])
+    assert [ipaddress.ip_address(item.strip()) for item in trusted.split(",")] == [nginx_address]
+    # nginx's address is fixed inside the network's own subnet, and the API is on it.
+    (subnet,) = (item["subnet"] for item in compose["networks"][network]["ipam"]["config"])
+    assert nginx_address in ipaddress.ip_network(subnet)
+    assert network in svc["api"]["networks"]
+    # Nobody else is on the edge network.
+    on_edge = {name for name, service in svc.items() if network in (service.get("networks") or [])}
+    assert on_edge == {"api", "nginx"}
+
+
 def test_env_names_are_real_settings(compose: dict[str, Any], settings_env: dict[str, str]) -> None:
     known = set(settings_env) | THIRD_PARTY_ENV
     for name in APP_SERVICES:

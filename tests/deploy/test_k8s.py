@@ -133,7 +133,7 @@ def scaled_object(k8s_documents: list[dict[str, Any]]) -> dict[str, Any]:
 def test_worker_scales_on_the_dramatiq_queue(k8s_documents: list[dict[str, Any]]) -> None:
     scaled = scaled_object(k8s_documents)
     assert scaled["spec"]["scaleTargetRef"]["name"] == "crunchql-worker"
-    assert scaled["spec"]["minReplicaCount"] >= 1, "workers run the sweeper; readyz needs one"
+    assert scaled["spec"]["minReplicaCount"] >= 1, "workers run the sweeper and every job"
     (trigger,) = scaled["spec"]["triggers"]
     broker = create_broker("redis://127.0.0.1:6379/0")  # no I/O until used
     assert trigger["type"] == "redis"
@@ -173,6 +173,19 @@ def test_queue_key_on_real_redis(k8s_documents: list[dict[str, Any]]) -> None:
                 client.delete(key)
         broker.close()
         client.close()
+
+
+def test_forwarded_headers_are_believed_from_the_ingress_only(
+    k8s_documents: list[dict[str, Any]],
+) -> None:
+    """Never "*": addresses or networks (the ingress controller's), nothing else."""
+    import ipaddress
+
+    config = of_kind(k8s_documents, "ConfigMap")["crunchql-config"]["data"]
+    trusted = [item.strip() for item in config["FORWARDED_ALLOW_IPS"].split(",")]
+    assert trusted and "*" not in trusted
+    for item in trusted:
+        ipaddress.ip_network(item, strict=True)  # an address or a CIDR, or it raises
 
 
 def test_ingress_terminates_tls_and_routes_only_public_paths(

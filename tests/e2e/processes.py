@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +57,7 @@ def service_env(database_url: str, redis_url: str | None, **extra: str) -> dict[
 class ServiceProcess:
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
+        self.metrics_port: int | None = None
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -77,14 +80,82 @@ class ServiceProcess:
             os.killpg(self.process.pid, sig)
 
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to the main process only, as `docker stop` and Kubernetes do (it
+        passes it on to its own processes; a second SIGTERM straight to a Dramatiq
+        worker process means "die now"), then SIGKILL to the group after ``timeout``."""
         if self.process.poll() is None:
-            self.kill(signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill(signal.SIGKILL)
                 self.process.wait(5)
         self._log.close()
+
+
+class PrivateRedis:
+    """A redis-server of the stack's own, on a free port.
+
+    Not the shared TEST_REDIS_URL server: a test here stops and restarts Redis, which
+    (with nothing persisted) wipes every database of that server, and pub/sub channels
+    are server-wide, not per database. A stack on its own server neither disturbs other
+    suites running on the machine nor loses its queue to their restarts.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+                pytest.fail("redis-server is not installed: CI=true requires it")
+            pytest.skip("!!! redis-server is not installed: skipping (runs in CI)")
+        self.binary = binary
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.process = self._spawn()
+
+    @classmethod
+    async def start(cls, log_dir: Path) -> PrivateRedis:
+        """A server that answers (or stopped again, and the error raised)."""
+        redis = cls(log_dir)
+        try:
+            await redis.wait()
+        except BaseException:
+            redis.stop()
+            raise
+        return redis
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _spawn(self) -> ServiceProcess:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no"]
+        return ServiceProcess("redis", args, dict(os.environ), self.log_dir)
+
+    async def wait(self) -> None:
+        from redis.asyncio import Redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        async def ping() -> bool:
+            client = Redis.from_url(self.url)
+            try:
+                return bool(await client.ping())
+            except (RedisConnectionError, OSError):
+                return False  # not listening yet
+            finally:
+                await client.aclose()
+
+        await wait_until(ping, MARGIN_SECONDS, "redis-server to answer", self.process)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    async def restart(self) -> None:
+        """A fresh, empty server on the same port (as a Redis restart without
+        persistence is)."""
+        self.process = self._spawn()
+        await self.wait()
 
 
 def start_api(
@@ -98,9 +169,44 @@ def start_api(
 
 
 def start_worker(env: dict[str, str], log_dir: Path, *, threads: int = 2) -> ServiceProcess:
-    return ServiceProcess(
-        "worker", [*CRUNCHQL, "worker", "--processes", "1", "--threads", str(threads)], env, log_dir
+    # A port of its own for the worker's /metrics: tests run next to other stacks.
+    port = free_port()
+    process = ServiceProcess(
+        "worker",
+        [*CRUNCHQL, "worker", "--processes", "1", "--threads", str(threads)],
+        {**env, "CRUNCHQL_WORKER_METRICS_PORT": str(port)},
+        log_dir,
     )
+    process.metrics_port = port
+    return process
+
+
+# --- deadlines ------------------------------------------------------------------------
+#
+# Every wait below has a deadline derived from what it waits for, sized for the CI
+# machine (2 cores) with one core kept busy by something else and several of our own
+# processes competing for the other: LOAD_FACTOR times the idle figure, plus a margin.
+
+LOAD_FACTOR = 4.0
+MARGIN_SECONDS = 30.0
+KERNEL_COMPILE_SECONDS = 20.0
+"""One kind's kernels compiled cold (empty NUMBA_CACHE_DIR), idle 2 cores."""
+WORKER_BOOT_SECONDS = 10.0
+"""Python, numba and every kernel loaded from the cache, idle 2 cores."""
+JOB_START_SECONDS = 5.0
+"""A warm, idle worker takes a queued job and stores its first chunk's progress."""
+PI_SECONDS_PER_SAMPLE = 1.5e-9
+"""monteCarloPi on 2 idle cores (compute/config.py's cost model: ~1-1.5 ns per sample)."""
+
+
+def worker_boot_deadline(kinds: int) -> float:
+    """A worker that may have to compile every kind's kernels (a fresh clone)."""
+    return LOAD_FACTOR * (WORKER_BOOT_SECONDS + kinds * KERNEL_COMPILE_SECONDS) + MARGIN_SECONDS
+
+
+def pi_deadline(samples: int) -> float:
+    """A monteCarloPi run of ``samples`` on a warm worker, from queued to finished."""
+    return LOAD_FACTOR * samples * PI_SECONDS_PER_SAMPLE + MARGIN_SECONDS
 
 
 async def wait_until(
@@ -133,27 +239,94 @@ async def wait_healthy(base: str, process: ServiceProcess, timeout: float = 60) 
         await wait_until(check, timeout, "API /healthz", process)
 
 
+async def readyz(base: str) -> tuple[int, dict[str, Any]]:
+    """(status code, body) of an API process's /readyz."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://{base}/readyz")
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+async def wait_for_workers(
+    base: str, count: int = 1, process: ServiceProcess | None = None, *, timeout: float
+) -> dict[str, Any]:
+    """Until /readyz of the API at ``base`` counts at least ``count`` live workers.
+
+    A worker warms every kernel before its first heartbeat, so a live worker runs a
+    job without compiling anything. /readyz itself says 200 as soon as the API can
+    serve, worker or not: readiness is not the way to wait for a worker.
+    """
+
+    async def check() -> dict[str, Any] | None:
+        status, body = await readyz(base)
+        alive = body.get("workers", {}).get("alive") or 0
+        return body if status == 200 and alive >= count else None
+
+    result: dict[str, Any] = await wait_until(
+        check, timeout, f"{count} live worker(s) in /readyz", process
+    )
+    return result
+
+
+async def calculation_kinds(base: str) -> int:
+    """How many kinds the API offers (each one a set of kernels a worker compiles)."""
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"http://{base}/graphql", json={"query": "{ calculationKinds { name } }"}
+        )
+    return len(response.json()["data"]["calculationKinds"])
+
+
 async def wait_ready(
     base: str, process: ServiceProcess | None = None, timeout: float = 180
 ) -> dict[str, Any]:
-    async with httpx.AsyncClient() as http:
+    """The API is ready and has a live worker (benchmarks/service.py waits on this)."""
+    return await wait_for_workers(base, 1, process, timeout=timeout)
 
-        async def check() -> dict[str, Any] | None:
-            response = await http.get(f"http://{base}/readyz")
-            return response.json() if response.status_code == 200 else None
 
-        result: dict[str, Any] = await wait_until(check, timeout, "/readyz 200", process)
-        return result
+@contextmanager
+def paused(processes: list[ServiceProcess]) -> Iterator[None]:
+    """Freeze processes (SIGSTOP to their process groups) for the block, then let them
+    go on: e.g. a subscriber gets in place before a worker may start a job, whatever
+    the machine's speed. Keep the block short: a frozen worker sends no heartbeat."""
+    for process in processes:
+        process.kill(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill(signal.SIGCONT)
 
 
 class HttpGraphQL:
-    def __init__(self, base: str, scheme: str = "http", verify: Any = True) -> None:
+    def __init__(
+        self,
+        base: str,
+        scheme: str = "http",
+        verify: Any = True,
+        *,
+        local_address: str | None = None,
+    ) -> None:
+        """``local_address``: connect from this address (any 127.x.y.z on loopback), to
+        be a different client as far as per-address limits go."""
         self.url = f"{scheme}://{base}/graphql"
-        self.http = httpx.AsyncClient(timeout=30, verify=verify)
+        transport = (
+            httpx.AsyncHTTPTransport(local_address=local_address, verify=verify)
+            if local_address
+            else None
+        )
+        self.http = httpx.AsyncClient(timeout=30, verify=verify, transport=transport)
         self.token: str | None = None
 
-    async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    async def execute(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         response = await self.http.post(
             self.url, json={"query": query, "variables": variables or {}}, headers=headers
         )
@@ -161,12 +334,19 @@ class HttpGraphQL:
         body: dict[str, Any] = response.json()
         return body
 
-    async def register(self) -> str:
-        body = await self.execute(
+    async def try_register(
+        self, email: str | None = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The register mutation's whole answer (data or errors)."""
+        return await self.execute(
             'mutation($e: String!) { register(email: $e, password: "correct horse battery") '
             "{ accessToken } }",
-            {"e": f"e2e-{uuid.uuid4().hex[:10]}@example.com"},
+            {"e": email or f"e2e-{uuid.uuid4().hex[:10]}@example.com"},
+            headers,
         )
+
+    async def register(self) -> str:
+        body = await self.try_register()
         assert "errors" not in body, body
         self.token = body["data"]["register"]["accessToken"]
         return self.token
@@ -221,19 +401,27 @@ async def ws_session(
         f"{scheme}://{base}/graphql",
         subprotocols=["graphql-transport-ws"],
         ssl=ssl,
-        open_timeout=10,
+        open_timeout=MARGIN_SECONDS,
     ) as socket_:
         payload = {"Authorization": f"Bearer {token}"} if token else {}
         await socket_.send(json.dumps({"type": "connection_init", "payload": payload}))
-        ack = json.loads(await asyncio.wait_for(socket_.recv(), 10))
+        ack = json.loads(await asyncio.wait_for(socket_.recv(), MARGIN_SECONDS))
         assert ack["type"] == "connection_ack", ack
         yield socket_
 
 
 async def collect_updates(
-    socket_: Any, calculation_id: str, timeout: float = 120, op_id: str = "1"
+    socket_: Any,
+    calculation_id: str,
+    timeout: float = 120,
+    op_id: str = "1",
+    *,
+    started: asyncio.Event | None = None,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Subscribe to calculationUpdates and gather every event until `complete`."""
+    """Subscribe to calculationUpdates and gather every event until `complete`.
+
+    ``started`` is set on the first answer (the calculation as it stands): from then on
+    the subscription receives every change."""
     await socket_.send(
         json.dumps(
             {
@@ -250,6 +438,8 @@ async def collect_updates(
             message = json.loads(await socket_.recv())
             if message.get("id") != op_id:
                 continue
+            if started is not None:
+                started.set()
             if message["type"] == "next":
                 if message["payload"].get("errors"):
                     errors.extend(message["payload"]["errors"])
@@ -260,6 +450,31 @@ async def collect_updates(
                 return events, errors
             elif message["type"] == "complete":
                 return events, errors
+
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+async def wait_running(
+    graphql: HttpGraphQL,
+    calculation_id: str,
+    process: ServiceProcess | None = None,
+    timeout: float = LOAD_FACTOR * JOB_START_SECONDS + MARGIN_SECONDS,
+) -> dict[str, Any]:
+    """Until the calculation is RUNNING with stored progress (its first chunk is done).
+
+    Fails at once when it is already finished: a test that means to act on a running
+    job must size it to outlast its own reaction, not wait for a state that is gone.
+    """
+
+    async def check() -> dict[str, Any] | None:
+        calc = await graphql.get(calculation_id, "id status progress attempts")
+        if calc["status"] in TERMINAL:
+            raise AssertionError(f"the calculation ended before it was seen running: {calc}")
+        return calc if calc["status"] == "RUNNING" and calc["progress"] > 0 else None
+
+    result: dict[str, Any] = await wait_until(check, timeout, "the job to be under way", process)
+    return result
 
 
 @asynccontextmanager

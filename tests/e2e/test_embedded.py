@@ -16,11 +16,15 @@ from crunchql.db.migrate import upgrade_async
 from tests.e2e.processes import (
     HttpGraphQL,
     ServiceProcess,
+    calculation_kinds,
     collect_updates,
+    pi_deadline,
     service_env,
     start_api,
     wait_healthy,
+    wait_running,
     wait_until,
+    worker_boot_deadline,
     ws_session,
 )
 
@@ -48,8 +52,10 @@ async def test_submit_and_watch_without_redis(embedded: tuple[str, Path, dict[st
     graphql = HttpGraphQL(base)
     await graphql.register()
     submitted = await graphql.submit({"monteCarloPi": {"samples": 300_000_000, "seed": 2}})
+    # The process warms every kernel before its first job (a fresh clone compiles them).
+    deadline = worker_boot_deadline(await calculation_kinds(base)) + pi_deadline(300_000_000)
     async with ws_session(base, graphql.token) as socket_:
-        events, errors = await collect_updates(socket_, submitted["id"])
+        events, errors = await collect_updates(socket_, submitted["id"], timeout=deadline)
     assert errors == []
     assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
     assert events[-1]["status"] == "SUCCEEDED"
@@ -147,13 +153,11 @@ async def test_restart_resumes_accepted_calculations(
         await wait_healthy(base, api)
         graphql = HttpGraphQL(base)
         await graphql.register()
-        submitted = await graphql.submit({"monteCarloPi": {"samples": 2_000_000_000, "seed": 4}})
-
-        async def running() -> bool:
-            calc = await graphql.get(submitted["id"])
-            return calc["status"] == "RUNNING" and calc["progress"] > 0
-
-        await wait_until(running, 60, "the job to be under way", api)
+        # 60 chunks, ~4-6 s on 2 idle cores: 59 of them are left when it is seen running.
+        samples = 4_000_000_000
+        submitted = await graphql.submit({"monteCarloPi": {"samples": samples, "seed": 4}})
+        boot = worker_boot_deadline(await calculation_kinds(base))  # warm-up comes first
+        await wait_running(graphql, submitted["id"], api, timeout=boot)
         api.kill(signal.SIGKILL)
         api.stop()
         second, base = start_api(env, tmp_path)
@@ -164,8 +168,10 @@ async def test_restart_resumes_accepted_calculations(
             calc = await graphql.get(submitted["id"], "status attempts progress")
             return calc if calc["status"] == "SUCCEEDED" else None
 
-        calc = await wait_until(finished, 120, "the job to finish after restart", second)
-        assert calc["attempts"] == 2
+        calc = await wait_until(
+            finished, boot + pi_deadline(samples), "the job to finish after restart", second
+        )
+        assert calc["attempts"] == 2  # killed mid-run, run again from the start
         await graphql.close()
     finally:
         api.stop()
