@@ -380,7 +380,8 @@ function Admin({ schema }) {
       }
       try {
         const ready = await (await fetch('/readyz')).json();
-        next.workers = ready.checks && ready.checks.workers;
+        // {embedded, alive} beside the checks (older servers: inside them).
+        next.workers = ready.workers || (ready.checks && ready.checks.workers);
       } catch {
         next.workers = null;
       }
