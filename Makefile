@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "crunchql: the console at http://127.0.0.1:8000/, GraphiQL at http://127.0.0.1:8000/graphql"
 	$(BIN)/crunchql serve
 
 test: $(STAMP)
@@ -35,6 +36,7 @@ typecheck: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/crunchql export-schema -o schema.graphql
+	$(BIN)/crunchql export-schema --format introspection -o app/static/console/schema.json
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.service

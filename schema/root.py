@@ -41,6 +41,7 @@ from crunchql.schema.types import (
     Calculation,
     CalculationConnection,
     CalculationKind,
+    CalculationStatus,
     Session,
     User,
     UserConnection,
@@ -74,6 +75,10 @@ class Query:
     )
     audit_events: AuditEventConnection = strawberry.field(
         resolver=admin_resolvers.audit_events, description="ADMIN. Newest first."
+    )
+    calculation_count: int = strawberry.field(
+        resolver=calculation_resolvers.calculation_count,
+        description="How many of the caller's calculations match.",
     )
     schedule: Schedule | None = strawberry.field(
         resolver=schedule_resolvers.schedule, description="Null when absent or not the caller's."
@@ -122,6 +127,11 @@ class Mutation:
         resolver=admin_resolvers.set_user_active,
         description="ADMIN. Disabling ends every session of that user.",
     )
+    resubmit_calculation: Calculation = strawberry.mutation(
+        resolver=calculation_resolvers.resubmit_calculation,
+        description="A new calculation with exactly the stored input of that one (seed "
+        "included), so it reproduces the result; the same limits as submitCalculation.",
+    )
     create_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.create_schedule)
     pause_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.pause_schedule)
     resume_schedule: Schedule = strawberry.mutation(
@@ -145,6 +155,20 @@ class Subscription:
         id: strawberry.ID,
     ) -> AsyncGenerator[Calculation, None]:
         async for update in calculation_resolvers.calculation_updates(info, id):
+            yield update
+
+    @strawberry.subscription(  # type: ignore[untyped-decorator]
+        description="The caller's calculation on every change to any of the caller's "
+        "calculations (created, status, progress, result); no snapshot, never completes. "
+        "Subscribe first, then query `calculations`."
+    )
+    async def my_calculation_updates(
+        self,
+        info: GraphQLInfo,
+        kind: str | None = None,
+        status: CalculationStatus | None = None,
+    ) -> AsyncGenerator[Calculation, None]:
+        async for update in calculation_resolvers.my_calculation_updates(info, kind, status):
             yield update
 
 

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, CalculationStatus
 from crunchql.pubsub.bus import RESYNC, SUBSCRIBER_QUEUE_SIZE, InProcessEventBus, RedisEventBus
-from crunchql.pubsub.channels import CALCULATION_EVENTS
+from crunchql.pubsub.channels import CALCULATION_EVENTS, user_events_key
 from crunchql.pubsub.redis_client import create_redis
 
 A, B = uuid.uuid4(), uuid.uuid4()
@@ -227,3 +227,26 @@ async def test_session_events_reach_every_process_over_the_same_connection(
     await admin.aclose()
     assert listener.resyncs >= 1
     listener_bus.remove_session_listener(listener)
+
+
+async def test_an_owned_event_reaches_its_calculation_and_its_owner_only(
+    redis_buses: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    listener, publisher = redis_buses
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    owned = CalculationEvent.progress_tick(
+        A, attempt=1, version=1, progress=0.5, partial_result=None, owner_id=alice
+    )
+    for bus, sender in [(InProcessEventBus(), None), (listener, publisher)]:
+        async with (
+            bus.subscribe(user_events_key(alice)) as owner,
+            bus.subscribe(user_events_key(bob)) as other,
+        ):
+            # Nobody here watches the calculation itself: the owner's key lets it in.
+            await (sender or bus).publish(owned)
+            assert await owner.get(timeout=2) == owned
+            assert await other.get(timeout=0.1) is None
+            async with bus.subscribe(A) as calculation:
+                await (sender or bus).publish(owned)
+                assert await calculation.get(timeout=2) == owned
+                assert await owner.get(timeout=2) == owned
