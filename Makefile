@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "crunchql: the console at http://127.0.0.1:8000/, GraphiQL at http://127.0.0.1:8000/graphql"
 	$(BIN)/crunchql serve
 
 test: $(STAMP)
@@ -35,9 +36,11 @@ typecheck: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/crunchql export-schema -o schema.graphql
+	$(BIN)/crunchql export-schema --format introspection -o app/static/console/schema.json
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.service
+	taskset -c 1 $(BIN)/python -m benchmarks.subscribers
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

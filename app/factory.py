@@ -1,4 +1,5 @@
-"""The Starlette application: GraphQL at /graphql, GraphiQL assets, health, metrics."""
+"""The Starlette application: the web console at /, GraphQL at /graphql, GraphiQL assets,
+health, metrics."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from crunchql.app.console import ConsoleAssets, console_page
 from crunchql.app.graphiql import ASSETS_DIR
 from crunchql.app.graphql_view import CrunchGraphQL
 from crunchql.app.health import healthz, readyz
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
                 field_suggestions=settings.introspection_enabled and not settings.is_production,
                 metrics=settings.metrics,
                 max_cost=settings.max_query_cost,
+                share_subscription_results=settings.subscription_sharing,
             )
         )
         app.state.runtime = runtime
@@ -102,6 +105,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             Route("/graphql", graphql_endpoint),  # the view answers every method itself
             WebSocketRoute("/graphql", graphql_endpoint),
             *([graphiql_assets] if settings.graphiql_enabled else []),
+            Route("/", console_page, methods=["GET", "HEAD"]),
+            Mount("/console", ConsoleAssets(), name="console"),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *([Route("/metrics", metrics_endpoint)] if settings.metrics else []),

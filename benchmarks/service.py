@@ -1,10 +1,14 @@
 """Service benchmarks on the production path (PostgreSQL + Redis + Uvicorn + worker).
 
     python -m benchmarks.service [--jobs 300] [--throughput-seconds 10] [--concurrency 32]
+                                 [--idle-jobs 200] [--idle-gap 1.5] [--only idle]
 
 Prints one table:
 - latency from `submitCalculation` to the terminal event at a WebSocket client, for a
   tiny calculation, one job at a time (p50 / p99 over --jobs jobs);
+- the same with an idle worker: --idle-jobs jobs, --idle-gap seconds apart, so each one
+  finds the worker's consumer asleep on its wake-up list (a missed wake-up shows as a
+  p99 of about 1 s, the consumer's fall-back timeout);
 - calculations per second through the whole path (HTTP submit → queue → worker →
   PostgreSQL → Redis pub/sub → WebSocket), tiny jobs, --concurrency clients;
 - authenticated `{ me { id email } }` requests per second against a bare Strawberry
@@ -158,18 +162,29 @@ async def submit(http: httpx.AsyncClient, url: str, token: str) -> str:
     return str(response.json()["data"]["submitCalculation"]["id"])
 
 
-async def latency(base: str, token: str, jobs: int) -> list[float]:
-    """Submit → terminal event at the client, one job at a time (idle worker)."""
+async def latency(
+    base: str, token: str, jobs: int, gap: float = 0.0, after_response: list[float] | None = None
+) -> list[float]:
+    """Submit → terminal event at the client, one job at a time, ``gap`` seconds apart.
+
+    ``after_response`` (when given) collects the part after the submit's HTTP response:
+    queue pick-up, run and delivery, without the API's own request time.
+    """
     samples = []
     async with httpx.AsyncClient() as http, Subscriber(base, token) as subscriber:
         url = f"http://{base}/graphql"
         for index in range(jobs + 20):
+            if gap and index >= 20:
+                await asyncio.sleep(gap)
             started = time.perf_counter()
             calculation_id = await submit(http, url, token)
+            responded = time.perf_counter()
             done = await subscriber.watch(calculation_id)
             finished = await asyncio.wait_for(done, 30)
             if index >= 20:  # warm-up
                 samples.append((finished - started) * 1000)
+                if after_response is not None:
+                    after_response.append((finished - responded) * 1000)
     return samples
 
 
@@ -314,6 +329,9 @@ async def main() -> None:
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--idle-jobs", type=int, default=200)
+    parser.add_argument("--idle-gap", type=float, default=1.5, help="seconds between idle jobs")
+    parser.add_argument("--only", choices=["idle"], help="run only this part of the table")
     args = parser.parse_args()
 
     database_url = await fresh_database()
@@ -353,6 +371,37 @@ async def main() -> None:
         graphql = HttpGraphQL(base)
         token = await graphql.register()
         await graphql.close()
+
+        if args.idle_jobs:
+            after: list[float] = []
+            idle = await latency(base, token, args.idle_jobs, args.idle_gap, after)
+            note = f"{args.idle_jobs} jobs {args.idle_gap} s apart (idle worker)"
+            rows.append(
+                (
+                    "submit → terminal event, tiny job, idle (p50)",
+                    f"{statistics.median(idle):.1f} ms",
+                    note,
+                )
+            )
+            rows.append(
+                (
+                    "submit → terminal event, tiny job, idle (p99)",
+                    f"{percentile(idle, 99):.1f} ms",
+                    f"max {max(idle):.1f} ms; jobs over 500 ms: "
+                    f"{sum(each > 500 for each in idle)} (a missed wake-up costs 1 s)",
+                )
+            )
+            rows.append(
+                (
+                    "submit response → terminal event, idle (p50 / p99)",
+                    f"{statistics.median(after):.1f} / {percentile(after, 99):.1f} ms",
+                    f"pick-up + run + delivery alone; max {max(after):.1f} ms, "
+                    f"over 500 ms: {sum(each > 500 for each in after)}",
+                )
+            )
+        if args.only == "idle":
+            print_table(rows)
+            return
 
         samples = await latency(base, token, args.jobs)
         rows.append(
@@ -441,9 +490,15 @@ async def main() -> None:
         await redis.aclose()
         await drop_database(database_url)
 
+    print_table(rows)
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
+    load = os.getloadavg()
     print(
         f"\ncrunchql service benchmark — {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} cores"
+        f" — load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     print(f"{'measure'.ljust(width)} | {'value':>12} | note")
     print(f"{'-' * width}-|-{'-' * 12}-|-----")

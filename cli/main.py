@@ -1,5 +1,6 @@
 """The ``crunchql`` command: serve, worker, scheduler, db upgrade, users (create-admin,
-list, set-role, disable, enable), schema export."""
+list, set-role, disable, enable), schema export; and the API's command-line client:
+login, submit, watch, list, cancel, logout."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from crunchql.cli.commands import add_client_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -216,11 +219,18 @@ def _change_user(args: argparse.Namespace) -> int:
 
 
 def _export_schema(args: argparse.Namespace) -> int:
+    import json
+
     from strawberry.printer import print_schema
 
     from crunchql.schema.root import schema
 
-    text = print_schema(schema) + "\n"
+    if args.format == "introspection":
+        # What the web console builds its forms from where introspection is off
+        # (app/static/console/schema.json; a test keeps it current).
+        text = json.dumps(schema.introspect(), indent=1, sort_keys=True) + "\n"
+    else:
+        text = print_schema(schema) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -289,12 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--output", "-o", default="-")
+    export.add_argument(
+        "--format",
+        choices=["sdl", "introspection"],
+        default="sdl",
+        help="SDL, or the introspection result as JSON (the console's bundled schema)",
+    )
     export.set_defaults(handler=_export_schema)
+
+    add_client_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `submit KIND --input JSON a=1 b=2`: argparse stops the positional list at
+        # the first option; field=value pairs after it belong to it too.
+        if getattr(args, "fields", None) is None or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.fields += extra
     from pydantic import ValidationError
 
     try:

@@ -154,11 +154,14 @@ class CalculationEvent:
     shards: int = 1
     shards_done: int = 0
     device: str | None = None
+    # Routes the event to its owner's list views (myCalculationUpdates) as well.
+    owner_id: uuid.UUID | None = None
 
     @classmethod
     def status_change(cls, snapshot: CalculationSnapshot) -> CalculationEvent:
         return cls(
             id=snapshot.id,
+            owner_id=snapshot.owner_id,
             kind=EventKind.STATUS,
             status=snapshot.status,
             attempt=snapshot.attempts,
@@ -184,9 +187,11 @@ class CalculationEvent:
         partial_result: Json | None,
         shards: int = 1,
         shards_done: int = 0,
+        owner_id: uuid.UUID | None = None,
     ) -> CalculationEvent:
         return cls(
             id=calculation_id,
+            owner_id=owner_id,
             kind=EventKind.PROGRESS,
             status=CalculationStatus.RUNNING,
             attempt=attempt,
@@ -213,8 +218,10 @@ class CalculationEvent:
         return text
 
     def _payload(self) -> Json:
-        payload: Json = {
-            "id": str(self.id),  # first: see peek_id
+        payload: Json = {"id": str(self.id)}  # first: see peek_id
+        if self.owner_id is not None:
+            payload["owner"] = str(self.owner_id)  # second: see peek_owner
+        payload |= {
             "kind": self.kind.value,
             "status": self.status.value,
             "attempt": self.attempt,
@@ -256,6 +263,21 @@ class CalculationEvent:
             return None
 
     @classmethod
+    def peek_owner(cls, data: str | bytes) -> uuid.UUID | None:
+        """The owner's id of an encoded event without decoding it (it follows the id);
+        None when there is none or ``data`` does not start like an encoded event."""
+        start = len(_ID_PREFIX) + 37
+        head = data[start : start + len(_OWNER_PREFIX) + 37]
+        if isinstance(head, bytes):
+            head = head.decode("ascii", "replace")
+        if not head.startswith(_OWNER_PREFIX) or head[-1:] != '"':
+            return None
+        try:
+            return uuid.UUID(head[len(_OWNER_PREFIX) : -1])
+        except ValueError:
+            return None
+
+    @classmethod
     def decode(cls, data: str | bytes) -> CalculationEvent:
         """The event in ``data``; MalformedEventError for anything else (unknown keys
         are ignored, so a newer publisher may add some)."""
@@ -283,7 +305,9 @@ class CalculationEvent:
             raise MalformedEventError("'progress' must be a number between 0 and 1")
         get = payload.get
         partial, result = get("partialResult"), get("result")
-        reload, message = get("reload", False), get("error")
+        reload, message, owner = get("reload", False), get("error"), get("owner")
+        if owner is not None and type(owner) is not str:
+            raise MalformedEventError("'owner' must be a string")
         if partial is not None and type(partial) is not dict:
             raise MalformedEventError("'partialResult' must be an object")
         if result is not None and type(result) is not dict:
@@ -314,6 +338,7 @@ class CalculationEvent:
                 shards=shards,
                 shards_done=shards_done,
                 device=device,
+                owner_id=uuid.UUID(owner) if owner is not None else None,
             )
         except ValueError as failure:  # a malformed UUID or timestamp
             raise MalformedEventError(str(failure)) from None
@@ -325,6 +350,7 @@ class CalculationEvent:
 
 
 _ID_PREFIX = '{"id":"'
+_OWNER_PREFIX = ',"owner":"'
 _KINDS = {kind.value: kind for kind in EventKind}
 _STATUSES = {status.value: status for status in CalculationStatus}
 

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
     graphiql: bool | None = None  # None: on in development, off in production
     hsts_seconds: int = Field(default=0, ge=0)  # 0: no Strict-Transport-Security header
+    # Subscribers of one calculation with one selection set share one execution per
+    # event (schema.sharing); off only to measure what it saves.
+    subscription_sharing: bool = True
 
     rate_limits: bool = True
     # Failed logins for one account from one client address per window; past it that

@@ -1,7 +1,10 @@
 """The event bus that carries calculation updates from runners to subscriptions.
 
 What travels is a :class:`~crunchql.core.lifecycle.CalculationEvent` (its ``encode``d
-form over Redis), delivered to the subscribers of its calculation id. A subscriber may
+form over Redis), delivered to the subscribers of its calculation id and, when it names
+its owner, to the subscribers of that owner's key (:func:`user_events_key`, the list
+views' ``myCalculationUpdates``): two lookups, whatever the number of users connected.
+A subscriber may
 also receive :data:`RESYNC`: something may have been missed (the Redis connection
 dropped, or the subscriber fell behind) and it must re-read the state.
 
@@ -22,6 +25,7 @@ import enum
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final, Literal, Protocol
@@ -31,8 +35,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crunchql.core.lifecycle import CalculationEvent, MalformedEventError
-from crunchql.pubsub.channels import CALCULATION_EVENTS, SESSION_EVENTS
+from crunchql.core.lifecycle import CalculationEvent, EventKind, MalformedEventError
+from crunchql.pubsub.channels import CALCULATION_EVENTS, SESSION_EVENTS, user_events_key
 
 logger = logging.getLogger(__name__)
 
@@ -45,31 +49,71 @@ class Signal(enum.Enum):
 RESYNC: Final = Signal.RESYNC
 Delivery = CalculationEvent | Literal[Signal.RESYNC]
 SUBSCRIBER_QUEUE_SIZE = 64
+# A calculation's id, or a user's events key (user_events_key).
+Key = uuid.UUID | str
 MALFORMED_RESYNC_SECONDS = 5.0
 
 
 class Subscription:
-    """One subscriber's mailbox. Bounded: when it overflows, the backlog is replaced
-    by a single resync marker (the reader re-reads the state instead)."""
+    """One subscriber's mailbox.
 
-    def __init__(self, key: uuid.UUID) -> None:
+    A reader slower than the event rate (a slow client holds its subscription's
+    generator at the socket write) does not fall behind: a progress tick that arrives
+    while the previous one is still unread replaces it (latest state wins; the reader's
+    ``WatchState`` only ever moves forward anyway). Status changes, terminal ones
+    included, are never replaced or dropped; only if that many of them piled up would
+    the backlog be replaced by a single resync marker (the reader re-reads the state).
+    """
+
+    __slots__ = ("_items", "_waiter", "key")
+
+    def __init__(self, key: Key) -> None:
         self.key = key
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._items: deque[Delivery] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, event: Delivery) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(RESYNC)
+        items = self._items
+        if (
+            items
+            and event is not RESYNC
+            and event.kind is EventKind.PROGRESS
+            and (last := items[-1]) is not RESYNC
+            and last.kind is EventKind.PROGRESS
+            # A user's key carries every calculation of that user: only a tick of the
+            # same calculation may stand in for another.
+            and last.id == event.id
+        ):
+            # Keep the newer of the two (a lagging publisher's stale tick must not
+            # replace a fresher one; the reader would drop it and show neither). The
+            # reader is not waiting: there was something unread.
+            if (event.attempt, event.progress) >= (last.attempt, last.progress):
+                items[-1] = event
+            return
+        if len(items) >= SUBSCRIBER_QUEUE_SIZE:
+            items.clear()
+            items.append(RESYNC)
+        else:
+            items.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Delivery | None:
         """The next event, or None after ``timeout`` seconds."""
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    @property
+    def pending(self) -> int:
+        return len(self._items)
 
 
 class SessionListener(Protocol):
@@ -95,7 +139,7 @@ class EventBus(Protocol):
 
     def remove_session_listener(self, listener: SessionListener) -> None: ...
 
-    def subscribe(self, key: uuid.UUID) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    def subscribe(self, key: Key) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
     @property
     def subscriber_count(self) -> int: ...
@@ -103,7 +147,7 @@ class EventBus(Protocol):
 
 class _FanOut:
     def __init__(self) -> None:
-        self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
+        self._subscribers: dict[Key, set[Subscription]] = {}
         self._session_listeners: list[SessionListener] = []
 
     def add_session_listener(self, listener: SessionListener) -> None:
@@ -124,6 +168,9 @@ class _FanOut:
     def dispatch(self, event: CalculationEvent) -> None:
         for subscription in tuple(self._subscribers.get(event.id, ())):
             subscription.deliver(event)
+        if event.owner_id is not None:
+            for subscription in tuple(self._subscribers.get(user_events_key(event.owner_id), ())):
+                subscription.deliver(event)
 
     def resync_all(self) -> None:
         for subs in tuple(self._subscribers.values()):
@@ -132,12 +179,12 @@ class _FanOut:
         for listener in tuple(self._session_listeners):
             listener.resync()
 
-    def resync(self, key: uuid.UUID) -> None:
+    def resync(self, key: Key) -> None:
         for subscription in tuple(self._subscribers.get(key, ())):
             subscription.deliver(RESYNC)
 
     @asynccontextmanager
-    async def subscribe(self, key: uuid.UUID) -> AsyncIterator[Subscription]:
+    async def subscribe(self, key: Key) -> AsyncIterator[Subscription]:
         subscription = Subscription(key)
         self._subscribers.setdefault(key, set()).add(subscription)
         try:
@@ -255,7 +302,9 @@ class RedisEventBus(_FanOut):
         # someone here watches.
         key = CalculationEvent.peek_id(data)
         if key is not None and key not in self._subscribers:
-            return
+            owner = CalculationEvent.peek_owner(data)
+            if owner is None or user_events_key(owner) not in self._subscribers:
+                return
         try:
             event = CalculationEvent.decode(data)
         except MalformedEventError as error:
@@ -265,6 +314,9 @@ class RedisEventBus(_FanOut):
             # everyone at most every MALFORMED_RESYNC_SECONDS when it names no one.
             if key is not None:
                 self.resync(key)
+                owner = CalculationEvent.peek_owner(data)
+                if owner is not None:
+                    self.resync(user_events_key(owner))
             elif time.monotonic() - self._malformed_resync_at >= MALFORMED_RESYNC_SECONDS:
                 self._malformed_resync_at = time.monotonic()
                 self.resync_all()

@@ -7,6 +7,13 @@ from __future__ import annotations
 CALCULATION_EVENTS = "crunchql:calculation-events"
 
 
+def user_events_key(user_id: object) -> str:
+    """The fan-out key of one user's calculation events (``myCalculationUpdates``), next to
+    the per-calculation key (the calculation id itself). An event published with an
+    owner reaches both, over the same Redis message."""
+    return f"user:{user_id}"
+
+
 def queue_wakeup_key(queue_name: str) -> str:
     """A list a worker blocks on while idle, pushed to on every enqueue."""
     return f"crunchql:wakeup:{queue_name}"

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 
 import strawberry
 
 from crunchql.compute.catalog import KINDS
 from crunchql.core.errors import BadUserInputError, RateLimitedError
 from crunchql.db.models import CalculationStatus as ModelStatus
+from crunchql.db.models import User
 from crunchql.observability.metrics import record_submitted, tracking_subscription
 from crunchql.resolvers.context import GraphQLInfo, client_info, current_claims, current_user
 from crunchql.schema.inputs import CalculationInput, selected_kind
+from crunchql.schema.sharing import shared_calculation
 from crunchql.schema.types import (
     Calculation,
     CalculationConnection,
@@ -18,7 +22,7 @@ from crunchql.schema.types import (
     CalculationStatus,
     PageInfo,
 )
-from crunchql.services import calculations
+from crunchql.services import calculation_feed, calculations
 from crunchql.services.revocation import until_ended
 
 
@@ -85,6 +89,19 @@ async def calculation_updates(
     id: strawberry.ID,
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
+    async with _subscription_slot(info, user) as ended:
+        updates = calculations.watch(info.context.services, user, id)
+        async for snapshot in until_ended(updates, ended):
+            # One object per state of the calculation, shared by its subscribers,
+            # so that the event is executed once (schema.sharing).
+            yield shared_calculation(snapshot)
+
+
+@asynccontextmanager
+async def _subscription_slot(info: GraphQLInfo, user: User) -> AsyncIterator[asyncio.Event]:
+    """One of the user's open-subscription slots (all sockets, all processes), held for
+    the life of the subscription; yields the event set when the caller's session (or the
+    whole account) is ended anywhere, which ends the stream with UNAUTHENTICATED."""
     services = info.context.services
     limit = services.limits.ws_max_subscriptions_per_user
     slot = await services.slots.acquire(f"subscriptions:{user.id}", limit)
@@ -96,12 +113,40 @@ async def calculation_updates(
         )
     guard = services.session_guard
     async with services.slots.holding(slot):
-        # The stream ends with UNAUTHENTICATED as soon as the session (or the account)
-        # is ended anywhere: the guard sets `ended` from the event bus.
         with (
             tracking_subscription(),
             guard.watching(current_claims(info).session_id, user.id) as ended,
         ):
-            updates = calculations.watch(services, user, id)
-            async for snapshot in until_ended(updates, ended):
-                yield Calculation.from_model(snapshot)
+            yield ended
+
+
+def _model_status(status: CalculationStatus | None) -> ModelStatus | None:
+    return ModelStatus(status.value) if status is not None else None
+
+
+async def calculation_count(
+    info: GraphQLInfo, status: CalculationStatus | None = None, kind: str | None = None
+) -> int:
+    user = await current_user(info)
+    return await calculations.count_own(
+        info.context.services, user, status=_model_status(status), kind=kind
+    )
+
+
+async def resubmit_calculation(info: GraphQLInfo, id: strawberry.ID) -> Calculation:
+    user = await current_user(info)
+    row = await calculations.resubmit(info.context.services, user, id)
+    record_submitted(row.kind)
+    return Calculation.from_model(row)
+
+
+async def my_calculation_updates(
+    info: GraphQLInfo, kind: str | None, status: CalculationStatus | None
+) -> AsyncGenerator[Calculation, None]:
+    user = await current_user(info)
+    async with _subscription_slot(info, user) as ended:
+        feed = calculation_feed.watch_own(
+            info.context.services, user, kind=kind, status=_model_status(status)
+        )
+        async for snapshot in until_ended(feed, ended):
+            yield Calculation.from_model(snapshot)

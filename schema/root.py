@@ -34,12 +34,14 @@ from crunchql.schema.extensions import (
 from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
 from crunchql.schema.schedule import Schedule, ScheduleConnection
+from crunchql.schema.sharing import SharingExecutionContext
 from crunchql.schema.types import (
     AuditEventConnection,
     AuthPayload,
     Calculation,
     CalculationConnection,
     CalculationKind,
+    CalculationStatus,
     Session,
     User,
     UserConnection,
@@ -73,6 +75,10 @@ class Query:
     )
     audit_events: AuditEventConnection = strawberry.field(
         resolver=admin_resolvers.audit_events, description="ADMIN. Newest first."
+    )
+    calculation_count: int = strawberry.field(
+        resolver=calculation_resolvers.calculation_count,
+        description="How many of the caller's calculations match.",
     )
     schedule: Schedule | None = strawberry.field(
         resolver=schedule_resolvers.schedule, description="Null when absent or not the caller's."
@@ -121,6 +127,11 @@ class Mutation:
         resolver=admin_resolvers.set_user_active,
         description="ADMIN. Disabling ends every session of that user.",
     )
+    resubmit_calculation: Calculation = strawberry.mutation(
+        resolver=calculation_resolvers.resubmit_calculation,
+        description="A new calculation with exactly the stored input of that one (seed "
+        "included), so it reproduces the result; the same limits as submitCalculation.",
+    )
     create_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.create_schedule)
     pause_schedule: Schedule = strawberry.mutation(resolver=schedule_resolvers.pause_schedule)
     resume_schedule: Schedule = strawberry.mutation(
@@ -146,6 +157,20 @@ class Subscription:
         async for update in calculation_resolvers.calculation_updates(info, id):
             yield update
 
+    @strawberry.subscription(  # type: ignore[untyped-decorator]
+        description="The caller's calculation on every change to any of the caller's "
+        "calculations (created, status, progress, result); no snapshot, never completes. "
+        "Subscribe first, then query `calculations`."
+    )
+    async def my_calculation_updates(
+        self,
+        info: GraphQLInfo,
+        kind: str | None = None,
+        status: CalculationStatus | None = None,
+    ) -> AsyncGenerator[Calculation, None]:
+        async for update in calculation_resolvers.my_calculation_updates(info, kind, status):
+            yield update
+
 
 class CrunchSchema(strawberry.Schema):
     def process_errors(
@@ -164,6 +189,8 @@ class SchemaOptions:
     introspection: bool = True
     field_suggestions: bool = True
     metrics: bool = False
+    # One execution per subscription event per selection set (schema.sharing).
+    share_subscription_results: bool = True
     max_cost: int = 5000
 
 
@@ -202,6 +229,9 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         config=StrawberryConfig(
             disable_field_suggestions=not options.field_suggestions, scalar_map=SCALAR_MAP
         ),
+        execution_context_class=SharingExecutionContext
+        if options.share_subscription_results
+        else None,
     )
 
 

@@ -85,12 +85,46 @@ async def submit(
         )
         calculation_id = calculation.id
 
+        async def announce() -> None:
+            # "created", for the owner's list views (myCalculationUpdates).
+            await services.bus.publish(CalculationEvent.status_change(calculation.to_snapshot()))
+
         async def send() -> None:
             await services.queue.enqueue(calculation_id)
 
         # The message goes out only once the row is committed; never on rollback.
+        after_commit(session, announce)
         after_commit(session, send)
     return calculation
+
+
+def check_kind(kind_name: str | None) -> None:
+    """A kind filter must name a kind of the catalog."""
+    if kind_name is not None and kind_name not in KINDS:
+        raise BadUserInputError(f"Unknown calculation kind {kind_name[:64]!r}.", field="kind")
+
+
+async def count_own(
+    services: ServiceContainer,
+    user: User,
+    *,
+    status: CalculationStatus | None,
+    kind: str | None,
+) -> int:
+    check_kind(kind)
+    async with read_only(services.session_factory) as session:
+        return await CalculationRepository(session).count_for_owner(
+            user.id, status=status, kind=kind
+        )
+
+
+async def resubmit(services: ServiceContainer, user: User, raw_id: str) -> Calculation:
+    """A new calculation of the caller's with the stored input of a visible one: the seed
+    is stored, so it reproduces the result. The same checks and limits as ``submit``."""
+    original = await get_visible(services, user, raw_id)
+    if original is None:
+        raise NotFoundError("Calculation not found.")
+    return await submit(services, user, original.kind, original.input)
 
 
 async def get_visible(services: ServiceContainer, user: User, raw_id: str) -> Calculation | None:

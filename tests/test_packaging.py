@@ -52,6 +52,12 @@ def test_the_wheel_carries_every_folder_and_its_data(
     assert "crunchql/db/migrations/script.py.mako" in names
     assert any(n.startswith("crunchql/db/migrations/versions/") for n in names)
     assert any(n.startswith("crunchql/app/static/graphiql/") for n in names)
+    # The web console, whole: its page, modules, bundled schema and vendored libraries.
+    console = project_root / "app" / "static" / "console"
+    for path in console.rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(project_root).as_posix()
+            assert f"crunchql/{relative}" in names, relative
 
 
 def test_every_top_level_folder_is_linked_into_the_namespace(project_root: Path) -> None:

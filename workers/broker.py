@@ -7,20 +7,29 @@ Timing, deliberately set:
   Our own sweeper (``workers.lifecycle``) does not wait for that: it re-sends any
   calculation whose run has not beaten for ``CRUNCHQL_WORKER_STALE_SECONDS``.
 - An idle consumer does not poll: it blocks on a wake-up list that every enqueue
-  pushes to, so a job starts within a millisecond or two of ``send``. The block is
-  bounded by ``worker_timeout`` (1 s) as a fallback when a wake-up is missed.
+  pushes to, so a job starts within a millisecond or two of ``send``. The push is part
+  of the broker's own ``do_enqueue`` (the Lua enqueue and the LPUSH go out in one
+  pipeline, one round trip), so EVERY enqueue wakes a consumer: ours, Dramatiq's
+  re-enqueue of a delayed message (retries) and its requeue on shutdown. Before, only
+  ``DramatiqJobQueue.send`` pushed, and a retry sat in the main queue until the idle
+  consumer's fall-back timeout. The delay-queue consumer blocks no longer than the
+  earliest eta it holds, so a retry is re-enqueued when due, not up to 1 s later.
+  The block is bounded by ``worker_timeout`` (1 s) as a last resort (messages that
+  Dramatiq's maintenance requeues from a dead worker push no wake-up).
 - While all its threads are busy, a consumer still touches Redis once a second, so
   its heartbeat stays fresh during long jobs and its messages are not requeued.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
 from dramatiq.middleware import (
     AsyncIO,
     Callbacks,
@@ -37,12 +46,32 @@ QUEUE_NAME = "calculations"
 HEARTBEAT_TIMEOUT_MS = 15_000
 MAINTENANCE_CHANCE = 10_000  # per million commands
 BUSY_HEARTBEAT_SECONDS = 1.0
+WAKEUP_LIST_LENGTH = 1000  # tokens kept; a busy consumer fetches without popping them
 
 
 class WakeUpConsumer(_RedisConsumer):
     """A Redis consumer that sleeps on a wake-up list instead of polling with backoff."""
 
     _last_touch = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        # Etas (ms) of the delayed messages this consumer handed to the consumer thread,
+        # which re-enqueues each once due, but only between two of our __next__ calls.
+        self._etas: list[int] = []
+
+    def _idle_timeout(self) -> float:
+        """Seconds to block on the wake-up list: the fall-back timeout, or less when a
+        delayed message this consumer holds falls due sooner (0: one is due now)."""
+        timeout = max(float(self.timeout) / 1000, 0.1)
+        if self._etas:
+            now = int(current_millis())
+            if self._etas[0] <= now:
+                while self._etas and self._etas[0] <= now:
+                    heapq.heappop(self._etas)
+                return 0.0
+            timeout = min(timeout, (self._etas[0] - now) / 1000)
+        return timeout
 
     def __next__(self) -> Any:
         try:
@@ -51,10 +80,10 @@ class WakeUpConsumer(_RedisConsumer):
                     self.queue_name, self.prefetch - self.outstanding_message_count
                 )
                 if not self.message_cache:
-                    # Block until an enqueue pushes a wake-up (or the timeout passes).
-                    self.broker.client.blpop(
-                        [queue_wakeup_key(self.queue_name)], timeout=max(self.timeout / 1000, 0.1)
-                    )
+                    timeout = self._idle_timeout()
+                    if timeout > 0:
+                        # Block until an enqueue pushes a wake-up (or the timeout passes).
+                        self.broker.client.blpop([queue_wakeup_key(self.queue_name)], timeout)
                     return None
             elif not self.message_cache:
                 now = time.monotonic()
@@ -63,7 +92,11 @@ class WakeUpConsumer(_RedisConsumer):
                     self.broker.do_qsize(self.queue_name)  # refreshes our heartbeat
                 time.sleep(0.05)
                 return None
-            return super().__next__()  # type: ignore[no-untyped-call]
+            message = super().__next__()  # type: ignore[no-untyped-call]
+            eta = message.options.get("eta") if message is not None else None
+            if isinstance(eta, int):
+                heapq.heappush(self._etas, eta)
+            return message
         except redis.ConnectionError as error:
             raise dramatiq.ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
@@ -73,13 +106,51 @@ class CrunchRedisBroker(RedisBroker):
     def consumer_class(self) -> type[_RedisConsumer]:
         return WakeUpConsumer
 
-    def wake(self, queue_name: str = QUEUE_NAME) -> None:
-        """Wake one idle consumer (the list is trimmed so it never grows unbounded)."""
-        key = queue_wakeup_key(queue_name)
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
+        """Dramatiq's enqueue script and a wake-up push, in one round trip.
+
+        Every enqueue goes through here (Dramatiq's ``enqueue`` calls it, for new
+        messages, retries and delayed ones alike), so no enqueue can leave an idle
+        consumer asleep. The push follows the script on the same connection, so a
+        consumer it wakes finds the message.
+        """
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.lpush(key, 1)
-            pipe.ltrim(key, 0, 999)
+            self.scripts["dispatch"](
+                keys=[self.namespace],
+                args=[
+                    "enqueue",
+                    current_millis(),
+                    queue_name,
+                    self.broker_id,
+                    self.heartbeat_timeout,
+                    self.dead_message_ttl,
+                    self._should_do_maintenance("enqueue"),
+                    self._max_unpack_size(),  # type: ignore[no-untyped-call]
+                    message_id,
+                    data,
+                ],
+                client=pipe,
+            )
+            self._push_wakeup(pipe, queue_name)
             pipe.execute()
+
+    def do_requeue(self, queue_name: str, *message_ids: str) -> None:
+        """Dramatiq's requeue (a stopping consumer hands its prefetched messages back),
+        then a wake-up, so another consumer takes them at once."""
+        self._dispatch("requeue")(queue_name, *message_ids)  # type: ignore[no-untyped-call]
+        self.wake(queue_name)
+
+    def wake(self, queue_name: str = QUEUE_NAME) -> None:
+        """Wake one idle consumer of ``queue_name``."""
+        with self.client.pipeline(transaction=False) as pipe:
+            self._push_wakeup(pipe, queue_name)
+            pipe.execute()
+
+    @staticmethod
+    def _push_wakeup(pipe: Any, queue_name: str) -> None:
+        key = queue_wakeup_key(queue_name)
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, WAKEUP_LIST_LENGTH - 1)  # never grows unbounded
 
 
 def _retry_requested(_retries: int, error: BaseException) -> bool:

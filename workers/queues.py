@@ -38,8 +38,7 @@ class DramatiqJobQueue:
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message)
-        self.broker.wake()
+        self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
 
     async def enqueue(self, calculation_id: uuid.UUID) -> None:
         # Bounded: the row is committed, and a send that does not go through is re-sent
@@ -55,8 +54,7 @@ class DramatiqJobQueue:
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message)
-        self.broker.wake()
+        self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
 
     async def enqueue_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
         await asyncio.wait_for(

@@ -316,6 +316,7 @@ async def _execute(
                         version=version,
                         progress=progress,
                         partial_result=partial,
+                        owner_id=calculation.owner_id,
                     ),
                 )
             if clock - last_write >= config.write_interval:

@@ -190,7 +190,7 @@ async def _execute(
                 CalculationEvent.progress_tick(
                     key, attempt=known.attempts, version=known.version, progress=shown,
                     partial_result=_kernel_call(job.partial_result), shards=known.shards,
-                    shards_done=known.shards_done,
+                    shards_done=known.shards_done, owner_id=calculation.owner_id,
                 ),
             )  # fmt: skip
         partial = job.result()
@@ -250,6 +250,7 @@ async def _store(
         CalculationEvent.progress_tick(
             row.id, attempt=row.attempts, version=row.version, progress=row.progress,
             partial_result=estimate, shards=row.shards, shards_done=row.shards_done,
+            owner_id=row.owner_id,
         ),
     )  # fmt: skip
     return RunOutcome.SPLIT

@@ -72,6 +72,20 @@ class CalculationRepository:
         )
         return int((await self.session.execute(statement)).scalar_one())
 
+    async def count_for_owner(
+        self,
+        owner_id: uuid.UUID,
+        *,
+        status: CalculationStatus | None = None,
+        kind: str | None = None,
+    ) -> int:
+        statement = select(func.count()).where(Calculation.owner_id == owner_id)
+        if status is not None:
+            statement = statement.where(Calculation.status == status)
+        if kind is not None:
+            statement = statement.where(Calculation.kind == kind)
+        return int((await self.session.execute(statement)).scalar_one())
+
     async def list_for_owner(
         self,
         owner_id: uuid.UUID,

@@ -131,6 +131,8 @@ REQUIRED = ("id", "kind", "status", "attempt", "version", "progress")
         json.dumps({**VALID, "shards": 2, "shardsDone": -1}),
         json.dumps({**VALID, "shardsDone": True}),
         json.dumps({**VALID, "device": 1}),
+        json.dumps({**VALID, "owner": 7}),
+        json.dumps({**VALID, "owner": "not-a-uuid"}),
     ],
 )
 def test_malformed_payloads_are_refused(payload: str | bytes) -> None:
@@ -287,6 +289,17 @@ def test_the_id_can_be_read_without_decoding() -> None:
     assert CalculationEvent.peek_id(event.encode().encode()) == ID
     for junk in ["", "{}", '{"id":"nope"}', b"\xff" * 60, '{"kind":"status","id":"' + str(ID)]:
         assert CalculationEvent.peek_id(junk) is None
+
+
+def test_the_owner_travels_and_can_be_read_without_decoding() -> None:
+    event = status_change(status=CalculationStatus.RUNNING, attempts=1, version=2)
+    assert event.owner_id is not None  # a status change names its owner (the snapshot's)
+    assert CalculationEvent.decode(event.encode()).owner_id == event.owner_id
+    assert CalculationEvent.peek_owner(event.encode()) == event.owner_id
+    assert CalculationEvent.peek_owner(event.encode().encode()) == event.owner_id
+    assert CalculationEvent.peek_owner(tick(0.5, 2).encode()) is None  # no owner given
+    for junk in ["", "{}", b"\xff" * 120, '{"id":"' + str(ID) + '","owner":"nope"}']:
+        assert CalculationEvent.peek_owner(junk) is None
 
 
 # ---- layering ---------------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_ingress_terminates_tls_and_routes_only_public_paths(
     assert annotations["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
     services = of_kind(k8s_documents, "Service")
     paths = [path for rule in spec["rules"] for path in rule["http"]["paths"]]
-    assert {path["path"] for path in paths} == {"/graphql", "/graphiql-assets"}
+    assert {path["path"] for path in paths} == {"/graphql", "/graphiql-assets", "/", "/console"}
     for path in paths:
         backend = path["backend"]["service"]
         port_names = {port["name"] for port in services[backend["name"]]["spec"]["ports"]}

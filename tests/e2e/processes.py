@@ -475,3 +475,18 @@ async def wait_running(
 
     result: dict[str, Any] = await wait_until(check, timeout, "the job to be under way", process)
     return result
+
+
+@asynccontextmanager
+async def embedded_api(directory: Path, **extra: str) -> AsyncIterator[str]:
+    """`crunchql serve` on SQLite with the in-process queue and bus; yields host:port."""
+    from crunchql.db.migrate import upgrade_async
+
+    url = f"sqlite+aiosqlite:///{directory / 'crunchql.sqlite3'}"
+    await upgrade_async(url)
+    api, base = start_api(service_env(url, None, **extra), directory)
+    try:
+        await wait_healthy(base, api)
+        yield base
+    finally:
+        api.stop()

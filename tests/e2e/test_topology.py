@@ -145,6 +145,24 @@ async def test_http_redirects_to_https(topology: Topology) -> None:
     assert response.headers["location"].startswith("https://")
 
 
+async def test_security_headers_are_sent_once_whoever_answers(topology: Topology) -> None:
+    """The application's own headers pass through unchanged (the console's strict CSP,
+    no-referrer) and nginx adds its defaults only to responses that have none."""
+    names = ("x-content-type-options", "x-frame-options", "content-security-policy")
+    async with httpx.AsyncClient(verify=topology.ssl_context()) as http:
+        console = await http.get(f"https://{topology.front}/")
+        missing = await http.get(f"https://{topology.front}/no-such-page")
+        own = await http.get(f"https://{topology.front}/metrics")  # nginx's own 404
+    assert own.status_code == 404
+    for response in (console, missing, own):
+        for name in (*names, "referrer-policy"):
+            assert len(response.headers.get_list(name)) == 1, (response.url, name)
+    assert console.headers["referrer-policy"] == "no-referrer"
+    assert "script-src" in console.headers["content-security-policy"]
+    assert own.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert len(console.headers.get_list("strict-transport-security")) == 1
+
+
 async def test_submit_through_nginx_and_watch_from_both_api_processes(topology: Topology) -> None:
     graphql = topology.graphql()
     await graphql.register()

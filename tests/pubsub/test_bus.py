@@ -3,13 +3,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
 
-from crunchql.core.lifecycle import CalculationEvent
+from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, CalculationStatus
 from crunchql.pubsub.bus import RESYNC, SUBSCRIBER_QUEUE_SIZE, InProcessEventBus, RedisEventBus
-from crunchql.pubsub.channels import CALCULATION_EVENTS
+from crunchql.pubsub.channels import CALCULATION_EVENTS, user_events_key
 from crunchql.pubsub.redis_client import create_redis
 
 A, B = uuid.uuid4(), uuid.uuid4()
@@ -31,14 +32,61 @@ async def test_in_process_delivers_by_key_and_releases_on_exit() -> None:
     assert bus.subscriber_count == 0
 
 
-async def test_a_slow_subscriber_gets_one_resync_instead_of_a_backlog() -> None:
+def status(calculation_id: uuid.UUID, status: CalculationStatus, version: int) -> CalculationEvent:
+    snapshot = CalculationSnapshot(
+        id=calculation_id, owner_id=uuid.uuid4(), kind="monteCarloPi", input={"samples": 10},
+        status=status, progress=1.0 if status.is_terminal else 0.0, version=version, attempts=1,
+        created_at=datetime.now(UTC),
+    )  # fmt: skip
+    return CalculationEvent.status_change(snapshot)
+
+
+async def test_a_slow_subscriber_gets_the_latest_progress_not_a_backlog() -> None:
+    bus = InProcessEventBus()
+    async with bus.subscribe(A) as a:
+        for n in range(SUBSCRIBER_QUEUE_SIZE * 3):
+            await bus.publish(tick(A, n))
+        assert a.pending == 1
+        assert await a.get(timeout=1) == tick(A, SUBSCRIBER_QUEUE_SIZE * 3 - 1)
+        assert await a.get(timeout=0.01) is None
+
+
+async def test_a_stale_tick_does_not_replace_a_fresher_unread_one() -> None:
+    bus = InProcessEventBus()
+    fresh = CalculationEvent.progress_tick(
+        A, attempt=1, version=5, progress=0.6, partial_result=None
+    )
+    stale = CalculationEvent.progress_tick(
+        A, attempt=1, version=4, progress=0.3, partial_result=None
+    )
+    async with bus.subscribe(A) as a:
+        await bus.publish(fresh)
+        await bus.publish(stale)
+        assert await a.get(timeout=1) == fresh
+        assert a.pending == 0
+
+
+async def test_status_changes_are_never_coalesced_away() -> None:
+    bus = InProcessEventBus()
+    running = status(A, CalculationStatus.RUNNING, 1)
+    succeeded = status(A, CalculationStatus.SUCCEEDED, 9)
+    async with bus.subscribe(A) as a:
+        for event in (running, tick(A, 2), tick(A, 3), tick(A, 4), succeeded, tick(A, 10)):
+            await bus.publish(event)
+        received = [await a.get(timeout=1) for _ in range(a.pending)]
+    # Ticks between two status changes collapse into the last; the status changes,
+    # the terminal one included, all arrive, in order.
+    assert received == [running, tick(A, 4), succeeded, tick(A, 10)]
+
+
+async def test_a_backlog_of_status_changes_becomes_one_resync() -> None:
     bus = InProcessEventBus()
     async with bus.subscribe(A) as a:
         for n in range(SUBSCRIBER_QUEUE_SIZE + 10):
-            await bus.publish(tick(A, n))
-        first = await a.get(timeout=1)
-        assert first == RESYNC or first == tick(A, SUBSCRIBER_QUEUE_SIZE)
-        assert RESYNC in [first, *[await a.get(timeout=0.1) for _ in range(10)]]
+            await bus.publish(status(A, CalculationStatus.RUNNING, n))
+        # The backlog went: the reader re-reads instead, then sees what came after.
+        assert await a.get(timeout=1) is RESYNC
+        assert a.pending == 9
 
 
 @pytest.fixture
@@ -179,3 +227,26 @@ async def test_session_events_reach_every_process_over_the_same_connection(
     await admin.aclose()
     assert listener.resyncs >= 1
     listener_bus.remove_session_listener(listener)
+
+
+async def test_an_owned_event_reaches_its_calculation_and_its_owner_only(
+    redis_buses: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    listener, publisher = redis_buses
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    owned = CalculationEvent.progress_tick(
+        A, attempt=1, version=1, progress=0.5, partial_result=None, owner_id=alice
+    )
+    for bus, sender in [(InProcessEventBus(), None), (listener, publisher)]:
+        async with (
+            bus.subscribe(user_events_key(alice)) as owner,
+            bus.subscribe(user_events_key(bob)) as other,
+        ):
+            # Nobody here watches the calculation itself: the owner's key lets it in.
+            await (sender or bus).publish(owned)
+            assert await owner.get(timeout=2) == owned
+            assert await other.get(timeout=0.1) is None
+            async with bus.subscribe(A) as calculation:
+                await (sender or bus).publish(owned)
+                assert await calculation.get(timeout=2) == owned
+                assert await owner.get(timeout=2) == owned

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import dramatiq
 import pytest
+from dramatiq import Worker
 
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import AuditEvent, AuthSession, Calculation, RefreshToken, User
+from crunchql.pubsub.channels import queue_wakeup_key
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker, create_broker
 from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue
 
@@ -45,6 +49,97 @@ def test_an_idle_consumer_wakes_on_enqueue_instead_of_polling(broker: CrunchRedi
     assert elapsed < 5  # far below the 10 s the consumer would otherwise have slept
     consumer.ack(message)
     consumer.close()
+
+
+# The fall-back timeout in the tests below is ten minutes: a consumer that misses a
+# wake-up sleeps far past the deadline it is waited for with, so a lost wake-up fails
+# the test every time instead of costing a second that timing would have to notice.
+NEVER_MS = 600_000
+DEADLINE_SECONDS = 30.0  # generous for a loaded 2-core machine, far below NEVER_MS
+
+
+def blocked_consumers(broker: CrunchRedisBroker) -> int:
+    """Connections blocked in BLPOP on this test's Redis database (other databases of
+    the same server belong to other test runs)."""
+    db = broker.client.connection_pool.connection_kwargs.get("db", 0)
+    return sum(
+        1
+        for client in broker.client.client_list()
+        if client.get("cmd") == "blpop"
+        and "b" in client.get("flags", "")
+        and int(client["db"]) == db
+    )
+
+
+def test_every_enqueue_wakes_an_idle_consumer_not_only_ours(broker: CrunchRedisBroker) -> None:
+    # Dramatiq enqueues by itself too (a retry, a delayed message coming due): those
+    # messages must wake an idle consumer as ours do.
+    consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    key = queue_wakeup_key(QUEUE_NAME)
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=QUEUE_NAME, actor_name=ACTOR_NAME, args=("x",), kwargs={}, options={}
+    )
+
+    async def scenario() -> object:
+        idle = asyncio.create_task(asyncio.to_thread(next, consumer))
+        # Wait until it is actually blocked on the wake-up list (Redis says so).
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while blocked_consumers(broker) < 1:
+            assert time.monotonic() < deadline, "the consumer never blocked"
+            await asyncio.sleep(0.01)
+        broker.enqueue(message)
+        assert await asyncio.wait_for(idle, DEADLINE_SECONDS) is None  # woken
+        return await asyncio.to_thread(next, consumer)
+
+    fetched = asyncio.run(scenario())
+    assert fetched is not None and fetched.message_id == message.message_id
+    assert broker.client.llen(key) == 0  # the one push was the one pop
+    consumer.ack(fetched)
+    consumer.close()
+
+
+def test_a_retried_job_runs_again_without_waiting_for_any_fallback_timeout(
+    broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole Dramatiq path of a retry: the actor asks for one 50 ms later, the
+    # message goes to the delay queue, its consumer holds it until due and re-enqueues
+    # it on the main queue, whose idle consumer must run it. Every consumer's fall-back
+    # timeout is ten minutes: each of those steps has to be woken.
+    runs: list[float] = []
+    second_run = threading.Event()
+
+    @dramatiq.actor(actor_name="test.retry_once", queue_name=QUEUE_NAME, broker=broker)
+    def retry_once() -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise dramatiq.Retry("once more", delay=50)
+        second_run.set()
+
+    # The consumers' fall-back is ten minutes; the worker threads keep a short poll so
+    # the worker stops quickly.
+    consume = broker.consume
+    monkeypatch.setattr(
+        broker,
+        "consume",
+        lambda queue_name, prefetch=1, timeout=0: consume(queue_name, prefetch, NEVER_MS),
+    )
+    worker = Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        # Both consumers (queue and delay queue) idle on their wake-up lists first.
+        while blocked_consumers(broker) < 2:
+            assert time.monotonic() < deadline, "the consumers never went idle"
+            time.sleep(0.01)
+        retry_once.send()
+        assert second_run.wait(DEADLINE_SECONDS), f"ran {len(runs)} time(s): a wake-up was lost"
+        assert runs[1] - runs[0] >= 0.05  # and not before the delay asked for
+    finally:
+        for consumer in worker.consumers.values():
+            consumer.stop()
+        for queue_name in worker.consumers:
+            broker.wake(queue_name)  # out of their ten-minute block, to see the stop
+        worker.stop(timeout=10_000)
 
 
 async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(

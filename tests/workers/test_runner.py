@@ -70,12 +70,22 @@ async def load(services: RunnerServices, calculation_id: uuid.UUID) -> Calculati
 async def run_watching(
     services: RunnerServices, calculation_id: uuid.UUID, cfg: RunnerConfig
 ) -> tuple[RunOutcome, list[CalculationEvent]]:
+    """The outcome, and every event the run published, in order (recorded at the bus:
+    a subscriber reading only afterwards would see consecutive ticks coalesced)."""
     events: list[CalculationEvent] = []
-    async with services.bus.subscribe(calculation_id) as subscription:
-        stats = await run_calculation(services, cfg, calculation_id)
-        while (event := await subscription.get(timeout=0.05)) is not None:
-            assert isinstance(event, CalculationEvent)
+    bus = services.bus
+    publish = bus.publish
+
+    async def recording(event: CalculationEvent) -> None:
+        if event.id == calculation_id:
             events.append(event)
+        await publish(event)
+
+    bus.publish = recording  # type: ignore[method-assign]
+    try:
+        stats = await run_calculation(services, cfg, calculation_id)
+    finally:
+        del bus.publish  # type: ignore[attr-defined]
     return stats.outcome, events
 
 
