@@ -11,8 +11,8 @@ import strawberry
 
 from crunchql.core.errors import BadUserInputError
 from crunchql.db.models import AuditAction as ModelAuditAction
-from crunchql.db.models import CalculationStatus as ModelStatus
 from crunchql.db.models import Role as ModelRole
+from crunchql.resolvers.calculation import model_status
 from crunchql.resolvers.context import GraphQLInfo, client_info, current_admin
 from crunchql.schema.types import (
     AuditAction,
@@ -67,7 +67,7 @@ async def all_calculations(
         info.context.services,
         first=20 if first is None else first,
         after=after,
-        status=ModelStatus(status.value) if status is not None else None,
+        status=model_status(status),
         kind=kind,
         owner_id=owner_id,
     )

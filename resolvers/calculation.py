@@ -44,7 +44,7 @@ async def calculations_page(
         user,
         first=20 if first is None else first,
         after=after,
-        status=ModelStatus(status.value) if status is not None else None,
+        status=model_status(status),
     )
     edges = [
         CalculationEdge(node=Calculation.from_model(row), cursor=calculations.encode_cursor(row))
@@ -120,7 +120,8 @@ async def _subscription_slot(info: GraphQLInfo, user: User) -> AsyncIterator[asy
             yield ended
 
 
-def _model_status(status: CalculationStatus | None) -> ModelStatus | None:
+def model_status(status: CalculationStatus | None) -> ModelStatus | None:
+    """The stored status a GraphQL status filter stands for."""
     return ModelStatus(status.value) if status is not None else None
 
 
@@ -129,7 +130,7 @@ async def calculation_count(
 ) -> int:
     user = await current_user(info)
     return await calculations.count_own(
-        info.context.services, user, status=_model_status(status), kind=kind
+        info.context.services, user, status=model_status(status), kind=kind
     )
 
 
@@ -146,7 +147,7 @@ async def my_calculation_updates(
     user = await current_user(info)
     async with _subscription_slot(info, user) as ended:
         feed = calculation_feed.watch_own(
-            info.context.services, user, kind=kind, status=_model_status(status)
+            info.context.services, user, kind=kind, status=model_status(status)
         )
         async for snapshot in until_ended(feed, ended):
             yield Calculation.from_model(snapshot)
