@@ -141,6 +141,14 @@ class CrunchRedisBroker(RedisBroker):
         self._dispatch("requeue")(queue_name, *message_ids)  # type: ignore[no-untyped-call]
         self.wake(queue_name)
 
+    def flush_all(self) -> None:
+        """Dramatiq's flush of every declared queue, and their wake-up lists: a token left
+        from before would wake an idle consumer for nothing (and fail the tests that
+        wait for a consumer to block)."""
+        super().flush_all()
+        queues = {q for name in self.get_declared_queues() for q in (name, f"{name}.DQ")}
+        self.client.delete(*(queue_wakeup_key(name) for name in sorted(queues)))
+
     def wake(self, queue_name: str = QUEUE_NAME) -> None:
         """Wake one idle consumer of ``queue_name``."""
         with self.client.pipeline(transaction=False) as pipe:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -468,17 +469,25 @@ async def _gauge_is(stack: Stack, name: str, value: float) -> bool:
     return await _gauge(stack, name) == value
 
 
-async def _worker_rows(stack: Stack) -> int:
+async def _worker_rows(stack: Stack) -> dict[str, int]:
+    """The heartbeat rows (worker id → pid), stale ones of killed workers included."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(stack.database_url)
     try:
         async with engine.connect() as connection:
-            rows = await connection.execute(text("SELECT count(*) FROM workers"))
-            return int(rows.scalar_one())
+            rows = await connection.execute(text("SELECT id, pid FROM workers"))
+            return {worker_id: int(pid) for worker_id, pid in rows}
     finally:
         await engine.dispose()
+
+
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except ProcessLookupError:
+        return False
 
 
 async def test_a_worker_stopped_as_a_process_group_hands_its_job_back(stack: Stack) -> None:
@@ -491,12 +500,15 @@ async def test_a_worker_stopped_as_a_process_group_hands_its_job_back(stack: Sta
     submitted = await graphql.submit({"monteCarloPi": {"samples": INTERRUPTED_SAMPLES, "seed": 9}})
     await wait_running(graphql, submitted["id"], stack.api)
     [worker] = stack.workers
+    rows = await _worker_rows(stack)
+    beating = {w for w, pid in rows.items() if _in_group(pid, worker.process.pid)}
+    assert beating, worker.log()
     worker.kill(signal.SIGTERM)  # the whole process group
     # Handing back waits for the running chunk at most.
     await asyncio.to_thread(worker.process.wait, LOAD_FACTOR * 5 + MARGIN_SECONDS)
     stack.workers.remove(worker)
     worker.stop()
-    assert await _worker_rows(stack) == 0, worker.log()  # a goodbye, not a crash
+    assert not beating & set(await _worker_rows(stack)), worker.log()  # a goodbye, not a crash
     stack.add_worker()
     deadline = LOAD_FACTOR * WORKER_BOOT_SECONDS + pi_deadline(INTERRUPTED_SAMPLES)
     async with ws_session(stack.base, graphql.token) as socket_:
