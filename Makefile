@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test test-under-load lint typecheck schema bench clean
 
@@ -11,6 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# The bench extra: the FastAPI + Celery stack that benchmarks.versus measures crunchql against.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
 
 run: $(STAMP)
 	@echo "crunchql: the console at http://127.0.0.1:8000/, GraphiQL at http://127.0.0.1:8000/graphql"
@@ -38,9 +44,10 @@ schema: $(STAMP)
 	$(BIN)/crunchql export-schema -o schema.graphql
 	$(BIN)/crunchql export-schema --format introspection -o app/static/console/schema.json
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.service
 	taskset -c 1 $(BIN)/python -m benchmarks.subscribers
+	$(BIN)/python -m benchmarks.versus
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
