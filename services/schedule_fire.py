@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crunchql.db.engine import after_commit, unit_of_work
 from crunchql.db.repositories.schedule import Claim, ScheduleRepository
-from crunchql.services.container import JobQueue, Limits
+from crunchql.services.container import JobQueue, Limits, Work
 from crunchql.services.recurrence import CronError, FirePlan, MisfirePolicy, plan_fire
 from crunchql.services.schedules import recurrence_of
 
@@ -170,11 +170,11 @@ async def fire_batch(
         # Calculations first: a fire record points at its calculation.
         await repo.insert_calculations(calculations)
         await repo.insert_fires(fires)
-        ids = [row["id"] for row in calculations]
+        ids = [(row["id"], Work(row["kind"], row["input"])) for row in calculations]
 
         async def send() -> None:
-            for calculation_id in ids:
-                await queue.enqueue(calculation_id)
+            for calculation_id, work in ids:
+                await queue.enqueue(calculation_id, work)
 
         if ids:
             after_commit(session, send)

@@ -40,7 +40,7 @@ from crunchql.db.repositories.schedule import (
     ScheduleRepository,
 )
 from crunchql.observability.metrics import record_fires, set_leader
-from crunchql.services.container import JobQueue, Limits
+from crunchql.services.container import JobQueue, Limits, Work
 from crunchql.services.schedule_fire import FireConfig, fire_batch
 from crunchql.services.schedules import changes
 
@@ -182,24 +182,24 @@ class Outbox:
     def __init__(self, queue: JobQueue, senders: int = 4) -> None:
         self.queue = queue
         self.senders = senders
-        self._pending: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self._pending: asyncio.Queue[tuple[uuid.UUID, Work | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # Cleared while the scheduler fires: sending (Redis, a thread hop per message)
         # would take the CPU from the fires still to be made.
         self.flowing = asyncio.Event()
         self.flowing.set()
 
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
-        self._pending.put_nowait(calculation_id)
+        self._pending.put_nowait((calculation_id, work))
 
     async def _send(self) -> None:
         while True:
-            calculation_id = await self._pending.get()
+            calculation_id, work = await self._pending.get()
             await self.flowing.wait()
             try:
-                await self.queue.enqueue(calculation_id)
+                await self.queue.enqueue(calculation_id, work)
             except Exception as error:
                 logger.warning("sending calculation %s failed: %s", calculation_id, error)
             finally:
@@ -381,15 +381,16 @@ async def serve(settings: Settings) -> None:
     from crunchql.runtime import limits_from
     from crunchql.workers.broker import create_broker
     from crunchql.workers.queues import DramatiqJobQueue
+    from crunchql.workers.routing import router_from
 
     assert settings.redis_url
     if settings.metrics:
         start_worker_metrics_server(settings.scheduler_metrics_port)
     engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
     broker = create_broker(settings.redis_url)
-    scheduler = build_scheduler(
-        settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
-    )
+    factory = create_session_factory(engine)
+    queue = DramatiqJobQueue(broker, router_from(settings, factory))
+    scheduler = build_scheduler(settings, factory, queue, limits_from(settings))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -54,7 +54,7 @@ class Sent:
     def __init__(self) -> None:
         self.messages: list[tuple[uuid.UUID, int]] = []
 
-    async def __call__(self, calculation_id: uuid.UUID, shard: int) -> None:
+    async def __call__(self, calculation_id: uuid.UUID, shard: int, work: object = None) -> None:
         self.messages.append((calculation_id, shard))
 
 
