@@ -60,6 +60,9 @@ def _worker(args: argparse.Namespace) -> int:
     if args.no_scheduler:
         os.environ["CRUNCHQL_RUN_SCHEDULER"] = "false"
     os.environ["CRUNCHQL_WORKER_DEVICE"] = args.device
+    # Read again with the two settings above: the forked worker processes inherit this
+    # process's cached Settings.
+    get_settings.cache_clear()
     queue = "calculations"
     if args.device == "gpu":
         queue = "calculations.gpu"  # only: a GPU worker never takes CPU work

@@ -25,7 +25,7 @@ from crunchql.compute import config
 from crunchql.compute import mandelbrot as cpu_mandelbrot
 from crunchql.compute import monte_carlo_pi as cpu_pi
 from crunchql.compute import option_pricing as cpu_option
-from crunchql.compute.base import Job
+from crunchql.compute.base import Job, JSONDict
 from crunchql.compute.catalog import KINDS
 from crunchql.compute.devices import GPU_KINDS
 from crunchql.compute.gpu import mandelbrot as gpu_mandelbrot
@@ -138,6 +138,22 @@ def start_shard(kind: str, params: Mapping[str, Any], shard: int, shards: int) -
     assert isinstance(parsed, MandelbrotParams)
     first, stop = block_range(parsed.height, shard, shards)
     return GpuMandelbrotShardJob(parsed.to_json(), first, stop)
+
+
+def _run(job: Job) -> JSONDict:
+    while not job.done:
+        job.step()
+    return job.result()
+
+
+def run(kind: str, params: Mapping[str, Any]) -> JSONDict:
+    """The whole GPU job at once (tests, benchmarks): what a GPU worker stores."""
+    return _run(start(kind, params))
+
+
+def run_shard(kind: str, params: Mapping[str, Any], shard: int, shards: int) -> JSONDict:
+    """One GPU shard at once: its partial, which combines with CPU shards' partials."""
+    return _run(start_shard(kind, params, shard, shards))
 
 
 def warm_up() -> None:
