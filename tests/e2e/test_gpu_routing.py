@@ -39,7 +39,7 @@ SMALL, LARGE = 1_000, 4_000
 side of the threshold below; 4,000 points are a fraction of a second in the simulator."""
 MIN_COST = "0.000005"
 FIELDS = (
-    "status device error result { ... on MonteCarloPiResult { estimate standardError samples } }"  # noqa: E501
+    "status device error result { ... on MonteCarloPiResult { estimate standardError samples } }"
 )
 
 
