@@ -54,16 +54,21 @@ async def _workers(runtime: Runtime) -> dict[str, Any]:
         return {"embedded": True, "alive": None}
     stale = timedelta(seconds=runtime.settings.worker_stale_seconds)
 
-    async def count() -> int:
+    async def count() -> tuple[int, int]:
         async with unit_of_work(runtime.services.session_factory) as session:
-            return await WorkerRepository(session).count_alive(datetime.now(UTC), stale)
+            repo = WorkerRepository(session)
+            now = datetime.now(UTC)
+            return await repo.count_alive(now, stale), await repo.count_alive(
+                now, stale, device="gpu"
+            )
 
     try:
-        alive = await asyncio.wait_for(count(), CHECK_TIMEOUT_SECONDS)
+        alive, gpu = await asyncio.wait_for(count(), CHECK_TIMEOUT_SECONDS)
     except Exception as error:
         return {"embedded": False, "alive": None, "error": type(error).__name__}
     record_workers_alive(alive)
-    return {"embedded": False, "alive": alive}
+    # gpu: how many of them are `crunchql worker --device gpu` (they take calculations.gpu).
+    return {"embedded": False, "alive": alive, "gpu": gpu}
 
 
 async def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any], dict[str, Any]]:

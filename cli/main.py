@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -58,6 +59,17 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     if args.no_scheduler:
         os.environ["CRUNCHQL_RUN_SCHEDULER"] = "false"
+    os.environ["CRUNCHQL_WORKER_DEVICE"] = args.device
+    # Read again with the two settings above: the forked worker processes inherit this
+    # process's cached Settings.
+    get_settings.cache_clear()
+    queue = "calculations"
+    if args.device == "gpu":
+        queue = "calculations.gpu"  # only: a GPU worker never takes CPU work
+        problem = _gpu_problem()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     # Prefetch no more than we can run: with Dramatiq's default (2 x threads) an idle
     # worker could watch a busy one sit on jobs.
     os.environ["dramatiq_queue_prefetch"] = str(args.threads)  # noqa: SIM112 - Dramatiq reads it lower-case
@@ -73,13 +85,27 @@ def _worker(args: argparse.Namespace) -> int:
         "--threads",
         str(args.threads),
         "--queues",
-        "calculations",
+        queue,
         "--skip-logging",
         "--worker-shutdown-timeout",
         str(args.shutdown_timeout_ms),
     ]
     sys.argv = ["crunchql worker", *argv]
     return int(dramatiq_main() or 0)  # type: ignore[no-untyped-call]
+
+
+def _gpu_problem() -> str | None:
+    """Why a GPU worker cannot start here (None: it can), asked in a child process: CUDA
+    must not be initialised in this one, which forks the worker processes."""
+    probe = "from crunchql.workers.lifecycle import check_gpu\nprint(check_gpu())\n"
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False
+    )
+    if done.returncode == 0:
+        print(f"crunchql worker --device gpu: using {done.stdout.strip()}", file=sys.stderr)
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1] if lines else "crunchql worker --device gpu: no CUDA device."
 
 
 def _scheduler(_args: argparse.Namespace) -> int:
@@ -254,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--threads", type=int, default=4, help="concurrent jobs per process")
     worker.add_argument("--shutdown-timeout-ms", type=int, default=30_000)
+    worker.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: take the calculations queue; gpu: only calculations.gpu, on CUDA kernels "
+        "(exits unless numba finds a CUDA GPU or NUMBA_ENABLE_CUDASIM=1)",
+    )
     worker.add_argument(
         "--no-scheduler",
         action="store_true",

@@ -6,7 +6,7 @@ import secrets
 import warnings
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -114,6 +114,18 @@ class Settings(BaseSettings):
     # A calculation estimated to cost more than this many seconds of one core is split
     # into shards that run on any workers (0: never split).
     shard_seconds: float = Field(default=2.0, ge=0)
+    # GPU routing (docs/operations.md, "GPU workers"): a calculation (or one shard) of a
+    # kind with a GPU kernel goes to the calculations.gpu queue while a GPU worker is
+    # alive and its estimated cost, in the shard estimate's unit (seconds of one CPU
+    # core), is at least this; below zero: never. 1 s: a smaller job takes under half a
+    # second on a 2-core CPU worker, so a GPU (one for many users) would save it little
+    # beside its own per-job costs (a queue of its own, kernel launches, copies).
+    gpu_min_cost: float = 1.0
+    # How long each process trusts its view of "a GPU worker is alive" (no query per submit).
+    gpu_alive_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # What `crunchql worker` runs kernels on (`--device` sets it): "cpu" takes the
+    # calculations queue, "gpu" only calculations.gpu.
+    worker_device: Literal["cpu", "gpu"] = "cpu"
 
     # Schedules (docs/operations.md, "Schedules").
     max_active_schedules: int = Field(default=20, ge=1)

@@ -284,6 +284,8 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What it runs kernels on: "cpu" (the calculations queue) or "gpu" (calculations.gpu).
+    device: Mapped[str] = mapped_column(String(16), default="cpu", server_default="cpu")
 
 
 class ScheduleStatus(StrEnum):

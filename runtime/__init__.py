@@ -42,6 +42,7 @@ from crunchql.services.container import (
 from crunchql.services.revocation import SessionGuard
 from crunchql.workers.broker import create_broker
 from crunchql.workers.queues import DramatiqJobQueue, EmbeddedJobQueue
+from crunchql.workers.routing import router_from
 from crunchql.workers.runner import RunnerConfig
 from crunchql.workers.scheduler import Scheduler, build_scheduler
 
@@ -148,7 +149,9 @@ async def start_runtime(
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue
     if settings.redis_url:
-        queue = DramatiqJobQueue(create_broker(settings.redis_url))
+        queue = DramatiqJobQueue(
+            create_broker(settings.redis_url), router_from(settings, session_factory)
+        )
     else:
         embedded = EmbeddedJobQueue(
             RunnerServices(session_factory=session_factory, bus=bus),

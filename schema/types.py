@@ -86,8 +86,9 @@ def result_from_json(kind: str, data: JSONDict | None) -> Any:
 
 
 def _device(row: models.Calculation | CalculationSnapshot, status: CalculationStatus) -> str | None:
-    """Where it ran or runs; None while QUEUED. Every run so far is on a CPU worker (no
-    GPU routing yet): a split calculation stores "cpu", a whole run that started ran on one."""
+    """Where it ran or runs, "cpu" or "gpu"; None while QUEUED. The claiming worker stores
+    its device (a split calculation: "gpu" once a GPU worker ran one of its shards); rows
+    from before the column existed ran on a CPU worker."""
     if status is CalculationStatus.QUEUED:
         return None
     return row.device or ("cpu" if row.started_at is not None else None)

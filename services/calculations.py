@@ -27,7 +27,7 @@ from crunchql.db.repositories import CalculationPage, CalculationRepository, Use
 from crunchql.pubsub.bus import RESYNC
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
-from crunchql.services.container import ServiceContainer
+from crunchql.services.container import ServiceContainer, Work
 
 MAX_PAGE_SIZE = 100
 COUNT_LIMIT_RETRY_SECONDS = 5.0
@@ -90,7 +90,8 @@ async def submit(
             await services.bus.publish(CalculationEvent.status_change(calculation.to_snapshot()))
 
         async def send() -> None:
-            await services.queue.enqueue(calculation_id)
+            # The kind and input let the queue route it (CPU or GPU) with no query.
+            await services.queue.enqueue(calculation_id, Work(kind.name, params))
 
         # The message goes out only once the row is committed; never on rollback.
         after_commit(session, announce)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from cachetools import TTLCache
@@ -18,9 +19,21 @@ from crunchql.pubsub.bus import EventBus
 from crunchql.services.revocation import SessionGuard
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a queue may route a calculation on (workers.routing): its kind, stored input,
+    and for a shard message how many shards share the job."""
+
+    kind: str
+    input: Mapping[str, Any]
+    shards: int = 1
+
+
 class JobQueue(Protocol):
-    async def enqueue(self, calculation_id: UUID) -> None:
-        """Hand a committed QUEUED calculation to whoever runs calculations."""
+    async def enqueue(self, calculation_id: UUID, work: Work | None = None) -> None:
+        """Hand a committed QUEUED calculation to whoever runs calculations; ``work``
+        lets the queue route it without reading the row (None: the queue decides, by
+        reading it only when it must)."""
         ...
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, EventKind
 from crunchql.db.engine import after_commit, unit_of_work
 from crunchql.db.repositories.schedule import Claim, ScheduleRepository
-from crunchql.services.container import JobQueue, Limits
+from crunchql.services.container import JobQueue, Limits, Work
 from crunchql.services.recurrence import CronError, FirePlan, MisfirePolicy, plan_fire
 from crunchql.services.schedules import recurrence_of
 
@@ -187,13 +187,15 @@ async def fire_batch(
         # Calculations first: a fire record points at its calculation.
         await repo.insert_calculations(calculations)
         await repo.insert_fires(fires)
-        ids = [(row["id"], row["owner_id"]) for row in calculations]
+        ids = [
+            (row["id"], row["owner_id"], Work(row["kind"], row["input"])) for row in calculations
+        ]
 
         async def send() -> None:
-            for calculation_id, owner_id in ids:
+            for calculation_id, owner_id, work in ids:
                 if announce is not None:
                     await announce(created_event(calculation_id, owner_id))
-                await queue.enqueue(calculation_id)
+                await queue.enqueue(calculation_id, work)
 
         if ids:
             after_commit(session, send)

@@ -44,6 +44,8 @@ from dramatiq.middleware import (
 from crunchql.pubsub.channels import queue_wakeup_key
 
 QUEUE_NAME = "calculations"
+GPU_QUEUE_NAME = "calculations.gpu"
+"""The queue only ``crunchql worker --device gpu`` processes consume (workers.routing)."""
 HEARTBEAT_TIMEOUT_MS = 15_000
 MAINTENANCE_CHANCE = 10_000  # per million commands
 BUSY_HEARTBEAT_SECONDS = 1.0
@@ -149,6 +151,51 @@ class CrunchRedisBroker(RedisBroker):
         queues = {q for name in self.get_declared_queues() for q in (name, f"{name}.DQ")}
         self.client.delete(*(queue_wakeup_key(name) for name in sorted(queues)))
 
+    def take_all(
+        self, queue_name: str, limit: int = 1000
+    ) -> list[tuple[str, dramatiq.Message[Any]]]:
+        """Take up to ``limit`` waiting messages of ``queue_name`` (and of its delay queue)
+        into this broker's unacknowledged set, each with the queue it came from, for a
+        caller that re-sends them elsewhere and then acknowledges them (:meth:`ack_taken`):
+        if this process dies in between, Dramatiq gives them back to their queue once this
+        broker's heartbeat is stale.
+
+        Dramatiq's maintenance runs first, whatever ``maintenance_chance`` says, so the
+        messages a dead consumer had fetched but not acknowledged are back in the queue
+        and taken too (a consumer is dead ``heartbeat_timeout`` after its last command).
+        """
+        taken: list[tuple[str, dramatiq.Message[Any]]] = []
+        for name in (queue_name, f"{queue_name}.DQ"):
+            while len(taken) < limit:
+                batch = self.scripts["dispatch"](
+                    keys=[self.namespace],
+                    args=[
+                        "fetch",
+                        current_millis(),
+                        name,
+                        self.broker_id,
+                        self.heartbeat_timeout,
+                        self.dead_message_ttl,
+                        1,  # maintenance now
+                        self._max_unpack_size(),  # type: ignore[no-untyped-call]
+                        min(100, limit - len(taken)),
+                    ],
+                )
+                if not batch:
+                    break
+                for data in batch:
+                    if data is None:  # acknowledged meanwhile
+                        continue
+                    taken.append((name, dramatiq.Message.decode(data)))
+        return taken
+
+    def ack_taken(self, taken: list[tuple[str, dramatiq.Message[Any]]]) -> None:
+        """Acknowledge what :meth:`take_all` took: it is gone from its queue."""
+        for name, message in taken:
+            message_id = message.options.get("redis_message_id")
+            if message_id:
+                self._dispatch("ack")(name, message_id)  # type: ignore[no-untyped-call]
+
     def wake(self, queue_name: str = QUEUE_NAME) -> None:
         """Wake one idle consumer of ``queue_name``."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -218,4 +265,5 @@ def create_broker(
         maintenance_chance=MAINTENANCE_CHANCE,
     )
     broker.declare_queue(QUEUE_NAME)
+    broker.declare_queue(GPU_QUEUE_NAME)
     return broker

@@ -11,10 +11,11 @@ import signal
 import socket
 import time
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
@@ -31,9 +32,10 @@ from crunchql.pubsub.redis_client import create_redis
 from crunchql.services.audit import apply_retention
 from crunchql.services.container import RunnerServices
 from crunchql.services.schedule_fire import Announce
-from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
-from crunchql.workers.queues import DramatiqJobQueue
-from crunchql.workers.runner import RunnerConfig
+from crunchql.workers.broker import GPU_QUEUE_NAME, QUEUE_NAME, CrunchRedisBroker
+from crunchql.workers.queues import SHARD_ACTOR_NAME, DramatiqJobQueue
+from crunchql.workers.routing import GpuRouter, router_from
+from crunchql.workers.runner import GpuJobs, RunnerConfig
 from crunchql.workers.scheduler import Scheduler, build_scheduler
 
 logger = logging.getLogger("crunchql.worker")
@@ -52,6 +54,8 @@ class WorkerRuntime:
     settings: Settings
     broker: CrunchRedisBroker
     services: RunnerServices
+    queue: DramatiqJobQueue
+    router: GpuRouter
     config: RunnerConfig
     executor: ThreadPoolExecutor
     redis: Redis
@@ -68,17 +72,25 @@ class WorkerRuntime:
         )
         redis = create_redis(settings.redis_url or "")
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        session_factory = create_session_factory(engine)
+        router = router_from(settings, session_factory)
+        queue = DramatiqJobQueue(broker, router)
+        gpu = settings.worker_device == "gpu"
         runtime = cls(
             settings=settings,
             broker=broker,
-            services=RunnerServices(
-                session_factory=create_session_factory(engine), bus=RedisEventBus(redis)
-            ),
+            services=RunnerServices(session_factory=session_factory, bus=RedisEventBus(redis)),
+            queue=queue,
+            router=router,
             config=RunnerConfig(
                 worker_id=worker_id,
-                requeue=DramatiqJobQueue(broker).enqueue,
-                shard_seconds=settings.shard_seconds,
-                send_shard=DramatiqJobQueue(broker).enqueue_shard,
+                requeue=queue.enqueue,
+                # A GPU worker runs a calculation whole: its kernels are ~100x one core,
+                # so splitting it would only add overhead (it still runs shards it gets).
+                shard_seconds=0.0 if gpu else settings.shard_seconds,
+                send_shard=queue.enqueue_shard,
+                device=settings.worker_device,
+                gpu=_gpu_jobs() if gpu else None,
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
@@ -104,8 +116,9 @@ class WorkerRuntime:
             try:
                 async with unit_of_work(self.services.session_factory) as session:
                     await WorkerRepository(session).beat(
-                        self.config.worker_id, hostname, pid, datetime.now(UTC)
-                    )
+                        self.config.worker_id, hostname, pid, datetime.now(UTC),
+                        device=self.config.device,
+                    )  # fmt: skip
             except Exception as error:
                 logger.warning("worker heartbeat failed: %s", error)
             await asyncio.sleep(self.settings.worker_heartbeat_seconds)
@@ -145,7 +158,15 @@ class WorkerRuntime:
             await apply_retention(
                 session, now, audit_retention=timedelta(days=self.settings.audit_retention_days)
             )
-        queue = DramatiqJobQueue(self.broker)
+            gpu_alive = await WorkerRepository(session).count_alive(
+                now, self.config.stale_after, device="gpu"
+            )
+        queue = self.queue
+        if gpu_alive:
+            stranded = 0
+        else:  # before the re-sends below, which then see no GPU worker either
+            self.router.forget()
+            stranded = await self.rescue_gpu_queue()
         for calculation_id in resend:
             logger.warning(
                 "re-sending calculation %s (worker gone or message lost)", calculation_id
@@ -156,7 +177,33 @@ class WorkerRuntime:
                 "re-sending calculation %s shard %d (worker gone)", calculation_id, shard
             )
             await queue.enqueue_shard(calculation_id, shard)
-        return len(resend) + len(shards)
+        return len(resend) + len(shards) + stranded
+
+    async def rescue_gpu_queue(self) -> int:
+        """No GPU worker is alive: move every message waiting in ``calculations.gpu``
+        (its delay queue, and what a dead GPU worker had fetched, included) to where
+        the router sends it now, the CPU queue. Taken, re-sent, then acknowledged: if
+        this process dies in between, Dramatiq gives them back to the GPU queue and the
+        next sweep (here or in another worker) moves them again. Duplicates are harmless
+        (a claim is conditional)."""
+        if await asyncio.to_thread(self.broker.do_qsize, GPU_QUEUE_NAME) == 0:
+            return 0
+        taken = await asyncio.to_thread(self.broker.take_all, GPU_QUEUE_NAME)
+        for _, message in taken:
+            try:
+                calculation_id = uuid.UUID(str(message.args[0]))
+            except (IndexError, ValueError):
+                continue  # not ours to run
+            if message.actor_name == SHARD_ACTOR_NAME and len(message.args) > 1:
+                shard = int(message.args[1])
+                logger.warning("GPU worker gone: calculation %s shard %d to the CPU queue",
+                               calculation_id, shard)  # fmt: skip
+                await self.queue.enqueue_shard(calculation_id, shard)
+            else:
+                logger.warning("GPU worker gone: calculation %s to the CPU queue", calculation_id)
+                await self.queue.enqueue(calculation_id)
+        await asyncio.to_thread(self.broker.ack_taken, taken)
+        return len(taken)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -183,6 +230,33 @@ class WorkerRuntime:
         await self.redis.aclose()
 
 
+def _gpu_jobs() -> GpuJobs:
+    """The GPU jobs (imports numba.cuda: only in a GPU worker's process)."""
+    from crunchql.compute.gpu import jobs
+
+    return cast(GpuJobs, jobs)
+
+
+def check_gpu() -> str:
+    """The CUDA device this process will use ("CUDA simulator" under
+    ``NUMBA_ENABLE_CUDASIM=1``); ``SystemExit`` with the reason when there is none, so a
+    GPU worker never quietly runs its jobs elsewhere."""
+    try:
+        from crunchql.compute.gpu import compat
+
+        if compat.gpu_available():
+            if compat.SIMULATOR:  # its uint64 hashes wrap on NumPy scalars, which warn
+                warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+            return compat.device_name()
+        reason = "numba finds no CUDA GPU (driver, CUDA_VISIBLE_DEVICES?)"
+    except Exception as error:  # numba-cuda missing, a broken driver
+        reason = f"{type(error).__name__}: {error}"
+    raise SystemExit(
+        f"crunchql worker --device gpu: no CUDA device: {reason}. Run it on a machine with "
+        "an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 for numba's CUDA simulator (tests)."
+    )
+
+
 def start_scheduler(
     settings: Settings, broker: CrunchRedisBroker, publish: Announce | None = None
 ) -> Scheduler:
@@ -192,10 +266,11 @@ def start_scheduler(
     from crunchql.runtime import limits_from
 
     engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
+    factory = create_session_factory(engine)
     scheduler = build_scheduler(
         settings,
-        create_session_factory(engine),
-        DramatiqJobQueue(broker),
+        factory,
+        DramatiqJobQueue(broker, router_from(settings, factory)),
         limits_from(settings),
         publish=publish,
     )
@@ -261,6 +336,14 @@ class WorkerLifecycle(Middleware):
         if self.settings.metrics:
             start_worker_metrics_server(self.settings.worker_metrics_port)
         started = time.perf_counter()
+        if self.settings.worker_device == "gpu":
+            device = check_gpu()
+            from crunchql.compute.gpu import jobs
+
+            jobs.warm_up()
+            logger.info("GPU kernels ready on %s in %.2f s", device,
+                        time.perf_counter() - started)  # fmt: skip
+            return
         warm_up_all()
         logger.info("kernels ready in %.2f s", time.perf_counter() - started)
 

@@ -7,7 +7,7 @@ import dramatiq
 from crunchql.core.logging import configure_logging
 from crunchql.core.settings import get_settings
 from crunchql.observability.errors import init_error_reporting
-from crunchql.workers.broker import QUEUE_NAME, create_broker
+from crunchql.workers.broker import GPU_QUEUE_NAME, QUEUE_NAME, create_broker
 from crunchql.workers.lifecycle import WorkerLifecycle, current_runtime
 from crunchql.workers.queues import (
     ACTOR_NAME,
@@ -24,15 +24,18 @@ if not settings.redis_url:
 
 broker = create_broker(settings.redis_url, extra_middleware=[WorkerLifecycle(settings)])
 dramatiq.set_broker(broker)
+# Which queue this process consumes is `dramatiq --queues` (cli: --device); an actor runs
+# whatever message names it, from either queue.
+QUEUE = GPU_QUEUE_NAME if settings.worker_device == "gpu" else QUEUE_NAME
 
 
-@dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, broker=broker)
+@dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE, broker=broker)
 async def run(calculation_id: str) -> None:
     runtime = current_runtime()
     await run_message(runtime.services, runtime.config, runtime.executor, calculation_id)
 
 
-@dramatiq.actor(actor_name=SHARD_ACTOR_NAME, queue_name=QUEUE_NAME, broker=broker)
+@dramatiq.actor(actor_name=SHARD_ACTOR_NAME, queue_name=QUEUE, broker=broker)
 async def run_shard(calculation_id: str, shard: int) -> None:
     runtime = current_runtime()
     await run_shard_message(

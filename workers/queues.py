@@ -13,8 +13,9 @@ from dramatiq.middleware import CurrentMessage
 
 from crunchql.compute.catalog import warm_up_all
 from crunchql.core.lifecycle import RunOutcome
-from crunchql.services.container import Infrastructure
+from crunchql.services.container import Infrastructure, Work
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
+from crunchql.workers.routing import GpuRouter
 from crunchql.workers.runner import RunnerConfig, run_with_policy
 from crunchql.workers.shards import run_shard_with_policy
 
@@ -25,14 +26,21 @@ SEND_TIMEOUT_SECONDS = 5.0
 
 
 class DramatiqJobQueue:
-    """Sends ``calculation.run`` messages; the API never imports the actor itself."""
+    """Sends ``calculation.run`` and ``calculation.shard`` messages; the API never imports
+    the actors themselves.
 
-    def __init__(self, broker: CrunchRedisBroker) -> None:
+    With a ``router`` (:mod:`workers.routing`) each message goes to ``calculations.gpu``
+    or ``calculations`` by its kind, size and whether a GPU worker is alive; without
+    one (and for ``work=None`` while no GPU worker is alive) to ``calculations``.
+    """
+
+    def __init__(self, broker: CrunchRedisBroker, router: GpuRouter | None = None) -> None:
         self.broker = broker
+        self.router = router
 
-    def send(self, calculation_id: uuid.UUID) -> None:
+    def send(self, calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME) -> None:
         message: dramatiq.Message[None] = dramatiq.Message(
-            queue_name=QUEUE_NAME,
+            queue_name=queue_name,
             actor_name=ACTOR_NAME,
             args=(str(calculation_id),),
             kwargs={},
@@ -40,15 +48,29 @@ class DramatiqJobQueue:
         )
         self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
 
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def _queue(
+        self, calculation_id: uuid.UUID, work: Work | None, shards: int | None = None
+    ) -> str:
+        if self.router is None:
+            return QUEUE_NAME
+        if work is None:
+            return await self.router.queue_for_id(calculation_id, shards)
+        return await self.router.queue_for(work)
+
+    async def enqueue(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
         # Bounded: the row is committed, and a send that does not go through is re-sent
         # by the workers' sweeper, so a caller never waits long on Redis.
-        await asyncio.wait_for(asyncio.to_thread(self.send, calculation_id), SEND_TIMEOUT_SECONDS)
+        queue_name = await self._queue(calculation_id, work)
+        await asyncio.wait_for(
+            asyncio.to_thread(self.send, calculation_id, queue_name), SEND_TIMEOUT_SECONDS
+        )
 
-    def send_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+    def send_shard(
+        self, calculation_id: uuid.UUID, shard: int, queue_name: str = QUEUE_NAME
+    ) -> None:
         """A ``calculation.shard`` message, keyed by (calculation, shard)."""
         message: dramatiq.Message[None] = dramatiq.Message(
-            queue_name=QUEUE_NAME,
+            queue_name=queue_name,
             actor_name=SHARD_ACTOR_NAME,
             args=(str(calculation_id), shard),
             kwargs={},
@@ -56,9 +78,14 @@ class DramatiqJobQueue:
         )
         self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
 
-    async def enqueue_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+    async def enqueue_shard(
+        self, calculation_id: uuid.UUID, shard: int, work: Work | None = None
+    ) -> None:
+        """Each shard is routed on its own share of the job (``work.shards``)."""
+        queue_name = await self._queue(calculation_id, work)
         await asyncio.wait_for(
-            asyncio.to_thread(self.send_shard, calculation_id, shard), SEND_TIMEOUT_SECONDS
+            asyncio.to_thread(self.send_shard, calculation_id, shard, queue_name),
+            SEND_TIMEOUT_SECONDS,
         )
 
 
@@ -134,7 +161,8 @@ class EmbeddedJobQueue:
         (which simply queues behind it)."""
         self._executor.submit(warm_up_all)
 
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
+        # One process, CPU kernels only: nothing to route.
         self._spawn(calculation_id, take_over=False)
 
     def _spawn(self, calculation_id: uuid.UUID, *, take_over: bool) -> None:
@@ -161,7 +189,9 @@ class EmbeddedJobQueue:
                 await asyncio.sleep(self.config.retry.backoff(retries))
                 retries += 1
 
-    async def enqueue_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
+    async def enqueue_shard(
+        self, calculation_id: uuid.UUID, shard: int, work: Work | None = None
+    ) -> None:
         task = asyncio.create_task(self._run_shard(calculation_id, shard))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -14,21 +14,22 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from crunchql.compute.base import Job, ParameterError
 from crunchql.compute.catalog import KINDS
+from crunchql.compute.devices import has_gpu_kernel
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import Calculation
 from crunchql.db.repositories import CalculationRepository, ShardRepository
 from crunchql.observability.metrics import record_finished
-from crunchql.services.container import Infrastructure
+from crunchql.services.container import Infrastructure, Work
 
 logger = logging.getLogger("crunchql.runner")
 GAVE_UP = "Gave up after repeated infrastructure errors."
@@ -53,10 +54,21 @@ class RunnerConfig:
     # Splitting a large calculation into shards: their target cost in seconds of one
     # core (0: never split) and how a shard is sent to run (None: never split).
     shard_seconds: float = 0.0
-    send_shard: Callable[[uuid.UUID, int], Awaitable[None]] | None = None
+    send_shard: Callable[[uuid.UUID, int, Work | None], Awaitable[None]] | None = None
     # Fair share: an owner's calculations beyond this many running are not claimed;
     # their message is dropped and sent again when one of the owner's runs ends.
     max_running_per_user: int | None = None
+    # What this worker runs kernels on, written on what it claims ("cpu" or "gpu"), and
+    # for "gpu" the GPU jobs (compute.gpu.jobs.start / start_shard, set by a GPU worker
+    # so that nothing else imports numba.cuda).
+    device: str = "cpu"
+    gpu: GpuJobs | None = None
+
+
+class GpuJobs(Protocol):
+    def start(self, kind: str, params: Mapping[str, Any]) -> Job: ...
+
+    def start_shard(self, kind: str, params: Mapping[str, Any], shard: int, shards: int) -> Job: ...
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,7 @@ async def run_calculation(
             stale_before,
             max_running=config.max_running_per_user,
             alive_after=now - config.stale_after,
+            device=config.device,
         )
     if calculation is None:
         # Finished, cancelled, alive on another worker, or its owner is at the running
@@ -262,8 +275,16 @@ async def _execute(
 
     if kind is None:
         return await fail(f"Unknown calculation kind {calculation.kind!r}.")
+    if config.gpu is not None and not has_gpu_kernel(kind.name) and calculation.shards == 1:
+        # Not routed here by the service (a message from an older release, a hand
+        # edit): a CPU worker runs it.
+        await _hand_back(services, config, calculation.id)
+        logger.info("calculation %s (%s) handed to the CPU queue", calculation.id, kind.name)
+        return RunOutcome.RELEASED
     try:
-        job = kind.start(kind.validate(calculation.input))
+        params = kind.validate(calculation.input)
+        gpu = config.gpu if calculation.shards == 1 else None  # a split one: dispatch only
+        job = kind.start(params) if gpu is None else gpu.start(kind.name, params)
     except ParameterError as error:
         return await fail(f"Invalid input: {error.message}")
     except Exception as error:
@@ -379,8 +400,9 @@ async def _dispatch_shards(
         waiting = await repo.waiting(calculation.id, _now() - config.stale_after)
     logger.info("calculation %s runs as %d shards; sending %s", calculation.id, shards, waiting)
     await _announce(services, calculation)
+    work = Work(calculation.kind, calculation.input, shards)
     for shard in waiting:
-        await send(calculation.id, shard)
+        await send(calculation.id, shard, work)  # each shard routed on its own share
     return RunOutcome.SPLIT
 
 

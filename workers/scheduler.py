@@ -41,7 +41,7 @@ from crunchql.db.repositories.schedule import (
     ScheduleRepository,
 )
 from crunchql.observability.metrics import record_fires, set_leader
-from crunchql.services.container import JobQueue, Limits
+from crunchql.services.container import JobQueue, Limits, Work
 from crunchql.services.schedule_fire import Announce, FireConfig, fire_batch
 from crunchql.services.schedules import changes
 
@@ -184,22 +184,24 @@ class Outbox:
         self.queue = queue
         self.senders = senders
         self.publish = publish
-        self._pending: asyncio.Queue[uuid.UUID | CalculationEvent] = asyncio.Queue()
+        self._pending: asyncio.Queue[tuple[uuid.UUID, Work | None] | CalculationEvent] = (
+            asyncio.Queue()
+        )
         self._tasks: list[asyncio.Task[None]] = []
         # Cleared while the scheduler fires: sending (Redis, a thread hop per message)
         # would take the CPU from the fires still to be made.
         self.flowing = asyncio.Event()
         self.flowing.set()
 
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
-        self._put(calculation_id)
+    async def enqueue(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
+        self._put((calculation_id, work))
 
     async def announce(self, event: CalculationEvent) -> None:
         """Publish a fired calculation's "created" event for its owner's list views."""
         if self.publish is not None:
             self._put(event)
 
-    def _put(self, item: uuid.UUID | CalculationEvent) -> None:
+    def _put(self, item: tuple[uuid.UUID, Work | None] | CalculationEvent) -> None:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
         self._pending.put_nowait(item)
@@ -213,7 +215,7 @@ class Outbox:
                     assert self.publish is not None
                     await self.publish(item)
                 else:
-                    await self.queue.enqueue(item)
+                    await self.queue.enqueue(*item)
             except Exception as error:
                 # A lost event costs a list view one live row (it shows on a re-read);
                 # a lost message is re-sent by the workers' lost-message sweep.
@@ -404,6 +406,7 @@ async def serve(settings: Settings) -> None:
     from crunchql.runtime import limits_from
     from crunchql.workers.broker import create_broker
     from crunchql.workers.queues import DramatiqJobQueue
+    from crunchql.workers.routing import router_from
 
     assert settings.redis_url
     if settings.metrics:
@@ -411,10 +414,11 @@ async def serve(settings: Settings) -> None:
     engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
     broker = create_broker(settings.redis_url)
     redis = create_redis(settings.redis_url)
+    factory = create_session_factory(engine)
     scheduler = build_scheduler(
         settings,
-        create_session_factory(engine),
-        DramatiqJobQueue(broker),
+        factory,
+        DramatiqJobQueue(broker, router_from(settings, factory)),
         limits_from(settings),
         publish=RedisEventBus(redis).publish,
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from crunchql.compute.base import Job
 from crunchql.compute.catalog import KINDS
+from crunchql.compute.devices import has_gpu_kernel
 from crunchql.core.lifecycle import CalculationEvent, RunOutcome
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import unit_of_work
@@ -106,7 +107,7 @@ async def run_shard(
     stale_before = now if take_over else now - config.stale_after
     async with unit_of_work(services.session_factory) as session:
         calculation = await ShardRepository(session).claim(
-            calculation_id, shard, config.worker_id, now, stale_before
+            calculation_id, shard, config.worker_id, now, stale_before, device=config.device
         )
     if calculation is None:
         return ShardStats()  # stored already, cancelled, or alive on another worker
@@ -135,7 +136,11 @@ async def _execute(
             await _fail(services, key, f"Unknown calculation kind {calculation.kind!r}.")
         ).outcome
     try:
-        job: Job = kind.start_shard(calculation.input, shard, calculation.shards)
+        job: Job
+        if config.gpu is not None and has_gpu_kernel(kind.name):
+            job = config.gpu.start_shard(kind.name, calculation.input, shard, calculation.shards)
+        else:  # not routed to a GPU worker by the service; its CPU kernel still runs it
+            job = kind.start_shard(calculation.input, shard, calculation.shards)
     except Exception as error:
         logger.exception("starting %s shard %d failed", key, shard)
         message = f"The {calculation.kind} kernel failed: {type(error).__name__}: {error}"
@@ -270,7 +275,7 @@ async def _release(
 async def _resend(config: RunnerConfig, calculation_id: uuid.UUID, shard: int) -> None:
     if config.send_shard is not None:
         with contextlib.suppress(Exception):
-            await config.send_shard(calculation_id, shard)
+            await config.send_shard(calculation_id, shard, None)
 
 
 async def _fail(services: Infrastructure, calculation_id: uuid.UUID, reason: str) -> ShardStats:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -164,8 +164,10 @@ class CalculationRepository:
         *,
         max_running: int | None = None,
         alive_after: datetime | None = None,
+        device: str = "cpu",
     ) -> Calculation | None:
-        """QUEUED → RUNNING, or take over a RUNNING one whose worker stopped beating.
+        """QUEUED → RUNNING, or take over a RUNNING one whose worker stopped beating;
+        ``device`` ("cpu", "gpu": what the claiming worker runs on) is stored with it.
 
         None when the calculation is finished, cancelled or alive elsewhere: a duplicate
         or late message then does nothing. With ``max_running``, also None (and the row
@@ -198,6 +200,8 @@ class CalculationRepository:
                 "heartbeat_at": now,
                 "version": Calculation.version + 1,
                 "error": None,
+                # A split calculation keeps what its shards say (ShardRepository.claim).
+                "device": case((Calculation.shards > 1, Calculation.device), else_=device),
             },
         )
 

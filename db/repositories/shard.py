@@ -127,9 +127,13 @@ class ShardRepository:
         worker_id: str,
         now: datetime,
         stale_before: datetime,
+        *,
+        device: str = "cpu",
     ) -> Calculation | None:
         """QUEUED → RUNNING (or take over a stale RUNNING shard) while the calculation is
-        active; the calculation's row, or None when there is nothing to run."""
+        active; the calculation's row, or None when there is nothing to run. A shard
+        claimed by a GPU worker marks the calculation's device "gpu" (for good: part of
+        it ran on a GPU); CPU shards leave the "cpu" of the split as it is."""
         shard_table = cast(Table, CalculationShard.__table__)
         calculation_active = exists().where(
             Calculation.id == shard_table.c.calculation_id, _CALCULATION_ACTIVE
@@ -174,6 +178,7 @@ class ShardRepository:
                     .values(
                         attempts=_greatest(self.session, table.c.attempts, attempts),
                         version=table.c.version + (table.c.attempts < attempts).cast(Integer),
+                        **({"device": "gpu"} if device == "gpu" else {}),
                     )
                     .returning(*table.c)
                 )

@@ -197,7 +197,7 @@ def variables_for(field: GraphQLField) -> st.SearchStrategy[dict[str, Any]]:
 class NoQueue:
     """Submitted calculations stay QUEUED: the fuzzer must not run kernels."""
 
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
         return None
 
 

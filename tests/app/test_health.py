@@ -37,7 +37,7 @@ async def test_an_api_without_workers_is_ready_and_says_so(
         assert body["status"] == "ready"
         assert body["checks"]["database"]["ok"] and body["checks"]["redis"]["ok"]
         assert "workers" not in body["checks"]  # presence is not a readiness check
-        assert body["workers"] == {"embedded": False, "alive": 0}
+        assert body["workers"] == {"embedded": False, "alive": 0, "gpu": 0}
         assert REGISTRY.get_sample_value("crunchql_workers_alive") == 0
         # Users can still sign up and read their (queued) work with no worker anywhere.
         client.token = (await client.register())["accessToken"]
@@ -50,7 +50,7 @@ async def test_an_api_without_workers_is_ready_and_says_so(
         await _beat(postgres_url, "gone", now - timedelta(seconds=120))  # stale
         response = await client.http.get("/readyz")
         assert response.status_code == 200
-        assert response.json()["workers"] == {"embedded": False, "alive": 2}
+        assert response.json()["workers"] == {"embedded": False, "alive": 2, "gpu": 0}
         assert REGISTRY.get_sample_value("crunchql_workers_alive") == 2
     await truncate(postgres_url)
     await flush_redis(redis_url)

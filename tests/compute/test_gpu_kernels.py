@@ -288,3 +288,96 @@ def test_n_body_leapfrog_equals_cpu(gpu: Gpu, threads: int) -> None:
     assert cpu_n_body.energy(got[0], got[1], mu, config.SOFTENING) == cpu_n_body.energy(
         pos, vel, mu, config.SOFTENING
     )
+
+
+# ---- the runner's GPU jobs (compute/gpu/jobs.py): what a `--device gpu` worker stores --------
+
+
+def cpu_run(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    from crunchql.compute.catalog import KINDS
+
+    job = KINDS[kind].start(KINDS[kind].validate(params))
+    while not job.done:
+        job.step()
+    return job.result()
+
+
+def cpu_shard(kind: str, params: dict[str, Any], shard: int, shards: int) -> dict[str, Any]:
+    from crunchql.compute.catalog import KINDS
+
+    job = KINDS[kind].start_shard(KINDS[kind].validate(params), shard, shards)
+    while not job.done:
+        job.step()
+    return job.result()
+
+
+JOB_CASES = {
+    "monteCarloPi": ({"samples": 2_500, "seed": 5}, {"samples": 10**8, "seed": 5}),
+    "optionPricing": (
+        option_params(paths=40, steps=6, seed=11),
+        option_params(paths=50_000, steps=64, seed=11),
+    ),
+    "mandelbrot": (
+        {"width": 12, "height": 10, "maxIterations": 60, "xMin": -2.0, "xMax": 0.5,
+         "yMin": -1.1, "yMax": 1.1},
+        {"width": 1024, "height": 768, "maxIterations": 500, "xMin": -2.0, "xMax": 0.5,
+         "yMin": -1.1, "yMax": 1.1},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(JOB_CASES))
+def test_a_gpu_job_stores_the_cpu_jobs_result(gpu: Gpu, kind: str) -> None:
+    """Same shape, and the same values: bitwise for the integer kinds (and for every kind
+    in the simulator, whose libm is the CPU's); optionPricing on a GPU within the bound."""
+    from crunchql.compute.catalog import KINDS
+
+    small, large = JOB_CASES[kind]
+    params = KINDS[kind].validate(large if gpu.device else small)
+    expected = cpu_run(kind, params)
+    got = gpu.call("jobs", "run", kind, params)
+    assert set(got) == set(expected)
+    if kind == "optionPricing" and gpu.device:
+        setup = cpu_option.make_setup(params)
+        sums = np.zeros((setup.blocks, cpu_option.N_SUMS))
+        cpu_option._run_kernel(cpu_option._sums_serial, setup, 0, sums)
+        pairs = np.minimum(
+            setup.block_pairs, setup.paths - np.arange(setup.blocks) * setup.block_pairs
+        )
+        tol = sums_tolerance(
+            sums, pairs, setup.steps, setup.strike, setup.x0, setup.a, setup.b, setup.c_y,
+            setup.e_x,
+        )  # fmt: skip
+        allowed = result_tolerance(lambda s: cpu_option.summarize(setup, s, setup.paths), sums, tol)
+        for key, limit in allowed.items():
+            assert abs(got[key] - expected[key]) <= limit, key
+    else:
+        assert got == expected
+
+
+def test_gpu_shards_combine_with_cpu_shards_into_the_unsplit_result(gpu: Gpu) -> None:
+    """A split run whose shards ran on both kinds of worker: a GPU shard's partial is a
+    CPU shard's, so the combination is the unsplit result (the GPU shard is the short
+    last one, so that the simulator stays quick)."""
+    from crunchql.compute.catalog import KINDS
+
+    cases = {
+        # two stream blocks, the second 100 points long
+        "monteCarloPi": {"samples": cpu_pi.BLOCK + 100, "seed": 8},
+        # 4096 steps: 64 pairs per block, so two blocks, the second one pair
+        "optionPricing": option_params(paths=65, steps=4096, seed=2),
+        "mandelbrot": {"width": 9, "height": 8, "maxIterations": 40},
+    }
+    for kind, raw in cases.items():
+        params = KINDS[kind].validate(raw)
+        expected = cpu_run(kind, params)
+        partials = [
+            cpu_shard(kind, params, 0, 2),
+            gpu.call("jobs", "run_shard", kind, params, 1, 2),
+        ]
+        assert partials[1] == cpu_shard(kind, params, 1, 2) or gpu.device, kind
+        combined = KINDS[kind].combine(params, partials)
+        if kind == "optionPricing" and gpu.device:
+            assert combined["price"] == pytest.approx(expected["price"], rel=1e-12)
+        else:
+            assert combined == expected, kind

@@ -24,6 +24,7 @@ EXPECTED_SERVICES = {
     "migrate",
     "api",
     "worker",
+    "worker-gpu",  # profile "gpu": started only with --profile gpu
     "nginx",
     "prometheus",
     "grafana",

@@ -168,12 +168,14 @@ def start_api(
     return process, f"127.0.0.1:{port}"
 
 
-def start_worker(env: dict[str, str], log_dir: Path, *, threads: int = 2) -> ServiceProcess:
+def start_worker(
+    env: dict[str, str], log_dir: Path, *, threads: int = 2, device: str = "cpu"
+) -> ServiceProcess:
     # A port of its own for the worker's /metrics: tests run next to other stacks.
     port = free_port()
     process = ServiceProcess(
-        "worker",
-        [*CRUNCHQL, "worker", "--processes", "1", "--threads", str(threads)],
+        "worker" if device == "cpu" else f"worker-{device}",
+        [*CRUNCHQL, "worker", "--processes", "1", "--threads", str(threads), "--device", device],
         {**env, "CRUNCHQL_WORKER_METRICS_PORT": str(port)},
         log_dir,
     )

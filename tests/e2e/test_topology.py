@@ -315,7 +315,11 @@ async def test_the_fleet_serves_with_every_worker_gone(topology: Topology) -> No
 
         # At the latest when the last heartbeat is stale (CRUNCHQL_WORKER_STALE_SECONDS).
         body = await wait_until(no_worker, LOAD_FACTOR * 6 + MARGIN_SECONDS, "no live worker")
-    assert body["status"] == "ready" and body["workers"] == {"embedded": False, "alive": 0}
+    assert body["status"] == "ready" and body["workers"] == {
+        "embedded": False,
+        "alive": 0,
+        "gpu": 0,
+    }
     # Log in again, read the finished result, queue a new calculation.
     graphql.token = None
     queued = await _login_and_submit(graphql, email, 20_000)

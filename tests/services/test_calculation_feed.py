@@ -24,7 +24,7 @@ from crunchql.services.container import Limits, ServiceContainer
 
 
 class NoQueue:
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
         return None
 
 

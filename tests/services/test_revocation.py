@@ -28,7 +28,7 @@ from crunchql.services.sessions import announce, ensure_live
 
 
 class NoQueue:
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
         return None
 
 

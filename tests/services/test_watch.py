@@ -25,7 +25,7 @@ from tests.conftest import wait_for
 
 
 class NoQueue:
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
         return None
 
 

@@ -33,7 +33,7 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.sent: list[uuid.UUID] = []
 
-    async def enqueue(self, calculation_id: uuid.UUID) -> None:
+    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
         self.sent.append(calculation_id)
 
 

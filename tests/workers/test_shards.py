@@ -22,7 +22,7 @@ from crunchql.db.engine import create_engine, create_session_factory, unit_of_wo
 from crunchql.db.models import Calculation, CalculationShard, ShardStatus, User
 from crunchql.db.repositories import CalculationRepository, ShardRepository
 from crunchql.pubsub.bus import InProcessEventBus
-from crunchql.services.container import RunnerServices
+from crunchql.services.container import RunnerServices, Work
 from crunchql.workers.queues import EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig, run_calculation
 from crunchql.workers.shards import run_shard, run_shard_with_policy
@@ -53,9 +53,13 @@ class Sent:
 
     def __init__(self) -> None:
         self.messages: list[tuple[uuid.UUID, int]] = []
+        self.work: list[Work | None] = []
 
-    async def __call__(self, calculation_id: uuid.UUID, shard: int) -> None:
+    async def __call__(
+        self, calculation_id: uuid.UUID, shard: int, work: Work | None = None
+    ) -> None:
         self.messages.append((calculation_id, shard))
+        self.work.append(work)
 
 
 def config(sent: Sent | None = None, **overrides: Any) -> RunnerConfig:
@@ -122,6 +126,9 @@ async def test_a_large_run_is_split_and_any_workers_in_any_order_give_the_unspli
     assert row.status is CalculationStatus.RUNNING and row.device == "cpu"
     assert row.shards == 8 and row.shards_done == 0  # one shard per block
     assert sent.messages == [(calculation_id, shard) for shard in range(8)]
+    # Each shard message carries what routing needs: the kind, input and shard count
+    # (a shard goes to a GPU worker on its own share of the cost).
+    assert sent.work == [Work("monteCarloPi", row.input, 8)] * 8
     workers = [config(sent), config(sent)]
     order = list(range(8))
     random.Random(7).shuffle(order)
@@ -308,3 +315,21 @@ async def test_the_embedded_queue_runs_shards_to_the_unsplit_result(
     assert row.status is CalculationStatus.SUCCEEDED, row.error
     assert row.shards > 1 and row.shards_done == row.shards
     assert row.result == unsplit(kind, INPUTS[kind])
+
+
+async def test_a_shard_run_by_a_gpu_worker_marks_the_calculation_gpu(
+    services: RunnerServices,
+) -> None:
+    """``device`` says where a calculation ran: a split one is "cpu" until a worker that
+    claims shards as "gpu" runs one of them, then "gpu" for good; a CPU worker's later
+    shards and the final result do not turn it back."""
+    calculation_id, sent = await split(services, "monteCarloPi", PI)
+    assert (await load(services, calculation_id)).device == "cpu"
+    # The shard's kernel is whatever config.gpu gives; None here: the CPU kernel (the
+    # claim's bookkeeping is what is under test).
+    await run_shard(services, config(sent, device="gpu"), calculation_id, 0)
+    assert (await load(services, calculation_id)).device == "gpu"
+    for shard in range(1, 8):
+        await run_shard(services, config(sent), calculation_id, shard)
+    row = await load(services, calculation_id)
+    assert row.status is CalculationStatus.SUCCEEDED and row.device == "gpu"
