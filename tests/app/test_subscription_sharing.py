@@ -222,9 +222,7 @@ async def test_direct_frames_are_byte_identical_to_the_normal_path(
     token, user_id = await register(port)
     services = app.state.runtime.services
     queued = await queued_row(app, user_id)
-    direct, first_direct, normal, first_normal = await open_both(
-        app, port, token, FULL, queued.id
-    )
+    direct, first_direct, normal, first_normal = await open_both(app, port, token, FULL, queued.id)
     # The snapshot goes the normal way in both (the ownership check, the operation's
     # extensions); the same bytes.
     assert first_direct == first_normal
@@ -239,16 +237,22 @@ async def test_direct_frames_are_byte_identical_to_the_normal_path(
     events = [
         CalculationEvent.status_change(running),
         CalculationEvent.progress_tick(
-            queued.id, attempt=1, version=running.version, progress=0.5,
+            queued.id,
+            attempt=1,
+            version=running.version,
+            progress=0.5,
             partial_result={"estimate": 3.1, "standardError": 0.2, "samples": 5},
-        ),  # fmt: skip
+        ),
         CalculationEvent.status_change(
             dataclasses.replace(
-                running, status=CalculationStatus.SUCCEEDED, version=running.version + 1,
-                progress=1.0, finished_at=now,
+                running,
+                status=CalculationStatus.SUCCEEDED,
+                version=running.version + 1,
+                progress=1.0,
+                finished_at=now,
                 result={"estimate": 3.14, "standardError": 0.01, "samples": 10},
             )
-        ),  # fmt: skip
+        ),
     ]
     frames: list[tuple[str, str]] = []
     for event in events:
