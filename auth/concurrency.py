@@ -50,6 +50,9 @@ class SlotLimiter:
         self._held: dict[str, set[str]] = {}
         self._acquire = redis.register_script(_ACQUIRE) if redis is not None else None
         self._renewer: asyncio.Task[None] | None = None
+        # Releases waiting for the next round trip: key -> members, and its outcome.
+        self._forgetting: tuple[dict[str, list[str]], asyncio.Future[None]] | None = None
+        self._forgetters: set[asyncio.Task[None]] = set()  # the loop keeps weak references
 
     def held(self, key: str) -> int:
         return len(self._held.get(key, ()))
@@ -94,10 +97,35 @@ class SlotLimiter:
             await asyncio.shield(self.release(slot))
 
     async def _forget_remote(self, key: str, member: str) -> None:
+        """Removes the member from Redis; returns once it is removed (or Redis failed:
+        then its lease runs out by itself). Releases made in the same turn of the event
+        loop share one round trip, one ZREM per key: when thousands of subscriptions
+        end together (their calculations finished), that is one command, not thousands."""
         if self.redis is None:
             return
-        with contextlib.suppress(RedisError, OSError):  # else its lease runs out by itself
-            await self.redis.zrem(self.prefix + key, member)
+        if self._forgetting is None:
+            self._forgetting = ({}, asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._forget_batch(), name="crunchql-slot-release")
+            self._forgetters.add(task)
+            task.add_done_callback(self._forgetters.discard)
+        members, done = self._forgetting
+        members.setdefault(key, []).append(member)
+        await asyncio.shield(done)  # a cancelled caller must not cancel the others' wait
+
+    async def _forget_batch(self) -> None:
+        # Runs in the loop's next turn: every release of this one has joined the batch.
+        assert self._forgetting is not None and self.redis is not None
+        members, done = self._forgetting
+        self._forgetting = None  # later releases start the next batch
+        try:
+            with contextlib.suppress(RedisError, OSError):  # else the leases run out
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, names in members.items():
+                        pipe.zrem(self.prefix + key, *names)
+                    await pipe.execute()
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
