@@ -10,7 +10,13 @@ the same data. Here (the "multiplexed subscriptions" idea of Hasura):
    event share its result dicts, so their identity is part of the key);
 2. :class:`SharingExecutionContext` executes a subscription event once per
    (that object, operation, variables, viewer) and gives every other subscriber the
-   same ``data``; only the WebSocket write stays per subscriber.
+   same ``data``;
+3. :class:`DirectSink` (graphql-transport-ws only) serialises that ``data`` once per
+   event and sends every later event of a subscriber as a pre-encoded ``next`` frame
+   (its operation id spliced in), from the subscription's own task, without
+   Strawberry's per-result work (graphql-core's event mapping, the extensions' result
+   hooks, one ``json.dumps`` per message). The frames are byte-identical to what
+   Strawberry would send (tests/app/test_subscription_sharing.py).
 
 What stays per subscriber: the ownership check (``services.calculations.watch`` reads
 and checks the row before any snapshot is yielded), its ``WatchState`` (ordering,
