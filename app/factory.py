@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             max_request_bytes=settings.max_request_bytes,
             max_response_bytes=settings.max_response_bytes,
             graphiql=settings.graphiql_enabled,
+            direct_frames=settings.subscription_direct_frames,
         )
         logger.info(
             "crunchql ready (%s, %s, %s)",

@@ -32,10 +32,11 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
@@ -68,6 +69,7 @@ from crunchql.auth.rate_limit import tracking_usage
 from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
 from crunchql.resolvers.context import Context
+from crunchql.schema.sharing import DirectSink, direct_sink, use_direct_sink
 from crunchql.services.container import ServiceContainer
 from crunchql.services.revocation import SessionEndedError
 from crunchql.services.sessions import ensure_live
@@ -227,6 +229,29 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         finally:
             await _run_on_close(self.context)
 
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        # The operation's own task: the sink is seen by its resolver and nowhere else.
+        if cast("CrunchGraphQL", self.view).direct_frames:
+            use_direct_sink(
+                DirectSink(
+                    operation.id,
+                    self.context,
+                    self.view.encode_json,
+                    lambda frame: self._send_frame(operation, frame),
+                )
+            )
+        await super().run_operation(operation)
+
+    async def _send_frame(self, operation: Operation[Context, None], frame: str) -> None:
+        """A pre-encoded ``next`` of ``operation`` (what ``send_next`` would send)."""
+        if operation.completed:
+            return
+        socket = cast("ASGIWebSocketAdapter", self.websocket).ws
+        try:
+            await socket.send_text(frame)
+        except WebSocketDisconnect as error:
+            raise WebSocketDisconnected from error
+
     async def _send_result_stream(
         self, operation: Operation[Context, None], result_source: Any
     ) -> None:
@@ -248,6 +273,10 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 return
             await operation.send_next(result)
             is_first_result = False
+            if not result.errors:
+                sink = direct_sink()
+                if sink is not None:
+                    sink.sent_normally(result.extensions)
 
 
 class LegacyGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
@@ -306,6 +335,7 @@ class CrunchGraphQL(GraphQL[Context, None]):
         max_request_bytes: int,
         max_response_bytes: int = 32 * 1024 * 1024,
         graphiql: bool = True,
+        direct_frames: bool = True,
     ) -> None:
         super().__init__(
             schema,
@@ -315,6 +345,7 @@ class CrunchGraphQL(GraphQL[Context, None]):
             max_subscriptions_per_connection=100,
         )
         self.services = services
+        self.direct_frames = direct_frames
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
         self._page = graphiql_html(endpoint="/graphql", assets_prefix="/graphiql-assets")

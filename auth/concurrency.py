@@ -50,6 +50,9 @@ class SlotLimiter:
         self._held: dict[str, set[str]] = {}
         self._acquire = redis.register_script(_ACQUIRE) if redis is not None else None
         self._renewer: asyncio.Task[None] | None = None
+        # Releases waiting for the next round trip: key -> members, and its outcome.
+        self._forgetting: tuple[dict[str, list[str]], asyncio.Future[None]] | None = None
+        self._forgetters: set[asyncio.Task[None]] = set()  # the loop keeps weak references
 
     def held(self, key: str) -> int:
         return len(self._held.get(key, ()))
@@ -79,25 +82,60 @@ class SlotLimiter:
         return Slot(key, member)
 
     async def release(self, slot: Slot) -> None:
-        members = self._held.get(slot.key)
-        if members is not None:
-            members.discard(slot.member)
-            if not members:
-                del self._held[slot.key]
-        await self._forget_remote(slot.key, slot.member)
+        await asyncio.shield(self._release(slot))  # a cancelled caller still frees it
 
     @asynccontextmanager
     async def holding(self, slot: Slot) -> AsyncIterator[Slot]:
         try:
             yield slot
         finally:
-            await asyncio.shield(self.release(slot))
+            await asyncio.shield(self._release(slot))
+
+    def _release(self, slot: Slot) -> asyncio.Future[None]:
+        """Frees the slot here at once; the future is done once Redis forgot it too."""
+        members = self._held.get(slot.key)
+        if members is not None:
+            members.discard(slot.member)
+            if not members:
+                del self._held[slot.key]
+        return self._forget(slot.key, slot.member)
 
     async def _forget_remote(self, key: str, member: str) -> None:
+        await asyncio.shield(self._forget(key, member))
+
+    def _forget(self, key: str, member: str) -> asyncio.Future[None]:
+        """Removes the member from Redis; the future is done once it is removed (or Redis
+        failed: then its lease runs out by itself). Releases made in the same turn of the
+        event loop share one round trip, one ZREM per key: when thousands of
+        subscriptions end together (their calculations finished), that is one command,
+        not thousands, and no task per release."""
         if self.redis is None:
-            return
-        with contextlib.suppress(RedisError, OSError):  # else its lease runs out by itself
-            await self.redis.zrem(self.prefix + key, member)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if self._forgetting is None:
+            self._forgetting = ({}, asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._forget_batch(), name="crunchql-slot-release")
+            self._forgetters.add(task)
+            task.add_done_callback(self._forgetters.discard)
+        members, done = self._forgetting
+        members.setdefault(key, []).append(member)
+        return done
+
+    async def _forget_batch(self) -> None:
+        # Runs in the loop's next turn: every release of this one has joined the batch.
+        assert self._forgetting is not None and self.redis is not None
+        members, done = self._forgetting
+        self._forgetting = None  # later releases start the next batch
+        try:
+            with contextlib.suppress(RedisError, OSError):  # else the leases run out
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, names in members.items():
+                        pipe.zrem(self.prefix + key, *names)
+                    await pipe.execute()
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -1,12 +1,16 @@
 """Terminal-event fan-out to many subscriptions on one API process, with and without
-multiplexed execution (schema.sharing), side by side in one run.
+multiplexed execution and direct frames (schema.sharing), side by side in one run.
 
     taskset -c 1 python -m benchmarks.subscribers [--subscriptions 10000] [--connections 100]
                                                   [--calculations 4] [--rounds 3]
+                                                  [--modes shared,direct]
 
-Production path: PostgreSQL + Redis + one worker + two API processes, one with
-``CRUNCHQL_SUBSCRIPTION_SHARING=false`` (every subscriber executes its event: the
-"before") and one with the default (one execution per event per selection set). The API
+Production path: PostgreSQL + Redis + one worker + one API process per mode (--modes,
+the first is the "before"): ``unshared`` (``CRUNCHQL_SUBSCRIPTION_SHARING=false``: every
+subscriber executes its event), ``shared`` (one execution per event per selection set,
+Strawberry sends each subscriber's ``next``: ``CRUNCHQL_SUBSCRIPTION_DIRECT_FRAMES=false``)
+and ``direct`` (the default: one execution and one serialised payload per event, each
+subscriber's frame written by its own task without Strawberry's per-result work). The API
 processes are pinned to core 0 (``taskset -a -pc 0``); this load generator and the worker
 to core 1, so the client does not compete with the server it measures. Each round opens
 --subscriptions subscriptions over --connections WebSockets, spread evenly over
@@ -19,7 +23,7 @@ measures, per API:
   the events it delivered;
 - RSS per open subscription: the API's RSS growth while opening them / subscriptions.
 
-Rounds alternate the two APIs; the table gives the median of the rounds.
+Rounds alternate the APIs; the table gives the median of the rounds.
 Needs PostgreSQL and Redis (TEST_DATABASE_URL / TEST_REDIS_URL as for the tests).
 """
 
@@ -63,6 +67,18 @@ QUERY = "subscription($id: ID!) { calculationUpdates(id: $id) { status progress 
 TINY = {"samples": 1000, "seed": 1}
 TERMINAL = (b"SUCCEEDED", b"FAILED", b"CANCELLED")
 SERVER_CORE, CLIENT_CORE = 0, 1
+# name -> (label, environment of its API process)
+MODES: dict[str, tuple[str, dict[str, str]]] = {
+    "unshared": (
+        "one execution per subscriber",
+        {"CRUNCHQL_SUBSCRIPTION_SHARING": "false", "CRUNCHQL_SUBSCRIPTION_DIRECT_FRAMES": "false"},
+    ),
+    "shared": (
+        "shared execution, Strawberry sends",
+        {"CRUNCHQL_SUBSCRIPTION_DIRECT_FRAMES": "false"},
+    ),
+    "direct": ("shared execution and frame, direct send", {}),
+}
 
 
 @dataclass
@@ -96,6 +112,7 @@ class Connection:
         self.received: dict[str, float] = {}  # operation id -> receipt (epoch seconds)
         self.done = asyncio.Event()
         self.expected = 0
+        self.first_error: str | None = None  # shown if the set-up does not finish
 
     async def open(self, base: str, token: str, ids: list[str], prefix: str) -> None:
         self.socket = await websockets.connect(
@@ -117,6 +134,8 @@ class Connection:
             data = raw.encode() if isinstance(raw, str) else raw
             if b'"next"' not in data:
                 continue
+            if b'"errors"' in data and self.first_error is None:
+                self.first_error = data[:300].decode(errors="replace")
             if b"QUEUED" in data:
                 self.initial += 1
                 if self.initial == self.expected:
@@ -162,14 +181,32 @@ async def one_round(
     for number, connection in enumerate(connections):
         spread = [ids[(number * per_connection + i) % len(ids)] for i in range(per_connection)]
         await connection.open(base, token, spread, f"c{number}")
-        await asyncio.wait_for(connection.all_initial.wait(), args.setup_timeout)
+        try:
+            await asyncio.wait_for(connection.all_initial.wait(), args.setup_timeout)
+        except TimeoutError:
+            raise RuntimeError(
+                f"socket {number}: {connection.initial} of {per_connection} subscriptions "
+                f"started in {args.setup_timeout} s; first error: {connection.first_error}"
+            ) from None
     rss_after = rss_kib(pid)
     profiler = None
     if args.profile:  # py-spy (pip install py-spy) samples the API during the fan-out
-        out = Path(args.profile) / f"fanout-{pid}.svg"
+        suffix = "svg" if args.profile_format == "flamegraph" else "txt"
+        out = Path(args.profile) / f"fanout-{pid}.{suffix}"
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         profiler = subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", "250", "-o", str(out)],
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                args.profile_format,
+                "-o",
+                str(out),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -228,7 +265,15 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--calculations", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--modes",
+        default="shared,direct",
+        help=f"comma-separated, first is 'before': {', '.join(MODES)}",
+    )
     parser.add_argument("--profile", metavar="DIR", help="write py-spy flame graphs here")
+    parser.add_argument(
+        "--profile-format", default="flamegraph", choices=["flamegraph", "raw", "speedscope"]
+    )
     parser.add_argument("--setup-timeout", type=float, default=120.0, help="per socket")
     args = parser.parse_args()
 
@@ -246,15 +291,17 @@ async def main() -> None:
         # One user holds every subscription here: lift the per-user and per-socket
         # abuse limits (defaults 10 sockets, 200 subscriptions, 300 operations/min).
         CRUNCHQL_WS_MAX_SOCKETS_PER_USER=str(args.connections * 2),
-        CRUNCHQL_WS_MAX_SUBSCRIPTIONS_PER_USER=str(args.subscriptions * 2),
+        # Generous: a slot whose release did not reach Redis holds for its 60 s lease.
+        CRUNCHQL_WS_MAX_SUBSCRIPTIONS_PER_USER=str(args.subscriptions * 10),
         CRUNCHQL_WS_OPERATIONS_PER_MINUTE=str(args.subscriptions * 2),
+        # One token for the whole run: several rounds of 10,000 subscriptions take
+        # longer than the default 15 minutes (a third round failed set-up on it).
+        CRUNCHQL_ACCESS_TOKEN_MINUTES="600",  # noqa: S106 (minutes, not a secret)
     )
     worker = start_worker(env, log_dir, threads=2)
     apis = {
-        "one execution per subscriber (before)": start_api(
-            {**env, "CRUNCHQL_SUBSCRIPTION_SHARING": "false"}, log_dir
-        ),
-        "shared execution (after)": start_api(env, log_dir),
+        MODES[mode][0]: start_api({**env, **MODES[mode][1]}, log_dir)
+        for mode in args.modes.split(",")
     }
     engine = create_async_engine(database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -271,9 +318,19 @@ async def main() -> None:
         me = await graphql.execute("{ me { id } }")
         owner_id = uuid.UUID(me["data"]["me"]["id"])
         await graphql.close()
+        failed = False
         for _ in range(args.rounds):
+            if failed:
+                break
             for name, (api, base) in apis.items():
-                results[name].append(await one_round(api, base, token, owner_id, sessions, args))
+                try:
+                    result = await one_round(api, base, token, owner_id, sessions, args)
+                except (RuntimeError, TimeoutError) as error:  # the rounds so far still count
+                    print(f"round failed, {name}: {error}", flush=True)
+                    failed = True
+                    break
+                results[name].append(result)
+                print(f"round, {name}: {result}", flush=True)
                 await asyncio.sleep(2)  # let the closed sockets' teardown finish
     finally:
         for process in (worker, *(api for api, _ in apis.values())):
@@ -291,25 +348,34 @@ async def main() -> None:
     print(
         f"{args.subscriptions} subscriptions on {args.connections} WebSockets, "
         f"{args.calculations} calculations finishing together; API on core {SERVER_CORE}, "
-        f"client and worker on core {CLIENT_CORE}; medians of {args.rounds} rounds"
+        f"client and worker on core {CLIENT_CORE}; medians of "
+        + ", ".join(f"{len(rounds)} rounds ({name})" for name, rounds in results.items())
     )
-    header = ("API", "p50 ms", "p99 ms", "max ms", "CPU µs/delivery", "KiB/subscription")
+    header = (
+        "API", "p50 ms", "p99 ms", "max ms", "CPU µs/delivery", "KiB/subscription (1st round)"
+    )  # fmt: skip
     print(" | ".join(header))
     medians = {}
     for name, rounds in results.items():
+        if not rounds:
+            continue
         row = Round(
             *(statistics.median(getattr(r, f) for r in rounds) for f in Round.__dataclass_fields__)
         )
+        # Only a fresh process's first round grows its RSS: later ones reuse freed memory.
+        row.rss_kib_per_subscription = rounds[0].rss_kib_per_subscription
         medians[name] = row
         print(
             f"{name} | {row.p50_ms:.0f} | {row.p99_ms:.0f} | {row.max_ms:.0f} | "
             f"{row.cpu_us_per_delivery:.0f} | {row.rss_kib_per_subscription:.1f}"
         )
-    before, after = medians.values()
-    print(
-        f"ratio before/after: p99 {before.p99_ms / after.p99_ms:.2f}x, "
-        f"CPU per delivery {before.cpu_us_per_delivery / after.cpu_us_per_delivery:.2f}x"
-    )
+    rows = list(medians.values())
+    before, after = rows[0], rows[-1]
+    if len(rows) > 1:
+        print(
+            f"ratio before/after: p99 {before.p99_ms / after.p99_ms:.2f}x, "
+            f"CPU per delivery {before.cpu_us_per_delivery / after.cpu_us_per_delivery:.2f}x"
+        )
     for name, rounds in results.items():
         print(
             f"  rounds, {name}: "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -371,6 +372,20 @@ def _moment(raw: object) -> datetime | None:
     return moment
 
 
+_SNAPSHOT_FIELDS = tuple(field.name for field in dataclasses.fields(CalculationSnapshot))
+_SNAPSHOT_INDEX = {name: index for index, name in enumerate(_SNAPSHOT_FIELDS)}
+_snapshot_values = operator.attrgetter(*_SNAPSHOT_FIELDS)
+
+
+def _evolve(current: CalculationSnapshot, **changes: Any) -> CalculationSnapshot:
+    """``dataclasses.replace`` in half the time (it runs once per subscriber per event):
+    every field is a plain positional ``__init__`` argument."""
+    values = list(_snapshot_values(current))
+    for name, value in changes.items():
+        values[_SNAPSHOT_INDEX[name]] = value
+    return CalculationSnapshot(*values)
+
+
 class WatchState:
     """What one subscriber has been shown so far, and which update is worth showing next.
 
@@ -415,7 +430,7 @@ class WatchState:
             seen = (current.status.rank, current.attempts, self._version)
             if (event.status.rank, event.attempt, event.version) <= seen:
                 return None
-            update = dataclasses.replace(
+            update = _evolve(
                 current,
                 status=event.status,
                 progress=max(current.progress, event.progress),
@@ -437,7 +452,7 @@ class WatchState:
                 or event.progress <= current.progress
             ):
                 return None
-            update = dataclasses.replace(
+            update = _evolve(
                 current,
                 progress=event.progress,
                 partial_result=event.partial_result,

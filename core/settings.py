@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # Subscribers of one calculation with one selection set share one execution per
     # event (schema.sharing); off only to measure what it saves.
     subscription_sharing: bool = True
+    # With sharing, graphql-transport-ws subscribers of calculationUpdates also share
+    # one serialised payload per event, written to their sockets without Strawberry's
+    # per-result work (schema.sharing.DirectSink); off only to measure what it saves.
+    subscription_direct_frames: bool = True
 
     rate_limits: bool = True
     # Failed logins for one account from one client address per window; past it that

@@ -13,7 +13,7 @@ from crunchql.db.models import User
 from crunchql.observability.metrics import record_submitted, tracking_subscription
 from crunchql.resolvers.context import GraphQLInfo, client_info, current_claims, current_user
 from crunchql.schema.inputs import CalculationInput, selected_kind
-from crunchql.schema.sharing import shared_calculation
+from crunchql.schema.sharing import direct_sink, shared_calculation
 from crunchql.schema.types import (
     Calculation,
     CalculationConnection,
@@ -89,12 +89,18 @@ async def calculation_updates(
     id: strawberry.ID,
 ) -> AsyncGenerator[Calculation, None]:
     user = await current_user(info)
+    sink = direct_sink()
     async with _subscription_slot(info, user) as ended:
         updates = calculations.watch(info.context.services, user, id)
         async for snapshot in until_ended(updates, ended):
             # One object per state of the calculation, shared by its subscribers,
-            # so that the event is executed once (schema.sharing).
-            yield shared_calculation(snapshot)
+            # so that the event is executed once (schema.sharing)...
+            calculation = shared_calculation(snapshot)
+            # ...and, over graphql-transport-ws, serialised once and written straight
+            # to the socket; what the sink declines goes the normal way.
+            if sink is not None and await sink.deliver(calculation):
+                continue
+            yield calculation
 
 
 @asynccontextmanager

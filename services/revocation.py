@@ -210,25 +210,48 @@ class SessionGuard:
 
 async def until_ended(source: AsyncIterator[T], ended: asyncio.Event) -> AsyncIterator[T]:
     """``source``'s items until ``ended`` is set; then SessionEndedError. The source is
-    closed either way."""
+    closed either way.
+
+    The consumer's own task awaits the source (no task per item: a subscription event
+    fanned out to thousands of subscribers costs one task switch each, not three). If
+    the session ends while it waits, that wait is cancelled the way ``asyncio.timeout``
+    does it: only this cancellation turns into SessionEndedError, any other (the client
+    completed the operation, the socket closed) stays a cancellation."""
+    task = asyncio.current_task()
+    assert task is not None, "until_ended runs in a task"
+    waiting = False  # this task is awaiting the source
+    interrupted = False  # and was cancelled for the session's end
+
+    def interrupt(_: object) -> None:
+        nonlocal interrupted
+        if waiting and not interrupted and ended.is_set():
+            interrupted = True
+            task.cancel()
+
     waiter = asyncio.ensure_future(ended.wait())
+    waiter.add_done_callback(interrupt)
     try:
         while True:
-            step = asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if step not in done:
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await step
-                raise SessionEndedError()
-            try:
-                item = step.result()
-            except StopAsyncIteration:
-                return
             if ended.is_set():
+                raise SessionEndedError()
+            waiting = True
+            try:
+                item = await anext(source)
+            except StopAsyncIteration:
+                if not interrupted:
+                    return
+            except asyncio.CancelledError:
+                if not interrupted or task.uncancel() > 0:
+                    raise
+                raise SessionEndedError() from None
+            finally:
+                waiting = False
+            if interrupted:  # the source swallowed the cancellation: undo it
+                task.uncancel()
                 raise SessionEndedError()
             yield item
     finally:
+        waiter.remove_done_callback(interrupt)
         waiter.cancel()
         aclose = getattr(source, "aclose", None)
         if aclose is not None:

@@ -146,3 +146,197 @@ async def test_subscribers_with_the_same_selection_share_one_execution_per_event
     # ...for one execution per state per selection set: 3 states x 2 selections,
     # not 3 states x 4 subscribers.
     assert executions == 6
+
+
+# ---- Direct frames: one serialised payload per event, byte-identical to the normal path ----
+
+FULL = """subscription($id: ID!) { calculationUpdates(id: $id) {
+  id status progress attempts startedAt finishedAt error
+  result { ... on MonteCarloPiResult { estimate standardError samples } }
+  partialResult { ... on MonteCarloPiResult { estimate standardError samples } }
+  owner { id email }
+} }"""
+
+
+class Raw:
+    """A socket read as it comes: the exact text of each message."""
+
+    def __init__(self, socket: websockets.ClientConnection) -> None:
+        self.socket = socket
+
+    @classmethod
+    async def open(cls, port: int, token: str, query: str, calculation_id: uuid.UUID) -> Raw:
+        watcher = await Watcher.open(port, token, query, calculation_id)
+        return cls(watcher.socket)
+
+    async def frame(self) -> str:
+        message = await asyncio.wait_for(self.socket.recv(), 30)
+        assert isinstance(message, str)
+        return message
+
+
+async def open_both(
+    app: Starlette, port: int, token: str, query: str, calculation_id: uuid.UUID
+) -> tuple[Raw, str, Raw, str]:
+    """One subscription with direct frames, one without (the flag is read when an
+    operation starts), and the first message of each."""
+    view = app.state.graphql
+    assert view.direct_frames
+    direct = await Raw.open(port, token, query, calculation_id)
+    first_direct = await direct.frame()
+    view.direct_frames = False
+    try:
+        normal = await Raw.open(port, token, query, calculation_id)
+        first_normal = await normal.frame()
+    finally:
+        view.direct_frames = True
+    return direct, first_direct, normal, first_normal
+
+
+def count_direct_frames(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from crunchql.app.graphql_view import GraphQLTransportWSHandler
+
+    sent: list[str] = []
+    send = GraphQLTransportWSHandler._send_frame
+
+    async def counting(self: Any, operation: Any, frame: str) -> None:
+        sent.append(frame)
+        await send(self, operation, frame)
+
+    monkeypatch.setattr(GraphQLTransportWSHandler, "_send_frame", counting)
+    return sent
+
+
+async def queued_row(app: Starlette, user_id: uuid.UUID) -> Any:
+    async with unit_of_work(app.state.runtime.services.session_factory) as session:
+        row = Calculation(owner_id=user_id, kind="monteCarloPi", input={"samples": 10})
+        session.add(row)
+    return row.to_snapshot()
+
+
+async def test_direct_frames_are_byte_identical_to_the_normal_path(
+    served: tuple[Starlette, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, port = served
+    sent = count_direct_frames(monkeypatch)
+    token, user_id = await register(port)
+    services = app.state.runtime.services
+    queued = await queued_row(app, user_id)
+    direct, first_direct, normal, first_normal = await open_both(app, port, token, FULL, queued.id)
+    # The snapshot goes the normal way in both (the ownership check, the operation's
+    # extensions); the same bytes.
+    assert first_direct == first_normal
+    assert json.loads(first_direct)["payload"]["data"]["calculationUpdates"]["status"] == "QUEUED"
+    assert sent == []
+
+    now = datetime.now(UTC)
+    running = dataclasses.replace(
+        queued, status=CalculationStatus.RUNNING, version=queued.version + 1, attempts=1,
+        started_at=now,
+    )  # fmt: skip
+    events = [
+        CalculationEvent.status_change(running),
+        CalculationEvent.progress_tick(
+            queued.id,
+            attempt=1,
+            version=running.version,
+            progress=0.5,
+            partial_result={"estimate": 3.1, "standardError": 0.2, "samples": 5},
+        ),
+        CalculationEvent.status_change(
+            dataclasses.replace(
+                running,
+                status=CalculationStatus.SUCCEEDED,
+                version=running.version + 1,
+                progress=1.0,
+                finished_at=now,
+                result={"estimate": 3.14, "standardError": 0.01, "samples": 10},
+            )
+        ),
+    ]
+    frames: list[tuple[str, str]] = []
+    for event in events:
+        await services.bus.publish(event)
+        frames.append((await direct.frame(), await normal.frame()))
+    for from_direct, from_normal in frames:
+        assert from_direct == from_normal  # byte for byte, operation id included
+    shown = [json.loads(d)["payload"]["data"]["calculationUpdates"] for d, _ in frames]
+    assert [(s["status"], s["progress"]) for s in shown] == [
+        ("RUNNING", 0.0),
+        ("RUNNING", 0.5),
+        ("SUCCEEDED", 1.0),
+    ]
+    assert shown[1]["partialResult"] == {"estimate": 3.1, "standardError": 0.2, "samples": 5}
+    assert shown[2]["result"] == {"estimate": 3.14, "standardError": 0.01, "samples": 10}
+    assert "extensions" in json.loads(frames[0][0])["payload"]  # the operation's cost
+    # The three events took the direct way on one socket only, and `complete` follows
+    # the terminal event on both.
+    assert sent == [d for d, _ in frames]
+    assert json.loads(await direct.frame()) == {"id": "1", "type": "complete"}
+    assert json.loads(await normal.frame()) == {"id": "1", "type": "complete"}
+    for raw in (direct, normal):
+        await raw.socket.close()
+
+
+async def test_refusals_and_errors_are_the_normal_paths_and_never_shared(
+    served: tuple[Starlette, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, port = served
+    sent = count_direct_frames(monkeypatch)
+    token, user_id = await register(port)
+    stranger, _ = await register(port)
+    services = app.state.runtime.services
+    queued = await queued_row(app, user_id)
+
+    # A calculation the viewer may not see: refused before any data, the same way.
+    direct, first_direct, normal, first_normal = await open_both(
+        app, port, stranger, FULL, queued.id
+    )
+    assert first_direct == first_normal
+    refusal = json.loads(first_direct)
+    # (Strawberry answers an error raised by the subscription's source as a `next`.)
+    assert refusal["payload"]["data"] is None
+    assert refusal["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    for raw in (direct, normal):
+        await raw.socket.close()
+
+    # An event whose execution fails (here: the owner field) is executed and answered
+    # per subscriber, masked, with that subscriber's own request id; the next event
+    # takes the direct way again.
+    direct, first_direct, normal, first_normal = await open_both(app, port, token, FULL, queued.id)
+    assert first_direct == first_normal
+    from crunchql.schema import types
+
+    def broken(cls: Any, user: Any) -> Any:
+        raise RuntimeError("the owner cannot be shown")
+
+    monkeypatch.setattr(types.User, "from_model", classmethod(broken))
+    running = dataclasses.replace(
+        queued, status=CalculationStatus.RUNNING, version=queued.version + 1, attempts=1,
+        started_at=datetime.now(UTC),
+    )  # fmt: skip
+    await services.bus.publish(CalculationEvent.status_change(running))
+    failed = [json.loads(await direct.frame()), json.loads(await normal.frame())]
+    request_ids = []
+    for message in failed:
+        assert message["type"] == "next"
+        (error,) = message["payload"]["errors"]
+        assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+        request_ids.append(error["extensions"].pop("requestId"))
+    assert failed[0] == failed[1]
+    assert request_ids[0] != request_ids[1]  # each subscriber's own error
+    assert sent == []
+
+    monkeypatch.undo()
+    sent = count_direct_frames(monkeypatch)
+    await services.bus.publish(
+        CalculationEvent.progress_tick(
+            queued.id, attempt=1, version=running.version, progress=0.25, partial_result=None
+        )
+    )
+    from_direct, from_normal = await direct.frame(), await normal.frame()
+    assert from_direct == from_normal
+    assert json.loads(from_direct)["payload"]["data"]["calculationUpdates"]["progress"] == 0.25
+    assert sent == [from_direct]
+    for raw in (direct, normal):
+        await raw.socket.close()

@@ -78,3 +78,42 @@ async def test_redis_down_falls_back_to_this_process() -> None:
     assert await slots.acquire("subs:u", 1) is None  # still capped in this process
     await slots.close()
     await redis.aclose()
+
+
+async def test_releases_made_together_share_one_round_trip(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of subscriptions ending together (their calculations finished) free
+    their slots in one Redis command per key, and each release still returns only once
+    its slot is gone from the shared count."""
+    await flush_redis(redis_url)
+    redis = create_redis(redis_url)
+    slots = SlotLimiter(redis)
+    try:
+        held = [await slots.acquire("subs:u", 100) for _ in range(50)]
+        other = await slots.acquire("subs:v", 100)
+        assert all(held) and other is not None
+        assert await redis.zcard(slots.prefix + "subs:u") == 50
+        round_trips = 0
+        pipeline = redis.pipeline
+
+        def counting(*args: object, **kwargs: object) -> object:
+            nonlocal round_trips
+            round_trips += 1
+            return pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(redis, "pipeline", counting)
+        await asyncio.gather(*(slots.release(slot) for slot in [*held, other] if slot))
+        assert round_trips == 1
+        assert await redis.zcard(slots.prefix + "subs:u") == 0
+        assert await redis.zcard(slots.prefix + "subs:v") == 0
+        assert slots.held("subs:u") == 0
+        # A later release makes its own round trip.
+        again = await slots.acquire("subs:u", 100)
+        assert again is not None
+        await slots.release(again)
+        assert round_trips == 2 and await redis.zcard(slots.prefix + "subs:u") == 0
+    finally:
+        await slots.close()
+        await redis.aclose()
+        await flush_redis(redis_url)

@@ -325,3 +325,13 @@ def test_the_runner_does_not_import_the_api_use_cases() -> None:
     imported = _imported_by("crunchql.workers.runner")
     assert "crunchql.services.calculations" not in imported
     assert not {m for m in imported if m.split(".")[1] in {"app", "resolvers", "schema"}}
+
+
+def test_a_watch_update_is_the_snapshot_dataclasses_replace_would_make() -> None:
+    from crunchql.core.lifecycle import _evolve
+
+    current = snapshot(result={"a": 1}, started_at=datetime.now(UTC), shards=3)
+    changes = {"progress": 0.5, "partial_result": {"p": 1}, "shards_done": 2}
+    assert _evolve(current, **changes) == dataclasses.replace(current, **changes)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        _evolve(current, nope=1)

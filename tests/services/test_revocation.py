@@ -169,3 +169,46 @@ async def test_a_stream_that_ends_by_itself_is_closed_normally(services: Service
 
     with services.session_guard.watching(uuid.uuid4(), uuid.uuid4()) as ended:
         assert [item async for item in until_ended(three(), ended)] == [0, 1, 2]
+
+
+async def test_a_stream_cancelled_from_outside_stays_a_cancellation() -> None:
+    """The client completing the operation (its task cancelled) is not a session end."""
+    ended = asyncio.Event()
+    waiting = asyncio.Event()
+
+    async def quiet() -> AsyncIterator[int]:
+        waiting.set()
+        await asyncio.Event().wait()
+        yield 1  # pragma: no cover
+
+    async def consume() -> None:
+        async for _ in until_ended(quiet(), ended):
+            pass  # pragma: no cover
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(waiting.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_session_ended_between_items_ends_the_stream_at_the_next_step() -> None:
+    """Ended while the consumer is busy with an item (not waiting on the source): that
+    work is not interrupted, and the stream ends before asking for another item."""
+    ended = asyncio.Event()
+    received: list[int] = []
+    finished_its_work = asyncio.Event()
+
+    async def consume() -> None:
+        async for item in until_ended(forever(), ended):
+            ended.set()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the end is noticed meanwhile; this goes on
+            received.append(item)
+            finished_its_work.set()
+
+    task = asyncio.create_task(consume())
+    with pytest.raises(SessionEndedError):
+        await asyncio.wait_for(task, 5)
+    assert finished_its_work.is_set() and received == [1]
+    assert not task.cancelled()
