@@ -76,6 +76,19 @@ async def read_only(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[
 
 
 @asynccontextmanager
+async def single_statement(
+    factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """A session for ONE write statement, in autocommit mode: the statement is its own
+    transaction (atomic, and committed when it returns), without the BEGIN and COMMIT
+    round trips of ``unit_of_work``. Only for a block that runs a single statement; use
+    ``unit_of_work`` for anything that must be all or nothing, or for ``after_commit``."""
+    async with factory() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
+@asynccontextmanager
 async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One session, one transaction: committed when the block succeeds, else rolled back."""
     async with factory() as session:
