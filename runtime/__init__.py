@@ -148,7 +148,7 @@ async def start_runtime(
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue
     if settings.redis_url:
-        queue = DramatiqJobQueue(create_broker(settings.redis_url))
+        queue = DramatiqJobQueue(create_broker(settings.redis_url), redis)
     else:
         embedded = EmbeddedJobQueue(
             RunnerServices(session_factory=session_factory, bus=bus),

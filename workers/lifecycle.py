@@ -74,7 +74,7 @@ class WorkerRuntime:
             ),
             config=RunnerConfig(
                 worker_id=worker_id,
-                requeue=DramatiqJobQueue(broker).enqueue,
+                requeue=DramatiqJobQueue(broker, redis).enqueue,
                 shard_seconds=settings.shard_seconds,
                 send_shard=DramatiqJobQueue(broker).enqueue_shard,
                 publish_interval=settings.progress_publish_interval,

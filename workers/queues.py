@@ -10,6 +10,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from redis.asyncio import Redis as AsyncRedis
 
 from crunchql.compute.catalog import warm_up_all
 from crunchql.core.lifecycle import RunOutcome
@@ -25,25 +26,39 @@ SEND_TIMEOUT_SECONDS = 5.0
 
 
 class DramatiqJobQueue:
-    """Sends ``calculation.run`` messages; the API never imports the actor itself."""
+    """Sends ``calculation.run`` messages; the API never imports the actor itself.
 
-    def __init__(self, broker: CrunchRedisBroker) -> None:
+    With ``redis`` (an asyncio client of the broker's server), ``enqueue`` sends from
+    the event loop; without, from a thread with the broker's own client."""
+
+    def __init__(self, broker: CrunchRedisBroker, redis: AsyncRedis | None = None) -> None:
         self.broker = broker
+        self.redis = redis
 
-    def send(self, calculation_id: uuid.UUID) -> None:
-        message: dramatiq.Message[None] = dramatiq.Message(
+    @staticmethod
+    def _run_message(calculation_id: uuid.UUID) -> dramatiq.Message[None]:
+        return dramatiq.Message(
             queue_name=QUEUE_NAME,
             actor_name=ACTOR_NAME,
             args=(str(calculation_id),),
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
+
+    def send(self, calculation_id: uuid.UUID) -> None:
+        # Wakes an idle consumer too (CrunchRedisBroker).
+        self.broker.enqueue(self._run_message(calculation_id))
 
     async def enqueue(self, calculation_id: uuid.UUID) -> None:
         # Bounded: the row is committed, and a send that does not go through is re-sent
         # by the workers' sweeper, so a caller never waits long on Redis.
-        await asyncio.wait_for(asyncio.to_thread(self.send, calculation_id), SEND_TIMEOUT_SECONDS)
+        if self.redis is not None:
+            send = self.broker.enqueue_async(self.redis, self._run_message(calculation_id))
+            await asyncio.wait_for(send, SEND_TIMEOUT_SECONDS)
+        else:
+            await asyncio.wait_for(
+                asyncio.to_thread(self.send, calculation_id), SEND_TIMEOUT_SECONDS
+            )
 
     def send_shard(self, calculation_id: uuid.UUID, shard: int) -> None:
         """A ``calculation.shard`` message, keyed by (calculation, shard)."""
