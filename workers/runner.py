@@ -24,7 +24,7 @@ from crunchql.compute.base import Job, ParameterError
 from crunchql.compute.catalog import KINDS
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.core.logging import bind_log_context
-from crunchql.db.engine import single_statement, unit_of_work
+from crunchql.db.engine import read_only, single_statement, unit_of_work
 from crunchql.db.models import Calculation
 from crunchql.db.repositories import CalculationRepository, ShardRepository
 from crunchql.observability.metrics import record_finished
@@ -188,7 +188,8 @@ async def _start_waiting(
     if config.max_running_per_user is None or config.requeue is None:
         return
     try:
-        async with unit_of_work(services.session_factory) as session:
+        # One SELECT: no transaction of its own (no BEGIN and COMMIT round trips).
+        async with read_only(services.session_factory) as session:
             waiting = await CalculationRepository(session).list_waiting_for_owner(
                 owner_id, config.max_running_per_user
             )
