@@ -185,7 +185,15 @@ class CrunchRedisBroker(RedisBroker):
         """Dramatiq's requeue (a stopping consumer hands its prefetched messages back),
         then a wake-up, so another consumer takes them at once."""
         self._dispatch("requeue")(queue_name, *message_ids)  # type: ignore[no-untyped-call]
-        self.wake(queue_name)
+        if message_ids:  # a consumer closing with nothing prefetched hands nothing back
+            self.wake(queue_name)
+
+    def flush_all(self) -> None:
+        """Dramatiq's flush, and the wake-up lists: a token left over would wake the
+        next idle consumer for nothing."""
+        super().flush_all()
+        for queue_name in self.queues:
+            self.client.delete(queue_wakeup_key(queue_name))
 
     def wake(self, queue_name: str = QUEUE_NAME) -> None:
         """Wake one idle consumer of ``queue_name``."""
