@@ -304,6 +304,34 @@ def wrk(
     return float(output.split("Requests/sec:")[1].split()[0])
 
 
+async def round_trips(database_url: str) -> dict[str, float]:
+    """Counters of work done: the benchmark database's transactions (commits and
+    rollbacks, pg_stat_database) and the Redis server's commands (INFO commandstats;
+    only this benchmark's when REDIS_URL is a private server)."""
+    from redis.asyncio import Redis
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            transactions = (
+                await connection.execute(
+                    text(
+                        "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                        "WHERE datname = current_database()"
+                    )
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    commands = sum(int(value["calls"]) for value in stats.values())
+    return {"transactions": float(transactions), "redis": float(commands)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its live children (a worker forks)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -365,6 +393,7 @@ async def submit_throughput(
         # would stretch the window back to the first of them.
         flood_started = (await connection.execute(text("SELECT now()"))).scalar_one()
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    counts_before = await round_trips(database_url)
     await asyncio.to_thread(
         wrk,
         f"http://{base}/graphql",
@@ -390,6 +419,8 @@ async def submit_throughput(
                 break
             await asyncio.sleep(0.5)
         cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        await asyncio.sleep(1.5)  # PostgreSQL's backends flush their statistics
+        counts_after = await round_trips(database_url)
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)
             await asyncio.to_thread(profiler.wait, 60)
@@ -405,8 +436,11 @@ async def submit_throughput(
             ).one()
     finally:
         await engine.dispose()
-    cpu_ms = {name: (cpu_after[name] - cpu_before[name]) * 1000 / done for name in processes}
-    return done / (last - first).total_seconds(), int(done), cpu_ms
+    per_job = {name: (cpu_after[name] - cpu_before[name]) * 1000 / done for name in processes}
+    per_job.update(
+        {name: (counts_after[name] - counts_before[name]) / done for name in counts_after}
+    )
+    return done / (last - first).total_seconds(), int(done), per_job
 
 
 async def subscription_footprint(
@@ -605,6 +639,13 @@ async def main() -> None:
                 "CPU per tiny job: API / worker processes",
                 f"{cpu_ms['api']:.2f} / {cpu_ms['worker']:.2f} ms",
                 "during the wrk flood (user + system; the worker's children included)",
+            )
+        )
+        rows.append(
+            (
+                "PostgreSQL transactions / Redis commands per tiny job",
+                f"{cpu_ms['transactions']:.1f} / {cpu_ms['redis']:.1f}",
+                "during the wrk flood (pg_stat_database; INFO commandstats, whole server)",
             )
         )
 
