@@ -201,7 +201,9 @@ async def start_runtime(
     if embedded is not None and run_jobs and settings.run_scheduler:
         # Embedded mode: schedules fire in this process (with Redis, workers and
         # `crunchql scheduler` processes fire them).
-        scheduler = build_scheduler(settings, session_factory, embedded, services.limits)
+        scheduler = build_scheduler(
+            settings, session_factory, embedded, services.limits, publish=services.bus.publish
+        )
         scheduler.start()
     return Runtime(
         settings=settings,

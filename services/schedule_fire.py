@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, EventKind
 from crunchql.db.engine import after_commit, unit_of_work
 from crunchql.db.repositories.schedule import Claim, ScheduleRepository
 from crunchql.services.container import JobQueue, Limits
@@ -29,6 +30,21 @@ from crunchql.services.schedules import recurrence_of
 logger = logging.getLogger("crunchql.scheduler")
 
 Fence = Callable[[AsyncSession], Awaitable[None]]
+# Tells the owner's list views (myCalculationUpdates) about a calculation a fire created.
+Announce = Callable[[CalculationEvent], Awaitable[None]]
+
+
+def created_event(calculation_id: uuid.UUID, owner_id: uuid.UUID) -> CalculationEvent:
+    """The "created" event of a QUEUED calculation, as a submission publishes it."""
+    return CalculationEvent(
+        id=calculation_id,
+        kind=EventKind.STATUS,
+        status=CalculationStatus.QUEUED,
+        attempt=0,
+        version=0,
+        progress=0.0,
+        owner_id=owner_id,
+    )
 
 
 class FireOutcome(StrEnum):
@@ -88,6 +104,7 @@ async def fire_batch(
     *,
     fence: Fence | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    announce: Announce | None = None,
 ) -> FireReport:
     """Act on up to ``batch_size`` schedules due at ``now``; ``processed`` says how many
     (a full batch means there may be more)."""
@@ -170,10 +187,12 @@ async def fire_batch(
         # Calculations first: a fire record points at its calculation.
         await repo.insert_calculations(calculations)
         await repo.insert_fires(fires)
-        ids = [row["id"] for row in calculations]
+        ids = [(row["id"], row["owner_id"]) for row in calculations]
 
         async def send() -> None:
-            for calculation_id in ids:
+            for calculation_id, owner_id in ids:
+                if announce is not None:
+                    await announce(created_event(calculation_id, owner_id))
                 await queue.enqueue(calculation_id)
 
         if ids:

@@ -29,6 +29,7 @@ from crunchql.pubsub.bus import RedisEventBus
 from crunchql.pubsub.redis_client import create_redis
 from crunchql.services.audit import apply_retention
 from crunchql.services.container import RunnerServices
+from crunchql.services.schedule_fire import Announce
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.queues import DramatiqJobQueue
 from crunchql.workers.runner import RunnerConfig
@@ -93,7 +94,7 @@ class WorkerRuntime:
             asyncio.create_task(runtime._sweep_loop()),
         ]
         if settings.run_scheduler:
-            runtime.scheduler = start_scheduler(settings, broker)
+            runtime.scheduler = start_scheduler(settings, broker, runtime.services.bus.publish)
         return runtime
 
     async def _heartbeat_loop(self) -> None:
@@ -181,7 +182,9 @@ class WorkerRuntime:
         await self.redis.aclose()
 
 
-def start_scheduler(settings: Settings, broker: CrunchRedisBroker) -> Scheduler:
+def start_scheduler(
+    settings: Settings, broker: CrunchRedisBroker, publish: Announce | None = None
+) -> Scheduler:
     """A scheduler contending for leadership (CRUNCHQL_RUN_SCHEDULER=false or
     `crunchql worker --no-scheduler` turns it off). Its own small engine, with
     synchronous commits: a fire it records must survive a database crash."""
@@ -189,7 +192,11 @@ def start_scheduler(settings: Settings, broker: CrunchRedisBroker) -> Scheduler:
 
     engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
     scheduler = build_scheduler(
-        settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
+        settings,
+        create_session_factory(engine),
+        DramatiqJobQueue(broker),
+        limits_from(settings),
+        publish=publish,
     )
     scheduler.start()
     return scheduler

@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crunchql.core.lifecycle import CalculationEvent
 from crunchql.core.settings import Settings
 from crunchql.db.engine import read_only
 from crunchql.db.repositories.schedule import (
@@ -41,7 +42,7 @@ from crunchql.db.repositories.schedule import (
 )
 from crunchql.observability.metrics import record_fires, set_leader
 from crunchql.services.container import JobQueue, Limits
-from crunchql.services.schedule_fire import FireConfig, fire_batch
+from crunchql.services.schedule_fire import Announce, FireConfig, fire_batch
 from crunchql.services.schedules import changes
 
 logger = logging.getLogger("crunchql.scheduler")
@@ -179,10 +180,11 @@ class Outbox:
     only after commit; a message lost here (the process dies first) is re-sent by the
     workers' lost-message sweep, as for any QUEUED calculation."""
 
-    def __init__(self, queue: JobQueue, senders: int = 4) -> None:
+    def __init__(self, queue: JobQueue, senders: int = 4, publish: Announce | None = None) -> None:
         self.queue = queue
         self.senders = senders
-        self._pending: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self.publish = publish
+        self._pending: asyncio.Queue[uuid.UUID | CalculationEvent] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # Cleared while the scheduler fires: sending (Redis, a thread hop per message)
         # would take the CPU from the fires still to be made.
@@ -190,18 +192,32 @@ class Outbox:
         self.flowing.set()
 
     async def enqueue(self, calculation_id: uuid.UUID) -> None:
+        self._put(calculation_id)
+
+    async def announce(self, event: CalculationEvent) -> None:
+        """Publish a fired calculation's "created" event for its owner's list views."""
+        if self.publish is not None:
+            self._put(event)
+
+    def _put(self, item: uuid.UUID | CalculationEvent) -> None:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._send()) for _ in range(self.senders)]
-        self._pending.put_nowait(calculation_id)
+        self._pending.put_nowait(item)
 
     async def _send(self) -> None:
         while True:
-            calculation_id = await self._pending.get()
+            item = await self._pending.get()
             await self.flowing.wait()
             try:
-                await self.queue.enqueue(calculation_id)
+                if isinstance(item, CalculationEvent):
+                    assert self.publish is not None
+                    await self.publish(item)
+                else:
+                    await self.queue.enqueue(item)
             except Exception as error:
-                logger.warning("sending calculation %s failed: %s", calculation_id, error)
+                # A lost event costs a list view one live row (it shows on a re-read);
+                # a lost message is re-sent by the workers' lost-message sweep.
+                logger.warning("sending %s failed: %s", item, error)
             finally:
                 self._pending.task_done()
 
@@ -251,9 +267,10 @@ class Scheduler:
         leadership: Leadership,
         *,
         clock: Callable[[], datetime] = utcnow,
+        publish: Announce | None = None,
     ) -> None:
         self.session_factory = session_factory
-        self.outbox = Outbox(queue)
+        self.outbox = Outbox(queue, publish=publish)
         self.config = config
         self.leadership = leadership
         self.clock = clock
@@ -291,6 +308,7 @@ class Scheduler:
                 now,
                 fence=self.leadership.fence,
                 clock=self.clock,
+                announce=self.outbox.announce,
             )
             if report.processed or report.misfires:
                 record_fires(
@@ -367,17 +385,22 @@ def build_scheduler(
     session_factory: async_sessionmaker[AsyncSession],
     queue: JobQueue,
     limits: Limits,
+    publish: Announce | None = None,
 ) -> Scheduler:
     leadership: Leadership = (
         LocalLeadership() if settings.is_sqlite else PostgresLeadership(settings.database_url)
     )
-    return Scheduler(session_factory, queue, config_from(settings, limits), leadership)
+    return Scheduler(
+        session_factory, queue, config_from(settings, limits), leadership, publish=publish
+    )
 
 
 async def serve(settings: Settings) -> None:
     """``crunchql scheduler``: a scheduler process, until SIGTERM or SIGINT."""
     from crunchql.db.engine import create_engine, create_session_factory
     from crunchql.observability.metrics import start_worker_metrics_server
+    from crunchql.pubsub.bus import RedisEventBus
+    from crunchql.pubsub.redis_client import create_redis
     from crunchql.runtime import limits_from
     from crunchql.workers.broker import create_broker
     from crunchql.workers.queues import DramatiqJobQueue
@@ -387,8 +410,13 @@ async def serve(settings: Settings) -> None:
         start_worker_metrics_server(settings.scheduler_metrics_port)
     engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
     broker = create_broker(settings.redis_url)
+    redis = create_redis(settings.redis_url)
     scheduler = build_scheduler(
-        settings, create_session_factory(engine), DramatiqJobQueue(broker), limits_from(settings)
+        settings,
+        create_session_factory(engine),
+        DramatiqJobQueue(broker),
+        limits_from(settings),
+        publish=RedisEventBus(redis).publish,
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -401,5 +429,6 @@ async def serve(settings: Settings) -> None:
     finally:
         await scheduler.stop()  # releases the lock: a follower takes over at once
         broker.close()
+        await redis.aclose()
         await engine.dispose()
         logger.info("scheduler %s stopped", scheduler.leadership.identity)

@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, EventKind
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import User
 from crunchql.db.repositories import CalculationRepository
+from crunchql.pubsub.bus import Subscription
+from crunchql.pubsub.channels import user_events_key
 from crunchql.services.container import Limits
 from crunchql.services.recurrence import MisfirePolicy
 from crunchql.services.schedule_fire import FireConfig, FireOutcome, FireReport, fire_batch
@@ -66,6 +69,16 @@ class Harness:
         return result
 
 
+async def announced(subscription: Subscription, count: int) -> list[CalculationEvent]:
+    """The next ``count`` events on a user's key (each within 30 s)."""
+    events = []
+    for _ in range(count):
+        event = await subscription.get(timeout=30)
+        assert isinstance(event, CalculationEvent), event
+        events.append(event)
+    return events
+
+
 def parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -99,6 +112,33 @@ async def test_a_due_fire_creates_one_calculation_once(harness: Harness) -> None
     instants = [parse(edge["node"]["scheduledFor"]) for edge in state["runs"]["edges"]]
     assert instants == [due + timedelta(minutes=1), due]
     assert len(harness.queue.sent) == 2
+
+
+async def test_a_fired_calculation_is_announced_to_its_owners_list_views(
+    harness: Harness,
+) -> None:
+    """As a submission's: myCalculationUpdates shows a scheduled run once it exists."""
+    schedule = await harness.create(cron="* * * * *")
+    owner = uuid.UUID((await harness.client.execute("{ me { id } }"))["data"]["me"]["id"])
+    bus = harness.services.bus
+    async with bus.subscribe(user_events_key(owner)) as subscription:
+        now = schedule["due"] + timedelta(seconds=1)
+        await fire_batch(
+            harness.services.session_factory,
+            harness.queue,
+            FireConfig(limits=harness.services.limits),
+            now,
+            clock=lambda: now,
+            announce=bus.publish,
+        )
+        [run_id] = harness.queue.sent
+        [event] = await announced(subscription, 1)
+    assert (event.id, event.owner_id) == (run_id, owner)
+    assert (event.kind, event.status, event.version) == (
+        EventKind.STATUS,
+        CalculationStatus.QUEUED,
+        0,
+    )
 
 
 @pytest.mark.parametrize("policy", [MisfirePolicy.SKIP, MisfirePolicy.RUN_ONCE])
@@ -221,23 +261,30 @@ async def test_the_scheduler_fires_each_second_exactly_once(database_url: str) -
         services = app.state.runtime.services
         harness = Harness(graphql, services, RecordingQueue())
         schedule = await harness.create(cron="* * * * * *")
+        owner = uuid.UUID((await graphql.execute("{ me { id } }"))["data"]["me"]["id"])
         scheduler = Scheduler(
             services.session_factory,
             harness.queue,
             SchedulerConfig(fire=FireConfig(limits=services.limits), max_sleep=5.0),
             LocalLeadership(),
+            publish=services.bus.publish,
         )
-        scheduler.start()
-        try:
+        async with services.bus.subscribe(user_events_key(owner)) as subscription:
+            scheduler.start()
+            try:
 
-            async def four_runs() -> list[Any]:
-                edges = (await harness.runs(schedule["id"]))["runs"]["edges"]
-                return edges if len(edges) >= 4 else []
+                async def four_runs() -> list[Any]:
+                    edges = (await harness.runs(schedule["id"]))["runs"]["edges"]
+                    return edges if len(edges) >= 4 else []
 
-            await wait_for(four_runs, timeout=60, interval=0.2)
-        finally:
-            await scheduler.stop()
-        edges = (await harness.runs(schedule["id"]))["runs"]["edges"]
+                await wait_for(four_runs, timeout=60, interval=0.2)
+            finally:
+                await scheduler.stop()
+            edges = (await harness.runs(schedule["id"]))["runs"]["edges"]
+            # Each run announced to its owner's list views, once.
+            events = await announced(subscription, len(edges))
+            assert subscription.pending == 0
+        assert sorted(e.id for e in events) == sorted(uuid.UUID(e["node"]["id"]) for e in edges)
     nodes = [edge["node"] for edge in edges][::-1]
     instants = [parse(node["scheduledFor"]) for node in nodes]
     first = instants[0]
