@@ -29,6 +29,7 @@ from typing import Any
 
 import dramatiq
 import redis
+from dramatiq.asyncio import EventLoopThread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis
 from dramatiq.middleware import (
@@ -208,6 +209,29 @@ class CrunchRedisBroker(RedisBroker):
         pipe.ltrim(key, 0, WAKEUP_LIST_LENGTH - 1)  # never grows unbounded
 
 
+class _DaemonEventLoopThread(EventLoopThread):
+    def __init__(self, logger: Any, interrupt_check_ival: float = 0.1) -> None:
+        super().__init__(logger, interrupt_check_ival)
+        self.daemon = True
+
+
+class DaemonAsyncIO(AsyncIO):
+    """Dramatiq's AsyncIO middleware with its event loop in a daemon thread.
+
+    Dramatiq's answer to a second SIGTERM is ``sys.exit`` in the worker process's main
+    thread, whatever the shutdown was doing. With the loop in a normal thread that nobody
+    stops any more, the interpreter then waited on it forever: the process kept running
+    (and heartbeating, so it still counted as a live worker) until a SIGKILL. As a
+    daemon, the loop ends with the process; a job it was running is taken over by
+    another worker once the heartbeat is stale, as after any crash.
+    """
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        thread = _DaemonEventLoopThread(self.logger)
+        thread.start(timeout=1.0)
+        set_event_loop_thread(thread)
+
+
 def _retry_requested(_retries: int, error: BaseException) -> bool:
     return isinstance(error, dramatiq.Retry)
 
@@ -222,7 +246,7 @@ def standard_middleware(extra: list[Middleware] | None = None) -> list[Middlewar
         # how often and when is workers.runner.run_with_policy's decision.
         Retries(retry_when=_retry_requested),
         CurrentMessage(),
-        AsyncIO(),
+        DaemonAsyncIO(),
         *(extra or []),
     ]
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -204,6 +205,46 @@ def start_scheduler(
 
 _runtime: WorkerRuntime | None = None
 
+# A stop signal within this long of the first is the same stop, not a second one.
+ECHOED_SIGNAL_SECONDS = 2.0
+
+
+def _ignore_echoed_stop_signals() -> None:
+    """Keep one stop request from counting twice in a Dramatiq worker process.
+
+    Dramatiq reads a second SIGTERM as "die now" (``sys.exit``, running jobs abandoned).
+    But a stop signalled to the whole process group (systemd's default, Ctrl-C in a
+    terminal, ``kill -- -PGID``) reaches each worker process twice at once: straight,
+    and passed on by Dramatiq's main process. So a worker stopped that way used to die
+    instead of handing its jobs back. A repeat within ECHOED_SIGNAL_SECONDS is now taken
+    for that echo; a later one still means "die now". Runs in the worker process's main
+    thread (after_process_boot), after Dramatiq installed its handlers.
+    """
+    first: dict[int, float] = {}
+
+    def install(signum: int) -> None:
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            return
+
+        def handler(received: int, frame: Any) -> None:
+            now = time.monotonic()
+            started = first.setdefault(received, now)
+            if started != now and now - started < ECHOED_SIGNAL_SECONDS:
+                logger.info(
+                    "stop signal %d again within %.0f s: the same stop",
+                    received,
+                    ECHOED_SIGNAL_SECONDS,
+                )
+                return
+            previous(received, frame)
+
+        signal.signal(signum, handler)
+
+    install(signal.SIGTERM)
+    if hasattr(signal, "SIGHUP"):
+        install(signal.SIGHUP)
+
 
 def current_runtime() -> WorkerRuntime:
     if _runtime is None:
@@ -216,6 +257,7 @@ class WorkerLifecycle(Middleware):
         self.settings = settings
 
     def after_process_boot(self, broker: Any) -> None:
+        _ignore_echoed_stop_signals()
         if self.settings.metrics:
             start_worker_metrics_server(self.settings.worker_metrics_port)
         started = time.perf_counter()

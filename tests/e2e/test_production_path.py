@@ -466,3 +466,41 @@ async def test_a_client_that_disconnects_releases_its_subscriptions(stack: Stack
 
 async def _gauge_is(stack: Stack, name: str, value: float) -> bool:
     return await _gauge(stack, name) == value
+
+
+async def _worker_rows(stack: Stack) -> int:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(stack.database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT count(*) FROM workers"))
+            return int(rows.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def test_a_worker_stopped_as_a_process_group_hands_its_job_back(stack: Stack) -> None:
+    """systemd's stop (and Ctrl-C in a terminal) signals every process of the group, so
+    each Dramatiq worker process gets SIGTERM twice at once: straight, and passed on by
+    its main process. Dramatiq reads a second SIGTERM as "die now"; such a worker used
+    to abandon its job and then hang until SIGKILL. It stops as on one SIGTERM: hands
+    the job back, says goodbye (its heartbeat row goes) and exits."""
+    graphql = await client(stack)
+    submitted = await graphql.submit({"monteCarloPi": {"samples": INTERRUPTED_SAMPLES, "seed": 9}})
+    await wait_running(graphql, submitted["id"], stack.api)
+    [worker] = stack.workers
+    worker.kill(signal.SIGTERM)  # the whole process group
+    # Handing back waits for the running chunk at most.
+    await asyncio.to_thread(worker.process.wait, LOAD_FACTOR * 5 + MARGIN_SECONDS)
+    stack.workers.remove(worker)
+    worker.stop()
+    assert await _worker_rows(stack) == 0, worker.log()  # a goodbye, not a crash
+    stack.add_worker()
+    deadline = LOAD_FACTOR * WORKER_BOOT_SECONDS + pi_deadline(INTERRUPTED_SAMPLES)
+    async with ws_session(stack.base, graphql.token) as socket_:
+        events, errors = await collect_updates(socket_, submitted["id"], timeout=deadline)
+    assert errors == [], stack.dump_logs()
+    assert events[-1]["status"] == "SUCCEEDED", stack.dump_logs()
+    await graphql.close()
