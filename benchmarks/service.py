@@ -2,6 +2,7 @@
 
     python -m benchmarks.service [--jobs 300] [--throughput-seconds 10] [--concurrency 32]
                                  [--idle-jobs 200] [--idle-gap 1.5] [--only idle]
+                                 [--only jobs] [--users 16] [--profile DIR]
 
 Prints one table:
 - latency from `submitCalculation` to the terminal event at a WebSocket client, for a
@@ -14,7 +15,12 @@ Prints one table:
 - authenticated `{ me { id email } }` requests per second against a bare Strawberry
   `{ hello }` app served the same way, side by side (ratio);
 - Redis connections held by the API with many open subscriptions, and memory per
-  open subscription.
+  open subscription;
+- CPU time of the API process and of the worker processes per tiny job, during the
+  wrk flood (less sensitive to other load on the machine than the wall-clock rows).
+
+``--profile DIR`` writes py-spy flame graphs of the API and the worker during the wrk
+flood (``pip install py-spy``; py-spy needs ptrace rights).
 
 Needs PostgreSQL and Redis (TEST_DATABASE_URL / TEST_REDIS_URL as for the tests).
 """
@@ -23,8 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -127,7 +136,11 @@ class Subscriber:
     async def _read(self) -> None:
         async for raw in self.socket:
             message = json.loads(raw)
-            if message["type"] == "next":
+            if message["type"] == "error":  # e.g. refused by a server limit: fail fast
+                future = self.waiters.get(message["id"])
+                if future and not future.done():
+                    future.set_exception(RuntimeError(f"subscription refused: {message}"))
+            elif message["type"] == "next":
                 status = message["payload"]["data"]["calculationUpdates"]["status"]
                 future = self.waiters.get(message["id"])
                 if future and not future.done() and status in ("SUCCEEDED", "FAILED", "CANCELLED"):
@@ -163,12 +176,18 @@ async def submit(http: httpx.AsyncClient, url: str, token: str) -> str:
 
 
 async def latency(
-    base: str, token: str, jobs: int, gap: float = 0.0, after_response: list[float] | None = None
+    base: str,
+    token: str,
+    jobs: int,
+    gap: float = 0.0,
+    after_response: list[float] | None = None,
+    measured_ids: list[str] | None = None,
 ) -> list[float]:
     """Submit → terminal event at the client, one job at a time, ``gap`` seconds apart.
 
     ``after_response`` (when given) collects the part after the submit's HTTP response:
-    queue pick-up, run and delivery, without the API's own request time.
+    queue pick-up, run and delivery, without the API's own request time;
+    ``measured_ids`` the ids of the jobs measured (for the database's timestamps).
     """
     samples = []
     async with httpx.AsyncClient() as http, Subscriber(base, token) as subscriber:
@@ -183,29 +202,58 @@ async def latency(
             finished = await asyncio.wait_for(done, 30)
             if index >= 20:  # warm-up
                 samples.append((finished - started) * 1000)
+                if measured_ids is not None:
+                    measured_ids.append(calculation_id)
                 if after_response is not None:
                     after_response.append((finished - responded) * 1000)
     return samples
 
 
-async def throughput(base: str, token: str, seconds: float, concurrency: int) -> float:
-    async with (
-        httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http,
-        Subscriber(base, token) as subscriber,
-    ):
+async def stages(database_url: str, ids: list[str]) -> tuple[float, float]:
+    """Medians of created → started and started → finished (ms) of these calculations."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text(
+                        "SELECT extract(epoch FROM started_at - created_at) * 1000, "
+                        "extract(epoch FROM finished_at - started_at) * 1000 "
+                        "FROM calculations WHERE id = ANY(CAST(:ids AS uuid[]))"
+                    ),
+                    {"ids": ids},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return (
+        statistics.median(float(row[0]) for row in rows),
+        statistics.median(float(row[1]) for row in rows),
+    )
+
+
+async def throughput(base: str, tokens: list[str], seconds: float, concurrency: int) -> float:
+    """``concurrency`` clients, client i acting as user ``i % len(tokens)``, each with a
+    socket of its own."""
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency))
+        )
+        subscribers = [await stack.enter_async_context(Subscriber(base, token)) for token in tokens]
         url = f"http://{base}/graphql"
         completed = 0
         deadline = time.perf_counter() + seconds
 
-        async def client() -> None:
+        async def client(number: int) -> None:
             nonlocal completed
+            token, subscriber = tokens[number % len(tokens)], subscribers[number % len(tokens)]
             while time.perf_counter() < deadline:
                 calculation_id = await submit(http, url, token)
                 await asyncio.wait_for(await subscriber.watch(calculation_id), 60)
                 completed += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(number) for number in range(concurrency)))
         return completed / (time.perf_counter() - started)
 
 
@@ -216,13 +264,32 @@ wrk.headers["Content-Type"] = "application/json"
 %s
 """
 
+# Requests in turn as each of several users (one Authorization header per request).
+WRK_USERS = """
+tokens = {%s}
+counter = 0
+request = function()
+    counter = counter + 1
+    wrk.headers["Authorization"] = "Bearer " .. tokens[counter %% #tokens + 1]
+    return wrk.format()
+end
+"""
+
 
 def wrk(
-    url: str, body: dict[str, Any], headers: dict[str, str], seconds: float, connections: int = 16
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    seconds: float,
+    connections: int = 16,
+    tokens: list[str] | None = None,
 ) -> float:
     """Requests per second by wrk (C, one thread on the other core): the load generator
-    must not be the bottleneck, as a Python client would be."""
+    must not be the bottleneck, as a Python client would be. With ``tokens``, requests
+    go out as each of those users in turn."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    if tokens:
+        header_lines += WRK_USERS % ", ".join(f'"{token}"' for token in tokens)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (json.dumps(body), header_lines))
     output = subprocess.run(
@@ -237,24 +304,108 @@ def wrk(
     return float(output.split("Requests/sec:")[1].split()[0])
 
 
+async def round_trips(database_url: str) -> dict[str, float]:
+    """Counters of work done: the benchmark database's transactions (commits and
+    rollbacks, pg_stat_database) and the commands sent to the Redis server (INFO
+    commandstats; only this benchmark's when REDIS_URL is a private server)."""
+    from redis.asyncio import Redis
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            transactions = (
+                await connection.execute(
+                    text(
+                        "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                        "WHERE datname = current_database()"
+                    )
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    # What clients send; the commands Dramatiq's Lua script runs inside the server are
+    # counted by Redis too, and left out here.
+    sent = ("evalsha", "publish", "lpush", "ltrim", "blpop", "script|exists", "script|load")
+    commands = sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in sent)
+    return {"transactions": float(transactions), "redis": float(commands)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live children (a worker forks)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            _, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = tail.split()
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy on ``pid`` and its children: a flame graph (.svg) or collapsed stacks
+    (.txt, for counting per layer)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    kind = "raw" if out.suffix == ".txt" else "flamegraph"
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking"),
+            *("--rate", "200", "--format", kind, "-o", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def submit_throughput(
-    base: str, token: str, database_url: str, seconds: float, connections: int
-) -> tuple[float, int]:
+    base: str,
+    tokens: list[str],
+    database_url: str,
+    seconds: float,
+    connections: int,
+    processes: dict[str, int],
+    profile: Path | None = None,
+) -> tuple[float, int, dict[str, float]]:
     """wrk floods submitCalculation with tiny jobs; the rate is jobs finished per second
-    from the first submission to the last result stored (the whole path but the socket)."""
+    from the first submission to the last result stored (the whole path but the socket).
+    Also the CPU seconds each of ``processes`` spent per job meanwhile (ms)."""
     body = {
         "query": "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }",
         "variables": {"i": TINY},
     }
+    profilers = []
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        profilers = [
+            start_profiler(pid, profile / f"{name}.{suffix}")
+            for name, pid in processes.items()
+            for suffix in ("svg", "txt")
+        ]
+        await asyncio.sleep(1.0)  # attached
+    engine = create_async_engine(database_url)
+    async with engine.connect() as connection:
+        # Only this flood's jobs: the earlier rows' SUCCEEDED (latency, WebSocket clients)
+        # would stretch the window back to the first of them.
+        flood_started = (await connection.execute(text("SELECT now()"))).scalar_one()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    counts_before = await round_trips(database_url)
     await asyncio.to_thread(
         wrk,
         f"http://{base}/graphql",
         body,
-        {"Authorization": f"Bearer {token}"},
+        {},
         seconds,
         connections,
+        tokens,
     )
-    engine = create_async_engine(database_url)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -270,18 +421,29 @@ async def submit_throughput(
             if pending == 0:
                 break
             await asyncio.sleep(0.5)
+        cpu_after = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        await asyncio.sleep(1.5)  # PostgreSQL's backends flush their statistics
+        counts_after = await round_trips(database_url)
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)
+            await asyncio.to_thread(profiler.wait, 60)
         async with engine.connect() as connection:
             first, last, done = (
                 await connection.execute(
                     text(
                         "SELECT min(created_at), max(finished_at), count(*) FROM calculations "
-                        "WHERE status = 'SUCCEEDED'"
-                    )
+                        "WHERE status = 'SUCCEEDED' AND created_at >= :started"
+                    ),
+                    {"started": flood_started},
                 )
             ).one()
     finally:
         await engine.dispose()
-    return done / (last - first).total_seconds(), int(done)
+    per_job = {name: (cpu_after[name] - cpu_before[name]) * 1000 / done for name in processes}
+    per_job.update(
+        {name: (counts_after[name] - counts_before[name]) / done for name in counts_after}
+    )
+    return done / (last - first).total_seconds(), int(done), per_job
 
 
 async def subscription_footprint(
@@ -328,10 +490,18 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--users", type=int, default=16, help="users the throughput clients act as, in turn"
+    )
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--idle-jobs", type=int, default=200)
     parser.add_argument("--idle-gap", type=float, default=1.5, help="seconds between idle jobs")
-    parser.add_argument("--only", choices=["idle"], help="run only this part of the table")
+    parser.add_argument(
+        "--only",
+        choices=["idle", "jobs"],
+        help="run only this part of the table (jobs: latency, throughput and CPU rows)",
+    )
+    parser.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the wrk flood")
     args = parser.parse_args()
 
     database_url = await fresh_database()
@@ -341,7 +511,17 @@ async def main() -> None:
     await redis.flushdb()
     log_dir = Path(tempfile.mkdtemp(prefix="crunchql-bench-"))
     env = service_env(
-        database_url, REDIS_URL, CRUNCHQL_LOG_LEVEL="WARNING", CRUNCHQL_METRICS="false"
+        database_url,
+        REDIS_URL,
+        CRUNCHQL_LOG_LEVEL="WARNING",
+        CRUNCHQL_METRICS="false",
+        # One socket carries every latency job's subscription: 300 a minute per socket
+        # (the default) refused the 301st.
+        CRUNCHQL_WS_OPERATIONS_PER_MINUTE="1000000",
+        # The floods queue far more than 20 calculations per user (the default cap of
+        # queued + running): measured is the path, not the refusals. The per-user running
+        # limit stays at its default (2), over --users users.
+        CRUNCHQL_MAX_ACTIVE_CALCULATIONS="1000000",
     )
     api, base = start_api(env, log_dir)
     worker = start_worker(env, log_dir, threads=8)
@@ -368,9 +548,12 @@ async def main() -> None:
     try:
         await wait_healthy(base, api)
         await wait_ready(base, worker)
-        graphql = HttpGraphQL(base)
-        token = await graphql.register()
-        await graphql.close()
+        tokens = []
+        for _ in range(args.users):
+            graphql = HttpGraphQL(base)
+            tokens.append(await graphql.register())
+            await graphql.close()
+        token = tokens[0]
 
         if args.idle_jobs:
             after: list[float] = []
@@ -403,7 +586,8 @@ async def main() -> None:
             print_table(rows)
             return
 
-        samples = await latency(base, token, args.jobs)
+        measured: list[str] = []
+        samples = await latency(base, token, args.jobs, measured_ids=measured)
         rows.append(
             (
                 "submit → terminal event, tiny job (p50)",
@@ -418,25 +602,60 @@ async def main() -> None:
                 "target ≤ 30 ms",
             )
         )
-        rate = await throughput(base, token, args.throughput_seconds, args.concurrency)
+        queued, running = await stages(database_url, measured)
+        rows.append(
+            (
+                "  of which created → started / started → finished (p50)",
+                f"{queued:.1f} / {running:.1f} ms",
+                "the database's timestamps: queue pick-up and claim / run, finish",
+            )
+        )
+        rate = await throughput(base, tokens, args.throughput_seconds, args.concurrency)
         rows.append(
             (
                 "tiny calculations per second, whole path, WebSocket clients",
                 f"{rate:.0f} /s",
-                f"{args.concurrency} Python clients submitting and awaiting the event",
+                f"{args.concurrency} Python clients as {args.users} users, submitting and "
+                "awaiting the event",
             )
         )
-        flood, count = await submit_throughput(
-            base, token, database_url, args.throughput_seconds, args.concurrency
+        flood, count, cpu_ms = await submit_throughput(
+            base,
+            tokens,
+            database_url,
+            args.throughput_seconds,
+            args.concurrency,
+            {"api": api.process.pid, "worker": worker.process.pid},
+            Path(args.profile) if args.profile else None,
         )
         rows.append(
             (
                 "tiny calculations per second, submit → stored result",
                 f"{flood:.0f} /s",
-                f"wrk, {args.concurrency} connections, {count} jobs, 1 API + 1 worker "
-                "process, target ≥ 500",
+                f"wrk, {args.concurrency} connections as {args.users} users, {count} jobs, "
+                "1 API + 1 worker process, target ≥ 500",
             )
         )
+
+        rows.append(
+            (
+                "CPU per tiny job: API / worker processes",
+                f"{cpu_ms['api']:.2f} / {cpu_ms['worker']:.2f} ms",
+                "during the wrk flood (user + system; the worker's children included)",
+            )
+        )
+        rows.append(
+            (
+                "PostgreSQL transactions / Redis commands per tiny job",
+                f"{cpu_ms['transactions']:.1f} / {cpu_ms['redis']:.1f}",
+                "during the wrk flood (pg_stat_database; commands sent to the Redis server, "
+                "pipelined ones each counted)",
+            )
+        )
+
+        if args.only == "jobs":
+            print_table(rows)
+            return
 
         me = {"query": "{ me { id email } }"}
         hello = {"query": "{ hello }"}

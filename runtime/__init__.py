@@ -150,7 +150,7 @@ async def start_runtime(
     queue: JobQueue
     if settings.redis_url:
         queue = DramatiqJobQueue(
-            create_broker(settings.redis_url), router_from(settings, session_factory)
+            create_broker(settings.redis_url), router_from(settings, session_factory), redis
         )
     else:
         embedded = EmbeddedJobQueue(

@@ -23,7 +23,7 @@ from crunchql.core.errors import (
 from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, WatchState
 from crunchql.db.engine import after_commit, read_only, unit_of_work
 from crunchql.db.models import AuditAction, Calculation, CalculationStatus, Role, User
-from crunchql.db.repositories import CalculationPage, CalculationRepository, UserRepository
+from crunchql.db.repositories import CalculationPage, CalculationRepository
 from crunchql.pubsub.bus import RESYNC
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
@@ -70,7 +70,7 @@ async def submit(
         # under the owner's lock, so parallel submits cannot all pass the count (row
         # lock on PostgreSQL, across API processes; an in-process lock as well, which
         # is what serialises them on SQLite).
-        await UserRepository(session).lock(user.id)
+        await repo.lock_owner(user.id)
         active = await repo.count_active(user.id)
         if active >= services.limits.max_active_calculations:
             raise RateLimitedError(

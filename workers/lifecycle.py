@@ -74,7 +74,7 @@ class WorkerRuntime:
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         session_factory = create_session_factory(engine)
         router = router_from(settings, session_factory)
-        queue = DramatiqJobQueue(broker, router)
+        queue = DramatiqJobQueue(broker, router, redis)
         gpu = settings.worker_device == "gpu"
         runtime = cls(
             settings=settings,

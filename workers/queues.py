@@ -10,6 +10,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from redis.asyncio import Redis as AsyncRedis
 
 from crunchql.compute.catalog import warm_up_all
 from crunchql.core.lifecycle import RunOutcome
@@ -32,21 +33,35 @@ class DramatiqJobQueue:
     With a ``router`` (:mod:`workers.routing`) each message goes to ``calculations.gpu``
     or ``calculations`` by its kind, size and whether a GPU worker is alive; without
     one (and for ``work=None`` while no GPU worker is alive) to ``calculations``.
+    With ``redis`` (an asyncio client of the broker's server), ``enqueue`` sends from
+    the event loop; without, from a thread with the broker's own client.
     """
 
-    def __init__(self, broker: CrunchRedisBroker, router: GpuRouter | None = None) -> None:
+    def __init__(
+        self,
+        broker: CrunchRedisBroker,
+        router: GpuRouter | None = None,
+        redis: AsyncRedis | None = None,
+    ) -> None:
         self.broker = broker
         self.router = router
+        self.redis = redis
 
-    def send(self, calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME) -> None:
-        message: dramatiq.Message[None] = dramatiq.Message(
+    @staticmethod
+    def _run_message(
+        calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME
+    ) -> dramatiq.Message[None]:
+        return dramatiq.Message(
             queue_name=queue_name,
             actor_name=ACTOR_NAME,
             args=(str(calculation_id),),
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message)  # wakes an idle consumer too (CrunchRedisBroker)
+
+    def send(self, calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME) -> None:
+        # Wakes an idle consumer too (CrunchRedisBroker).
+        self.broker.enqueue(self._run_message(calculation_id, queue_name))
 
     async def _queue(
         self, calculation_id: uuid.UUID, work: Work | None, shards: int | None = None
@@ -61,9 +76,15 @@ class DramatiqJobQueue:
         # Bounded: the row is committed, and a send that does not go through is re-sent
         # by the workers' sweeper, so a caller never waits long on Redis.
         queue_name = await self._queue(calculation_id, work)
-        await asyncio.wait_for(
-            asyncio.to_thread(self.send, calculation_id, queue_name), SEND_TIMEOUT_SECONDS
-        )
+        if self.redis is not None:
+            message = self._run_message(calculation_id, queue_name)
+            await asyncio.wait_for(
+                self.broker.enqueue_async(self.redis, message), SEND_TIMEOUT_SECONDS
+            )
+        else:
+            await asyncio.wait_for(
+                asyncio.to_thread(self.send, calculation_id, queue_name), SEND_TIMEOUT_SECONDS
+            )
 
     def send_shard(
         self, calculation_id: uuid.UUID, shard: int, queue_name: str = QUEUE_NAME

@@ -25,7 +25,7 @@ from crunchql.compute.catalog import KINDS
 from crunchql.compute.devices import has_gpu_kernel
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.core.logging import bind_log_context
-from crunchql.db.engine import unit_of_work
+from crunchql.db.engine import read_only, single_statement, unit_of_work
 from crunchql.db.models import Calculation
 from crunchql.db.repositories import CalculationRepository, ShardRepository
 from crunchql.observability.metrics import record_finished
@@ -165,7 +165,10 @@ async def run_calculation(
     factory = services.session_factory
     now = _now()
     stale_before = now if take_over else now - config.stale_after
-    async with unit_of_work(factory) as session:
+    # Under a running limit the claim is two statements (the owner's row lock, then the
+    # conditional UPDATE): one transaction. Without, the UPDATE alone, committed by itself.
+    scope = unit_of_work if config.max_running_per_user is not None else single_statement
+    async with scope(factory) as session:
         calculation = await CalculationRepository(session).claim(
             calculation_id,
             config.worker_id,
@@ -198,7 +201,8 @@ async def _start_waiting(
     if config.max_running_per_user is None or config.requeue is None:
         return
     try:
-        async with unit_of_work(services.session_factory) as session:
+        # One SELECT: no transaction of its own (no BEGIN and COMMIT round trips).
+        async with read_only(services.session_factory) as session:
             waiting = await CalculationRepository(session).list_waiting_for_owner(
                 owner_id, config.max_running_per_user
             )
@@ -218,7 +222,8 @@ async def _finish(
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> RunOutcome:
-    async with unit_of_work(services.session_factory) as session:
+    # One conditional UPDATE: its own transaction, committed before the event goes out.
+    async with single_statement(services.session_factory) as session:
         row = await CalculationRepository(session).finish(
             calculation.id,
             config.worker_id,
@@ -342,7 +347,7 @@ async def _execute(
                 )
             if clock - last_write >= config.write_interval:
                 last_write = clock
-                async with unit_of_work(services.session_factory) as session:
+                async with single_statement(services.session_factory) as session:
                     owned = await CalculationRepository(session).record_progress(
                         calculation.id,
                         config.worker_id,

@@ -8,14 +8,137 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql import Executable
 
-from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus
-from crunchql.db.repositories.user import UserRepository
+from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus, User
 
 _IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
+
+# --- the hot paths' statements, built once ----------------------------------------------
+#
+# Submit (lock, count, insert), claim, progress and finish run on every calculation.
+# Built once with bind parameters and executed on the session's connection (Core), they
+# skip the ORM's per-execution compile state and the cache-key generation of a freshly
+# built statement: the profile of a tiny-job flood had these at about a third of the
+# API's and the worker's CPU. Parameter names start with ``p_``: an UPDATE reserves the
+# column names for its SET clause.
+_T = cast(Table, Calculation.__table__)
+_U = cast(Table, User.__table__)
+_ACTIVE = sorted(ACTIVE_STATUSES)
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
+
+
+_LOCK_OWNER = select(_U.c.id).where(_U.c.id == _param("p_owner", _U.c.id)).with_for_update()
+# The owner of a calculation, locked, in one round trip (the claim under a running limit).
+_LOCK_OWNER_OF = (
+    select(_U.c.id)
+    .where(
+        _U.c.id == select(_T.c.owner_id).where(_T.c.id == _param("p_id", _T.c.id)).scalar_subquery()
+    )
+    .with_for_update()
+)
+_COUNT_ACTIVE = (
+    select(func.count())
+    .select_from(_T)
+    .where(_T.c.owner_id == _param("p_owner", _T.c.owner_id), _T.c.status.in_(_ACTIVE))
+)
+_INSERT = insert(_T).returning(*_T.c)
+_OWNED_RUN = and_(
+    _T.c.id == _param("p_id", _T.c.id),
+    _T.c.status == CalculationStatus.RUNNING,
+    _T.c.worker_id == _param("p_worker", _T.c.worker_id),
+)
+
+
+def _claim_statement(with_limit: bool) -> Executable:
+    condition = or_(
+        _T.c.status == CalculationStatus.QUEUED,
+        and_(
+            _T.c.status == CalculationStatus.RUNNING,
+            or_(
+                _T.c.heartbeat_at.is_(None),
+                _T.c.heartbeat_at < _param("p_stale_before", _T.c.heartbeat_at),
+            ),
+        ),
+    )
+    if with_limit:
+        # Fewer than p_max_running OTHER live runs of the same owner (a correlated count).
+        other = _T.alias("other")
+        live = (
+            select(func.count())
+            .select_from(other)
+            .where(
+                other.c.owner_id == _T.c.owner_id,
+                other.c.id != _T.c.id,
+                other.c.status == CalculationStatus.RUNNING,
+                other.c.heartbeat_at >= _param("p_alive_after", other.c.heartbeat_at),
+            )
+            .scalar_subquery()
+        )
+        condition = and_(condition, live < bindparam("p_max_running"))
+    now = _param("p_now", _T.c.started_at)
+    return (
+        update(_T)
+        .where(_T.c.id == _param("p_id", _T.c.id), condition)
+        .values(
+            status=CalculationStatus.RUNNING,
+            started_at=now,
+            attempts=_T.c.attempts + 1,
+            worker_id=_param("p_worker", _T.c.worker_id),
+            heartbeat_at=now,
+            version=_T.c.version + 1,
+            error=None,
+            # A split calculation keeps what its shards say (ShardRepository.claim).
+            device=case((_T.c.shards > 1, _T.c.device), else_=_param("p_device", _T.c.device)),
+        )
+        .returning(*_T.c)
+    )
+
+
+_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+
+
+def _finish_statement(succeeded: bool) -> Executable:
+    now = _param("p_now", _T.c.finished_at)
+    values: dict[str, Any] = {
+        "status": _param("p_status", _T.c.status),
+        "finished_at": now,
+        "result": _param("p_result", _T.c.result),
+        "error": _param("p_error", _T.c.error),
+        "heartbeat_at": now,
+        "version": _param("p_version", _T.c.version),
+    }
+    if succeeded:
+        values["progress"] = 1.0
+        values["partial_result"] = None
+    return update(_T).where(_OWNED_RUN).values(**values).returning(*_T.c)
+
+
+_FINISH = {False: _finish_statement(False), True: _finish_statement(True)}
+
+
+def _progress_statement(dialect: str) -> Executable:
+    # SQLite's two-argument max() is PostgreSQL's greatest().
+    greatest = func.max if dialect == "sqlite" else func.greatest
+    return (
+        update(_T)
+        .where(_OWNED_RUN)
+        .values(
+            progress=greatest(_T.c.progress, _param("p_progress", _T.c.progress)),
+            partial_result=_param("p_partial", _T.c.partial_result),
+            version=greatest(_T.c.version, _param("p_version", _T.c.version)),
+            heartbeat_at=_param("p_now", _T.c.heartbeat_at),
+        )
+    )
+
+
+_PROGRESS: dict[str, Executable] = {}
 
 
 @dataclass(frozen=True)
@@ -45,32 +168,33 @@ class CalculationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
+    async def _core(self) -> AsyncConnection:
+        """The session's connection (and transaction), for the prepared statements."""
+        return await self.session.connection()
+
     async def create(
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
     ) -> Calculation:
         """A QUEUED calculation, by one Core INSERT (the submit path is hot)."""
-        table = cast(Table, Calculation.__table__)
-        statement = (
-            insert(table)
-            .values(
-                id=uuid.uuid4(), owner_id=owner_id, kind=kind, input=params,
-                status=CalculationStatus.QUEUED, progress=0.0, created_at=now,
-                attempts=0, version=0,
-            )
-            .returning(*table.c)
-        )  # fmt: skip
-        row = (await self.session.execute(statement)).mappings().one()
+        values = {
+            "id": uuid.uuid4(), "owner_id": owner_id, "kind": kind, "input": params,
+            "status": CalculationStatus.QUEUED, "progress": 0.0, "created_at": now,
+            "attempts": 0, "version": 0,
+        }  # fmt: skip
+        row = (await (await self._core()).execute(_INSERT, values)).mappings().one()
         return Calculation(**row)
+
+    async def lock_owner(self, owner_id: uuid.UUID) -> None:
+        """Hold the owner's user row until the transaction ends (no-op on SQLite):
+        ``UserRepository.lock``, by the prepared statement."""
+        await (await self._core()).execute(_LOCK_OWNER, {"p_owner": owner_id})
 
     async def get(self, calculation_id: uuid.UUID) -> Calculation | None:
         return await self.session.get(Calculation, calculation_id, populate_existing=True)
 
     async def count_active(self, owner_id: uuid.UUID) -> int:
-        statement = select(func.count()).where(
-            Calculation.owner_id == owner_id,
-            _IS_ACTIVE,
-        )
-        return int((await self.session.execute(statement)).scalar_one())
+        result = await (await self._core()).execute(_COUNT_ACTIVE, {"p_owner": owner_id})
+        return int(result.scalar_one())
 
     async def count_for_owner(
         self,
@@ -175,52 +299,24 @@ class CalculationRepository:
         (heartbeat after ``alive_after``): the caller drops the message and the owner's
         next finishing run sends it again (``list_waiting_for_owner``).
         """
-        condition = or_(
-            Calculation.status == CalculationStatus.QUEUED,
-            and_(
-                Calculation.status == CalculationStatus.RUNNING,
-                or_(Calculation.heartbeat_at.is_(None), Calculation.heartbeat_at < stale_before),
-            ),
-        )
+        params: dict[str, Any] = {
+            "p_id": calculation_id,
+            "p_worker": worker_id,
+            "p_now": now,
+            "p_stale_before": stale_before,
+            "p_device": device,
+        }
         if max_running is not None:
-            condition = and_(
-                condition,
-                await self._owner_has_room(
-                    calculation_id, max_running, alive_after or stale_before
-                ),
-            )
-        return await self._update_returning(
-            calculation_id,
-            condition,
-            {
-                "status": CalculationStatus.RUNNING,
-                "started_at": now,
-                "attempts": Calculation.attempts + 1,
-                "worker_id": worker_id,
-                "heartbeat_at": now,
-                "version": Calculation.version + 1,
-                "error": None,
-                # A split calculation keeps what its shards say (ShardRepository.claim).
-                "device": case((Calculation.shards > 1, Calculation.device), else_=device),
-            },
-        )
-
-    async def _owner_has_room(
-        self, calculation_id: uuid.UUID, max_running: int, alive_after: datetime
-    ) -> Any:
-        """The claim's extra condition: fewer than ``max_running`` other live runs of the
-        same owner. Part of the UPDATE itself, so SQLite (one writer) decides it
-        atomically; on PostgreSQL claims for one owner also queue on the owner's row,
-        so two workers cannot both count the same free slot."""
-        if self.session.get_bind().dialect.name != "sqlite":
-            owner_id = (
-                await self.session.execute(
-                    select(Calculation.owner_id).where(Calculation.id == calculation_id)
-                )
-            ).scalar_one_or_none()
-            if owner_id is not None:
-                await UserRepository(self.session).lock(owner_id)
-        return _other_live_runs_of_owner(alive_after) < max_running
+            if self.session.get_bind().dialect.name != "sqlite":
+                # Claims for one owner queue on the owner's row (PostgreSQL), so two
+                # workers cannot both count the same free slot; SQLite has one writer,
+                # and the UPDATE decides it atomically.
+                await (await self._core()).execute(_LOCK_OWNER_OF, {"p_id": calculation_id})
+            params["p_alive_after"] = alive_after or stale_before
+            params["p_max_running"] = max_running
+        statement = _CLAIM[max_running is not None]
+        row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
+        return Calculation(**row) if row is not None else None
 
     async def list_waiting_for_owner(self, owner_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
         """The owner's oldest QUEUED calculations: the next to start when a run ends."""
@@ -253,24 +349,20 @@ class CalculationRepository:
     ) -> bool:
         """Store progress of a run this worker owns; False when it no longer owns it
         (cancelled, or taken over after a missed heartbeat): the runner must stop."""
-        result = await self.session.execute(
-            update(Calculation)
-            .where(Calculation.id == calculation_id, self._owned_run(worker_id))
-            .values(
-                progress=self._greatest(Calculation.progress, progress),
-                partial_result=partial_result,
-                version=self._greatest(Calculation.version, version),
-                heartbeat_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        return (result.rowcount or 0) == 1  # type: ignore[attr-defined]
-
-    def _greatest(self, column: Any, value: Any) -> Any:
-        # SQLite's two-argument max() is PostgreSQL's greatest().
-        if self.session.get_bind().dialect.name == "sqlite":
-            return func.max(column, value)
-        return func.greatest(column, value)
+        dialect = self.session.get_bind().dialect.name
+        statement = _PROGRESS.get(dialect)
+        if statement is None:
+            statement = _PROGRESS[dialect] = _progress_statement(dialect)
+        params = {
+            "p_id": calculation_id,
+            "p_worker": worker_id,
+            "p_progress": progress,
+            "p_partial": partial_result,
+            "p_version": version,
+            "p_now": now,
+        }
+        result = await (await self._core()).execute(statement, params)
+        return (result.rowcount or 0) == 1
 
     async def finish(
         self,
@@ -283,18 +375,18 @@ class CalculationRepository:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> Calculation | None:
-        values: dict[str, Any] = {
-            "status": status,
-            "finished_at": now,
-            "result": result,
-            "error": error,
-            "heartbeat_at": now,
-            "version": version,
+        params = {
+            "p_id": calculation_id,
+            "p_worker": worker_id,
+            "p_status": status,
+            "p_now": now,
+            "p_result": result,
+            "p_error": error,
+            "p_version": version,
         }
-        if status is CalculationStatus.SUCCEEDED:
-            values["progress"] = 1.0
-            values["partial_result"] = None
-        return await self._update_returning(calculation_id, self._owned_run(worker_id), values)
+        statement = _FINISH[status is CalculationStatus.SUCCEEDED]
+        row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
+        return Calculation(**row) if row is not None else None
 
     async def complete(
         self, calculation_id: uuid.UUID, *, result: dict[str, Any], now: datetime

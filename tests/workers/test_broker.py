@@ -51,6 +51,66 @@ def test_an_idle_consumer_wakes_on_enqueue_instead_of_polling(broker: CrunchRedi
     consumer.close()
 
 
+def test_the_asyncio_enqueue_wakes_an_idle_consumer_and_delivers_the_message(
+    broker: CrunchRedisBroker, redis_url: str
+) -> None:
+    # The API and the worker send from their event loop (DramatiqJobQueue with an asyncio
+    # client): the same message and wake-up as the thread path, in one round trip. A
+    # server that does not know the script (restarted, flushed) still gets the message:
+    # here the broker's idea of the script's digest is wrong.
+    from redis.asyncio import Redis
+
+    consumer = broker.consume(QUEUE_NAME, prefetch=2, timeout=NEVER_MS)
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    script = broker.scripts["dispatch"]
+    real_sha = script.sha
+
+    async def scenario() -> list[object]:
+        client = Redis.from_url(redis_url)
+        queue = DramatiqJobQueue(broker, redis=client)
+        try:
+            idle = asyncio.create_task(asyncio.to_thread(next, consumer))
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while blocked_consumers(broker) < 1:
+                assert time.monotonic() < deadline, "the consumer never blocked"
+                await asyncio.sleep(0.01)
+            await queue.enqueue(ids[0])
+            assert await asyncio.wait_for(idle, DEADLINE_SECONDS) is None  # woken
+            script.sha = "0" * 40  # NOSCRIPT: loaded again, then sent
+            await queue.enqueue(ids[1])
+            return [await asyncio.to_thread(next, consumer) for _ in ids]
+        finally:
+            await client.aclose()
+
+    fetched = asyncio.run(scenario())
+    assert script.sha == real_sha
+    assert [m.args for m in fetched] == [(str(each),) for each in ids]  # type: ignore[attr-defined]
+    assert all(m.actor_name == ACTOR_NAME for m in fetched)  # type: ignore[attr-defined]
+    for message in fetched:
+        consumer.ack(message)
+    consumer.close()
+
+
+def test_the_thread_enqueue_loads_a_script_the_server_does_not_know(
+    broker: CrunchRedisBroker,
+) -> None:
+    consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    script = broker.scripts["dispatch"]
+    real_sha, script.sha = script.sha, "0" * 40
+    calculation_id = uuid.uuid4()
+    DramatiqJobQueue(broker).send(calculation_id)
+    assert script.sha == real_sha
+
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    message = None
+    while message is None:
+        assert time.monotonic() < deadline, "the message never arrived"
+        message = next(consumer)
+    assert message.args == (str(calculation_id),)
+    consumer.ack(message)
+    consumer.close()
+
+
 # The fall-back timeout in the tests below is ten minutes: a consumer that misses a
 # wake-up sleeps far past the deadline it is waited for with, so a lost wake-up fails
 # the test every time instead of costing a second that timing would have to notice.

@@ -1,0 +1,60 @@
+"""Pooled connections: pinged before reuse only after sitting idle, and replaced when
+the server has dropped them (what ``pool_pre_ping`` did on every checkout, at three
+round trips each)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from crunchql.db import engine as engine_module
+from crunchql.db.engine import create_engine
+
+
+async def backend_pid(engine: object) -> int:
+    async with engine.connect() as connection:  # type: ignore[attr-defined]
+        return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_a_connection_dropped_while_idle_is_replaced_not_handed_out(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(postgres_url, pool_size=1)
+    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        first = await backend_pid(engine)
+        async with admin.connect() as connection:  # the server drops it (a restart would)
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        # "Idle for longer than the threshold", without waiting for it.
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+        second = await backend_pid(engine)  # no error reaches the caller
+        assert second != first
+    finally:
+        await engine.dispose()
+        await admin.dispose()
+
+
+async def test_a_connection_back_a_moment_ago_is_not_pinged(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    pings: list[object] = []
+    original = AsyncAdapt_asyncpg_connection.ping
+
+    def counting_ping(self: AsyncAdapt_asyncpg_connection) -> None:
+        pings.append(self)
+        original(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counting_ping)
+    engine = create_engine(postgres_url, pool_size=1)
+    try:
+        await backend_pid(engine)  # a new connection: not pinged either
+        await backend_pid(engine)  # checked in just now: no ping
+        assert pings == []
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+        await backend_pid(engine)  # "idle for longer": pinged
+        assert len(pings) == 1
+    finally:
+        await engine.dispose()
