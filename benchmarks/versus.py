@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -220,7 +221,7 @@ def start_classic(
     env.update(
         CLASSIC_DATABASE_URL=plain_postgres_url(database_url),
         CLASSIC_REDIS_URL=redis_url,
-        CLASSIC_JWT_SECRET="classic-bench-" + "x" * 40,
+        CLASSIC_JWT_SECRET=secrets.token_urlsafe(32),
         PYTHONUNBUFFERED="1",
     )
     port = free_port()

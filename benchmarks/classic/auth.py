@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from datetime import timedelta
 
@@ -15,8 +16,12 @@ ALGORITHM = "HS256"
 TOKEN_LIFETIME = timedelta(hours=1)
 
 
+# Without CLASSIC_JWT_SECRET, a random one per process: no signing key in the repository.
+_FALLBACK_SECRET = secrets.token_urlsafe(32)
+
+
 def secret() -> str:
-    return os.environ.get("CLASSIC_JWT_SECRET", "classic-bench-secret-" + "x" * 32)
+    return os.environ.get("CLASSIC_JWT_SECRET") or _FALLBACK_SECRET
 
 
 def hash_password(password: str) -> str:
