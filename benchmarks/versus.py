@@ -30,7 +30,10 @@ first; the table shows medians of the rounds:
 - tiny calculations per second with --concurrency clients, each with its own WebSocket
   connection, submitting and awaiting the terminal event in a loop;
 - submit → stored result per second: wrk floods the submit for --wrk-seconds, then the
-  rate is jobs stored per second from the first one created to the last one finished.
+  rate is jobs stored per second from the first one created to the last one finished;
+- CPU per job over that flood (until the last job is stored), by component: the API's
+  process, the worker's processes, the stack's Redis server and the PostgreSQL backends
+  connected to its database (user + system time from /proc, divided by the jobs stored).
 
 Pinning (machines with 2 cores or more, unless --no-pin): the servers (API, worker,
 private Redis) run on every core but the last, the load generator (this process and wrk)
@@ -186,6 +189,7 @@ class Stack:
     submit_url: str
     submit_body: dict[str, Any]
     processes: list[ServiceProcess] = field(default_factory=list)
+    redis: ServiceProcess | None = None
 
     async def client(self, http: httpx.AsyncClient) -> Client:
         return await self.make_client(self.base, self.token, http).open()
@@ -334,10 +338,12 @@ async def throughput(stack: Stack, seconds: float, concurrency: int) -> float:
 
 async def stored_per_second(
     stack: Stack, seconds: float, connections: int, client_cpus: set[int] | None
-) -> float:
+) -> tuple[float, dict[str, float]]:
     """wrk floods the submit; jobs stored per second, first created to last finished,
-    counting only this run's jobs (both stacks' tables have these columns)."""
+    counting only this run's jobs (both stacks' tables have these columns), and the CPU
+    each component spent per stored job over the flood and its drain."""
     since = datetime.now(UTC)
+    cpu_before = await cpu_snapshot(stack)
 
     def pinned_wrk() -> float:  # wrk inherits the affinity of the thread that starts it
         pin(client_cpus)
@@ -364,6 +370,7 @@ async def stored_per_second(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{stack.name}: {pending} jobs still pending after 300 s")
             await asyncio.sleep(0.25)
+        cpu_after = await cpu_snapshot(stack)
         async with engine.connect() as connection:
             first, last, done = (
                 await connection.execute(
@@ -376,7 +383,7 @@ async def stored_per_second(
             ).one()
     finally:
         await engine.dispose()
-    return float(done / (last - first).total_seconds())
+    return float(done / (last - first).total_seconds()), cpu_per_job(cpu_before, cpu_after, done)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -385,6 +392,92 @@ async def stored_per_second(
 def pin(cpus: set[int] | None) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
+
+
+# --- CPU per job, per component --------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_fields(stat: str) -> list[str]:
+    return stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+
+
+def _group_cpu_seconds(groups: set[int]) -> dict[int, float]:
+    """User + system CPU of every live process in these process groups (ServiceProcess
+    starts each service in a session of its own; the worker's forked processes stay in
+    it), by group."""
+    totals = dict.fromkeys(groups, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _cpu_fields((entry / "stat").read_text())
+        except OSError:
+            continue  # exited meanwhile
+        group = int(fields[2])  # pgrp
+        if group in totals:
+            totals[group] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return totals
+
+
+def _pids_cpu_seconds(pids: list[int]) -> dict[int, float]:
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = _cpu_fields(Path(f"/proc/{pid}/stat").read_text())
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
+
+
+async def cpu_snapshot(stack: Stack) -> dict[str, Any]:
+    """CPU seconds so far of the stack's API, worker and Redis processes, and of the
+    PostgreSQL backends connected to its database (by backend pid: one that comes and
+    goes between two snapshots is missed, so the PostgreSQL figure is a floor)."""
+    api, worker = stack.processes
+    groups = {api.process.pid, worker.process.pid}
+    if stack.redis is not None:
+        groups.add(stack.redis.process.pid)
+    by_group = _group_cpu_seconds(groups)
+    engine = create_async_engine(stack.database_url)
+    try:
+        async with engine.connect() as connection:
+            pids = (
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT pid FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+    finally:
+        await engine.dispose()
+    return {
+        "API": by_group[api.process.pid],
+        "worker": by_group[worker.process.pid],
+        "Redis": by_group[stack.redis.process.pid] if stack.redis is not None else 0.0,
+        "postgres": _pids_cpu_seconds(list(pids)),
+    }
+
+
+def cpu_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int) -> dict[str, float]:
+    """Milliseconds of CPU per job of each component between two snapshots."""
+    per_job = {
+        part: (after[part] - before[part]) * 1000 / jobs for part in ("API", "worker", "Redis")
+    }
+    backends = after["postgres"]
+    per_job["PostgreSQL"] = (
+        sum(seconds - before["postgres"].get(pid, 0.0) for pid, seconds in backends.items())
+        * 1000
+        / jobs
+    )
+    return per_job
 
 
 async def main() -> None:
@@ -449,6 +542,7 @@ async def main() -> None:
             f"http://{crunchql_base}/graphql",
             {"query": SUBMIT, "variables": {"i": TINY}},
             [api, worker],
+            redises[0].process,
         )
         classic = Stack(
             "classic",
@@ -459,6 +553,7 @@ async def main() -> None:
             f"http://{classic_base}/calculations",
             TINY,
             [classic_api, classic_worker],
+            redises[1].process,
         )
         print(await check_same_result(crunchql, classic), flush=True)
 
@@ -478,10 +573,13 @@ async def main() -> None:
                 record(f"tiny calculations/s, {args.concurrency} WebSocket clients", stack, rate)
             if args.wrk_seconds:
                 for stack in order:
-                    rate = await stored_per_second(
+                    rate, cpu = await stored_per_second(
                         stack, args.wrk_seconds, args.concurrency, client_cpus
                     )
                     record("tiny calculations/s, wrk submit → stored result", stack, rate)
+                    for part, milliseconds in cpu.items():
+                        record(f"CPU per job in the wrk flood, {part} (ms)", stack, milliseconds)
+                    record("CPU per job in the wrk flood, all (ms)", stack, sum(cpu.values()))
             print(f"round {round_ + 1} of {args.rounds} done", flush=True)
             for process in processes:
                 if process.process.poll() is not None:
