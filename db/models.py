@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -216,10 +217,22 @@ class Calculation(Base):
     # Set for a calculation a schedule created: which one, and for which fire instant.
     schedule_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None, index=True)
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Set when a worker left it QUEUED because its owner had as many runs as allowed
+    # (its message was dropped): the owner's next finishing run sends it again, and only
+    # such rows, so a finish never re-sends what still has a message in the queue.
+    parked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
         Index("ix_calculations_owner_created", "owner_id", "created_at", "id"),
         Index("ix_calculations_status", "status"),
+        Index(
+            "ix_calculations_parked",
+            "owner_id",
+            "created_at",
+            "id",
+            postgresql_where=text("parked_at IS NOT NULL"),
+            sqlite_where=text("parked_at IS NOT NULL"),
+        ),
     )
 
     def to_snapshot(self) -> CalculationSnapshot:

@@ -25,7 +25,7 @@ from crunchql.compute.catalog import KINDS
 from crunchql.compute.devices import has_gpu_kernel
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.core.logging import bind_log_context
-from crunchql.db.engine import read_only, single_statement, unit_of_work
+from crunchql.db.engine import single_statement, unit_of_work
 from crunchql.db.models import Calculation
 from crunchql.db.repositories import CalculationRepository, ShardRepository
 from crunchql.observability.metrics import record_finished
@@ -167,9 +167,12 @@ async def run_calculation(
     stale_before = now if take_over else now - config.stale_after
     # Under a running limit the claim is two statements (the owner's row lock, then the
     # conditional UPDATE): one transaction. Without, the UPDATE alone, committed by itself.
-    scope = unit_of_work if config.max_running_per_user is not None else single_statement
+    limited = config.max_running_per_user is not None
+    scope = unit_of_work if limited else single_statement
+    parked_for = None
     async with scope(factory) as session:
-        calculation = await CalculationRepository(session).claim(
+        repo = CalculationRepository(session)
+        calculation = await repo.claim(
             calculation_id,
             config.worker_id,
             now,
@@ -178,9 +181,16 @@ async def run_calculation(
             alive_after=now - config.stale_after,
             device=config.device,
         )
+        if calculation is None and limited:
+            # Still QUEUED: its owner is at the running limit. Parked, it waits without
+            # holding this worker, and the owner's next finishing run sends it again.
+            parked_for = await repo.park(calculation_id, now)
     if calculation is None:
-        # Finished, cancelled, alive on another worker, or its owner is at the running
-        # limit (then it waits, QUEUED, without holding this worker).
+        if parked_for is not None:
+            # A run of the owner may have ended between our count and our commit, its
+            # finish then missing this row: if a slot is free now, send parked ones.
+            await _start_waiting(services, config, parked_for, only_if_free=True)
+        # Finished, cancelled, alive on another worker, or parked.
         return RunStats()
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
     await _announce(services, calculation)
@@ -193,18 +203,27 @@ async def run_calculation(
 
 
 async def _start_waiting(
-    services: Infrastructure, config: RunnerConfig, owner_id: uuid.UUID
+    services: Infrastructure,
+    config: RunnerConfig,
+    owner_id: uuid.UUID,
+    *,
+    only_if_free: bool = False,
 ) -> None:
-    """One of the owner's runs ended: send the owner's oldest waiting calculations
-    again (their messages were dropped at the running limit). A send that is lost here
-    is re-sent by the workers' sweeper."""
-    if config.max_running_per_user is None or config.requeue is None:
+    """One of the owner's runs ended: send the owner's oldest parked calculations again
+    (their messages were dropped at the running limit), and only those: a QUEUED row
+    whose message is still in the queue gets no duplicate. ``only_if_free``: only while
+    the owner has a free slot. A send that is lost here is re-sent by the sweeper."""
+    limit = config.max_running_per_user
+    if limit is None or config.requeue is None:
         return
     try:
-        # One SELECT: no transaction of its own (no BEGIN and COMMIT round trips).
-        async with read_only(services.session_factory) as session:
-            waiting = await CalculationRepository(session).list_waiting_for_owner(
-                owner_id, config.max_running_per_user
+        # One UPDATE … RETURNING, committed by itself.
+        async with single_statement(services.session_factory) as session:
+            waiting = await CalculationRepository(session).take_parked(
+                owner_id,
+                limit,
+                max_running=limit if only_if_free else None,
+                alive_after=_now() - config.stale_after,
             )
         for calculation_id in waiting:
             await config.requeue(calculation_id)

@@ -94,6 +94,7 @@ def _claim_statement(with_limit: bool) -> Executable:
             heartbeat_at=now,
             version=_T.c.version + 1,
             error=None,
+            parked_at=None,
             # A split calculation keeps what its shards say (ShardRepository.claim).
             device=case((_T.c.shards > 1, _T.c.device), else_=_param("p_device", _T.c.device)),
         )
@@ -102,6 +103,54 @@ def _claim_statement(with_limit: bool) -> Executable:
 
 
 _CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+
+# A claim refused at the owner's running limit leaves the row QUEUED and marks it parked.
+_PARK = (
+    update(_T)
+    .where(_T.c.id == _param("p_id", _T.c.id), _T.c.status == CalculationStatus.QUEUED)
+    .values(parked_at=_param("p_now", _T.c.parked_at))
+    .returning(_T.c.owner_id)
+)
+
+
+def _unpark_statement(with_limit: bool) -> Executable:
+    """The owner's oldest parked calculations, up to p_limit, no longer parked (their
+    ids returned, to be sent again). ``parked_at IS NOT NULL`` is checked again on the
+    row itself, so two finishing runs racing for the same rows each get different ones
+    (PostgreSQL re-checks a locked row's condition; SQLite has one writer). With a limit,
+    nothing unless the owner has fewer than p_max_running live runs now."""
+    oldest = (
+        select(_T.c.id)
+        .where(
+            _T.c.owner_id == _param("p_owner", _T.c.owner_id),
+            _T.c.status == CalculationStatus.QUEUED,
+            _T.c.parked_at.is_not(None),
+        )
+        .order_by(_T.c.created_at, _T.c.id)
+        .limit(bindparam("p_limit"))
+    )
+    condition = and_(
+        _T.c.id.in_(oldest),
+        _T.c.status == CalculationStatus.QUEUED,
+        _T.c.parked_at.is_not(None),
+    )
+    if with_limit:
+        other = _T.alias("running")
+        live = (
+            select(func.count())
+            .select_from(other)
+            .where(
+                other.c.owner_id == _param("p_owner", other.c.owner_id),
+                other.c.status == CalculationStatus.RUNNING,
+                other.c.heartbeat_at >= _param("p_alive_after", other.c.heartbeat_at),
+            )
+            .scalar_subquery()
+        )
+        condition = and_(condition, live < bindparam("p_max_running"))
+    return update(_T).where(condition).values(parked_at=None).returning(_T.c.id)
+
+
+_UNPARK = {False: _unpark_statement(False), True: _unpark_statement(True)}
 
 
 def _finish_statement(succeeded: bool) -> Executable:
@@ -297,7 +346,7 @@ class CalculationRepository:
         or late message then does nothing. With ``max_running``, also None (and the row
         left QUEUED, untouched) while its owner already has that many runs alive
         (heartbeat after ``alive_after``): the caller drops the message and the owner's
-        next finishing run sends it again (``list_waiting_for_owner``).
+        next finishing run sends it again (:meth:`park`, then :meth:`take_parked`).
         """
         params: dict[str, Any] = {
             "p_id": calculation_id,
@@ -318,18 +367,31 @@ class CalculationRepository:
         row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
         return Calculation(**row) if row is not None else None
 
-    async def list_waiting_for_owner(self, owner_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
-        """The owner's oldest QUEUED calculations: the next to start when a run ends."""
-        statement = (
-            select(Calculation.id)
-            .where(
-                Calculation.owner_id == owner_id,
-                Calculation.status == CalculationStatus.QUEUED,
-            )
-            .order_by(Calculation.created_at, Calculation.id)
-            .limit(limit)
-        )
-        return list((await self.session.execute(statement)).scalars())
+    async def park(self, calculation_id: uuid.UUID, now: datetime) -> uuid.UUID | None:
+        """After a claim refused at the owner's running limit, in its transaction (which
+        holds the owner's row): mark the QUEUED row parked, its message being dropped.
+        The owner's id, or None when the row is not QUEUED (finished, cancelled, or
+        running elsewhere: nothing waits)."""
+        row = await (await self._core()).execute(_PARK, {"p_id": calculation_id, "p_now": now})
+        return row.scalar_one_or_none()
+
+    async def take_parked(
+        self,
+        owner_id: uuid.UUID,
+        limit: int,
+        *,
+        max_running: int | None = None,
+        alive_after: datetime | None = None,
+    ) -> list[uuid.UUID]:
+        """The owner's oldest parked calculations (up to ``limit``), unparked: the caller
+        sends each again. With ``max_running``, none unless the owner has fewer live runs
+        (heartbeat after ``alive_after``) than that now. One statement."""
+        params: dict[str, Any] = {"p_owner": owner_id, "p_limit": limit}
+        if max_running is not None:
+            params["p_max_running"] = max_running
+            params["p_alive_after"] = alive_after
+        statement = _UNPARK[max_running is not None]
+        return list((await (await self._core()).execute(statement, params)).scalars())
 
     def _owned_run(self, worker_id: str) -> Any:
         return and_(

@@ -15,14 +15,15 @@ from sqlalchemy import func, select
 
 from crunchql.compute.base import Kind
 from crunchql.compute.catalog import KINDS
+from crunchql.core.lifecycle import RunOutcome
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus, User
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices
 from crunchql.workers.queues import EmbeddedJobQueue
-from crunchql.workers.runner import RunnerConfig
-from tests.conftest import wait_for
+from crunchql.workers.runner import RunnerConfig, _start_waiting, run_calculation
+from tests.conftest import truncate, wait_for
 from tests.workers.test_runner import AnyParams
 
 
@@ -182,19 +183,28 @@ async def test_claims_beyond_the_running_limit_leave_the_row_queued(
     factory = services.session_factory
 
     async def claim(calculation_id: uuid.UUID) -> bool:
+        """As the runner does: a claim refused at the limit parks the row."""
         async with unit_of_work(factory) as session:
-            row = await CalculationRepository(session).claim(
+            repo = CalculationRepository(session)
+            row = await repo.claim(
                 calculation_id, "w", now, stale_before, max_running=2, alive_after=stale_before
             )
+            if row is None:
+                assert await repo.park(calculation_id, now) == owner
         return row is not None
 
     # In parallel (each claim its own transaction): the owner's row lock decides.
     claimed = await asyncio.gather(*(claim(each) for each in ids))
     assert sum(claimed) == 2
     assert await count(services, owner, CalculationStatus.QUEUED) == 4
-    async with unit_of_work(factory) as session:
-        waiting = await CalculationRepository(session).list_waiting_for_owner(owner, 10)
     refused = {each for each, ok in zip(ids, claimed, strict=True) if not ok}
+    async with unit_of_work(factory) as session:
+        repo = CalculationRepository(session)
+        # While both runs are alive, a take that needs a free slot takes nothing.
+        assert not await repo.take_parked(owner, 10, max_running=2, alive_after=stale_before)
+        waiting = await repo.take_parked(owner, 10)
+        # Taken once: a second finish does not send them again.
+        assert not await repo.take_parked(owner, 10)
     assert len(waiting) == 4 and set(waiting) == refused
     # The sweeper does not re-send what waits for its owner's slot (it would be refused).
     async with unit_of_work(factory) as session:
@@ -215,3 +225,90 @@ async def test_claims_beyond_the_running_limit_leave_the_row_queued(
             alive_after=later - timedelta(seconds=30),
         )  # fmt: skip
     assert row is not None
+
+
+async def test_a_finish_sends_again_only_what_was_parked(services: RunnerServices) -> None:
+    """Before, a finishing run re-sent its owner's oldest QUEUED rows, whether parked or
+    still waiting in the broker queue with their own message: a duplicate message per
+    finish, and with a limit of N, N of them."""
+    owner = await new_user(services)
+    now = datetime.now(UTC)
+    stale_before = now - timedelta(seconds=30)
+    factory = services.session_factory
+    running = [await new_calculation(services, owner, "tiny") for _ in range(2)]
+    parked = [await new_calculation(services, owner, "tiny") for _ in range(3)]
+    in_queue = [await new_calculation(services, owner, "tiny") for _ in range(4)]
+    async with unit_of_work(factory) as session:
+        repo = CalculationRepository(session)
+        for calculation_id in running:
+            assert await repo.claim(
+                calculation_id, "w", now, stale_before, max_running=2, alive_after=stale_before
+            )
+    for calculation_id in parked:  # the runner's own claim: refused at the limit, parked
+        config = RunnerConfig(worker_id="w2", max_running_per_user=2)
+        stats = await run_calculation(services, config, calculation_id)
+        assert stats.outcome is RunOutcome.SKIPPED
+    sent: list[uuid.UUID] = []
+
+    async def requeue(calculation_id: uuid.UUID) -> None:
+        sent.append(calculation_id)
+
+    config = RunnerConfig(worker_id="w2", max_running_per_user=2, requeue=requeue)
+    await _start_waiting(services, config, owner)  # one of the owner's runs ended
+    assert sent == parked[:2]  # the oldest parked, up to the limit; none of in_queue
+    await _start_waiting(services, config, owner)
+    assert sent == parked  # the last one; nothing is sent twice
+    await _start_waiting(services, config, owner)
+    assert sent == parked
+    assert await count(services, owner, CalculationStatus.QUEUED) == len(parked + in_queue)
+
+
+@pytest.fixture
+async def postgres_services(postgres_url: str) -> AsyncIterator[RunnerServices]:
+    await truncate(postgres_url)
+    engine = create_engine(postgres_url)
+    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
+    await engine.dispose()
+
+
+async def test_a_run_ending_while_another_parks_leaves_nothing_parked(
+    postgres_services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the parker closes: its claim counted a run whose finish (and that
+    finish's look for parked rows) came before the park was committed. After parking,
+    the parker looks again and, with a slot free, sends the parked row itself.
+    (PostgreSQL only: on SQLite the claim's transaction holds the one write lock from
+    its UPDATE to its commit, so no finish can come in between.)"""
+    services = postgres_services
+    monkeypatch.setitem(KINDS, "tiny", sleepy_kind("tiny", steps=1, seconds=0.0))
+    owner = await new_user(services)
+    now = datetime.now(UTC)
+    stale_before = now - timedelta(seconds=30)
+    first = await new_calculation(services, owner, "tiny")
+    second = await new_calculation(services, owner, "tiny")
+    async with unit_of_work(services.session_factory) as session:
+        assert await CalculationRepository(session).claim(
+            first, "w", now, stale_before, max_running=1, alive_after=stale_before
+        )
+    sent: list[uuid.UUID] = []
+
+    async def requeue(calculation_id: uuid.UUID) -> None:
+        sent.append(calculation_id)
+
+    config = RunnerConfig(worker_id="w2", max_running_per_user=1, requeue=requeue)
+    park = CalculationRepository.park
+
+    async def park_then_first_ends(
+        self: CalculationRepository, calculation_id: uuid.UUID, when: datetime
+    ) -> uuid.UUID | None:
+        owner_id = await park(self, calculation_id, when)
+        # `first` finishes now, in another transaction, and finds nothing parked yet.
+        async with unit_of_work(services.session_factory) as session:
+            assert await CalculationRepository(session).cancel(first, datetime.now(UTC))
+        await _start_waiting(services, config, owner)
+        assert not sent
+        return owner_id
+
+    monkeypatch.setattr(CalculationRepository, "park", park_then_first_ends)
+    assert (await run_calculation(services, config, second)).outcome is RunOutcome.SKIPPED
+    assert sent == [second]  # sent again by the parker's own second look
