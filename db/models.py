@@ -225,6 +225,15 @@ class Calculation(Base):
     __table_args__ = (
         Index("ix_calculations_owner_created", "owner_id", "created_at", "id"),
         Index("ix_calculations_status", "status"),
+        # The owner's QUEUED and RUNNING rows alone: what the submit's active-limit count
+        # and the claim's running-limit count read, however long the owner's history.
+        Index(
+            "ix_calculations_owner_active",
+            "owner_id",
+            "status",
+            postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
+            sqlite_where=text("status IN ('QUEUED', 'RUNNING')"),
+        ),
         Index(
             "ix_calculations_parked",
             "owner_id",
