@@ -71,18 +71,20 @@ async def submit(
         # lock on PostgreSQL, across API processes; an in-process lock as well, which
         # is what serialises them on SQLite).
         await repo.lock_owner(user.id)
-        active = await repo.count_active(user.id)
-        if active >= services.limits.max_active_calculations:
+        limit = services.limits.max_active_calculations
+        created = await repo.create_within_limit(
+            owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC),
+            max_active=limit,
+        )  # fmt: skip
+        if created is None:
+            active = await repo.count_active(user.id)
             raise RateLimitedError(
-                f"You have {active} calculations queued or running; the limit is "
-                f"{services.limits.max_active_calculations}. Wait for one to finish "
-                "or cancel one.",
+                f"You have {active} calculations queued or running; the limit is {limit}. "
+                "Wait for one to finish or cancel one.",
                 # A count, not a window: when to try again is a suggestion.
                 retry_after=COUNT_LIMIT_RETRY_SECONDS,
             )
-        calculation = await repo.create(
-            owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC)
-        )
+        calculation = created
         calculation_id = calculation.id
 
         async def announce() -> None:
@@ -219,7 +221,7 @@ async def watch(
 
     async def load() -> CalculationSnapshot:
         async with read_only(services.session_factory) as session:
-            row = await CalculationRepository(session).get(calculation_id)
+            row = await CalculationRepository(session).read(calculation_id)
         if row is None or not can_see(user, row):
             raise NotFoundError("Calculation not found.")
         return row.to_snapshot()

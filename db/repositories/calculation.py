@@ -49,6 +49,21 @@ _COUNT_ACTIVE = (
     .where(_T.c.owner_id == _param("p_owner", _T.c.owner_id), _T.c.status.in_(_ACTIVE))
 )
 _INSERT = insert(_T).returning(*_T.c)
+# The submit's count and insert in one statement, run under the owner's row lock: a new
+# QUEUED row only while the owner has fewer than p_max_active QUEUED or RUNNING.
+_NEW_COLUMNS = ("id", "owner_id", "kind", "input", "status", "progress", "created_at",
+                "attempts", "version")  # fmt: skip
+_INSERT_UNDER_LIMIT = (
+    insert(_T)
+    .from_select(
+        list(_NEW_COLUMNS),
+        select(*(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS)).where(
+            _COUNT_ACTIVE.scalar_subquery() < bindparam("p_max_active")
+        ),
+    )
+    .returning(*_T.c)
+)
+_SELECT_ONE = select(_T).where(_T.c.id == _param("p_id", _T.c.id))
 _OWNED_RUN = and_(
     _T.c.id == _param("p_id", _T.c.id),
     _T.c.status == CalculationStatus.RUNNING,
@@ -233,6 +248,35 @@ class CalculationRepository:
         row = (await (await self._core()).execute(_INSERT, values)).mappings().one()
         return Calculation(**row)
 
+    async def create_within_limit(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        kind: str,
+        params: dict[str, Any],
+        now: datetime,
+        max_active: int,
+    ) -> Calculation | None:
+        """A QUEUED calculation, unless the owner already has ``max_active`` QUEUED or
+        RUNNING (None): the count and the INSERT in one statement. Under the owner's lock
+        (:meth:`lock_owner`, earlier in the transaction), so parallel submits cannot all
+        pass the count."""
+        values = {
+            "p_id": uuid.uuid4(), "p_owner_id": owner_id, "p_kind": kind, "p_input": params,
+            "p_status": CalculationStatus.QUEUED, "p_progress": 0.0, "p_created_at": now,
+            "p_attempts": 0, "p_version": 0, "p_owner": owner_id, "p_max_active": max_active,
+        }  # fmt: skip
+        result = await (await self._core()).execute(_INSERT_UNDER_LIMIT, values)
+        row = result.mappings().one_or_none()
+        return Calculation(**row) if row is not None else None
+
+    async def read(self, calculation_id: uuid.UUID) -> Calculation | None:
+        """The row as it stands, detached (a snapshot, not tracked by the session), by a
+        prepared Core SELECT: what a subscription reads when it starts or resyncs."""
+        result = await (await self._core()).execute(_SELECT_ONE, {"p_id": calculation_id})
+        row = result.mappings().one_or_none()
+        return Calculation(**row) if row is not None else None
+
     async def lock_owner(self, owner_id: uuid.UUID) -> None:
         """Hold the owner's user row until the transaction ends (no-op on SQLite):
         ``UserRepository.lock``, by the prepared statement."""
@@ -372,8 +416,8 @@ class CalculationRepository:
         holds the owner's row): mark the QUEUED row parked, its message being dropped.
         The owner's id, or None when the row is not QUEUED (finished, cancelled, or
         running elsewhere: nothing waits)."""
-        row = await (await self._core()).execute(_PARK, {"p_id": calculation_id, "p_now": now})
-        return row.scalar_one_or_none()
+        result = await (await self._core()).execute(_PARK, {"p_id": calculation_id, "p_now": now})
+        return cast(uuid.UUID | None, result.scalar_one_or_none())
 
     async def take_parked(
         self,

@@ -228,7 +228,7 @@ async def test_an_idle_subscription_does_not_poll_the_database(
         return await original_get(self, timeout)
 
     reads = 0
-    original_get_row = calculations.CalculationRepository.get
+    original_get_row = calculations.CalculationRepository.read
 
     async def counting_get(self: Any, calculation_id: uuid.UUID) -> Any:
         nonlocal reads
@@ -236,7 +236,7 @@ async def test_an_idle_subscription_does_not_poll_the_database(
         return await original_get_row(self, calculation_id)
 
     monkeypatch.setattr(Subscription, "get", recording_get)
-    monkeypatch.setattr(calculations.CalculationRepository, "get", counting_get)
+    monkeypatch.setattr(calculations.CalculationRepository, "read", counting_get)
     user, calculation = await make(services, status=CalculationStatus.QUEUED)
     watcher = Watcher(services, user, calculation.id)
     assert (await watcher.next())[0] == "QUEUED"
