@@ -59,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         # A WebSocket message over this closes the socket (1009), as an HTTP body over
         # CRUNCHQL_MAX_REQUEST_BYTES is refused: Uvicorn's default would be 16 MiB.
         ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_compression,
         log_config=None,
         timeout_graceful_shutdown=10,
     )

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     ws_connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     subscription_max_seconds: float = Field(default=6 * 3600.0, gt=0)
     ws_max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    # permessage-deflate: off, because frames here are small JSON (a status, a progress
+    # tick) that zlib barely shrinks, while it costs CPU per frame per socket and a
+    # compressor's memory per socket (docs/benchmarks.md, "Speed at scale").
+    ws_compression: bool = False
     ws_max_sockets_per_user: int = Field(default=10, ge=1)
     ws_max_subscriptions_per_user: int = Field(default=200, ge=1)
     ws_operations_per_minute: int = Field(default=300, ge=1)  # per socket

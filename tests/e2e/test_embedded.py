@@ -84,6 +84,20 @@ async def test_k_means_in_the_embedded_mode(embedded: tuple[str, Path, dict[str,
     await graphql.close()
 
 
+async def test_websockets_are_not_compressed_unless_configured(
+    embedded: tuple[str, Path, dict[str, str]],
+) -> None:
+    """The client offers permessage-deflate (the websockets library and browsers do by
+    default); crunchql serve declines it (CRUNCHQL_WS_COMPRESSION=false)."""
+    base, _, _ = embedded
+    async with websockets.connect(
+        f"ws://{base}/graphql", subprotocols=["graphql-transport-ws"], compression="deflate"
+    ) as socket_:
+        assert socket_.request is not None and socket_.response is not None
+        assert "permessage-deflate" in socket_.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in socket_.response.headers
+
+
 @pytest.mark.parametrize("subprotocol", ["graphql-transport-ws", "graphql-ws"])
 async def test_bad_token_in_connection_init_closes_with_4403(
     embedded: tuple[str, Path, dict[str, str]], subprotocol: str
