@@ -10,7 +10,9 @@ the first is the "before"): ``unshared`` (``CRUNCHQL_SUBSCRIPTION_SHARING=false`
 subscriber executes its event), ``shared`` (one execution per event per selection set,
 Strawberry sends each subscriber's ``next``: ``CRUNCHQL_SUBSCRIPTION_DIRECT_FRAMES=false``)
 and ``direct`` (the default: one execution and one serialised payload per event, each
-subscriber's frame written by its own task without Strawberry's per-result work). The API
+subscriber's frame written by its own task without Strawberry's per-result work;
+``deflate`` is that with WebSocket compression on, ``CRUNCHQL_WS_COMPRESSION=true``,
+which the clients here accept when offered, as browsers do). The API
 processes are pinned to core 0 (``taskset -a -pc 0``); this load generator and the worker
 to core 1, so the client does not compete with the server it measures. Each round opens
 --subscriptions subscriptions over --connections WebSockets, spread evenly over
@@ -76,6 +78,10 @@ MODES: dict[str, tuple[str, dict[str, str]]] = {
     "shared": (
         "shared execution, Strawberry sends",
         {"CRUNCHQL_SUBSCRIPTION_DIRECT_FRAMES": "false"},
+    ),
+    "deflate": (
+        "direct send, permessage-deflate on",
+        {"CRUNCHQL_WS_COMPRESSION": "true"},
     ),
     "direct": ("shared execution and frame, direct send", {}),
 }

@@ -31,9 +31,10 @@ first; the table shows medians of the rounds:
   connection, submitting and awaiting the terminal event in a loop;
 - submit → stored result per second: wrk floods the submit for --wrk-seconds, then the
   rate is jobs stored per second from the first one created to the last one finished;
-- CPU per job over that flood (until the last job is stored), by component: the API's
-  process, the worker's processes, the stack's Redis server and the PostgreSQL backends
-  connected to its database (user + system time from /proc, divided by the jobs stored).
+- CPU per job over the WebSocket clients' run and over the wrk flood (until the last
+  job is stored), by component: the API's process, the worker's processes, the stack's
+  Redis server and the PostgreSQL backends connected to its database (user + system time
+  from /proc, divided by the jobs completed).
 
 Pinning (machines with 2 cores or more, unless --no-pin): the servers (API, worker,
 private Redis) run on every core but the last, the load generator (this process and wrk)
@@ -313,11 +314,16 @@ async def latency(stack: Stack, jobs: int) -> list[float]:
     return samples
 
 
-async def throughput(stack: Stack, seconds: float, concurrency: int) -> float:
+async def throughput(
+    stack: Stack, seconds: float, concurrency: int
+) -> tuple[float, dict[str, float]]:
+    """Calculations per second with ``concurrency`` clients, each submitting and awaiting
+    the terminal event in a loop, and the CPU each component spent per calculation."""
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         clients = [await stack.client(http) for _ in range(concurrency)]
         completed = 0
+        cpu_before = await cpu_snapshot(stack)
         deadline = time.perf_counter() + seconds
 
         async def loop(client: Client) -> None:
@@ -330,7 +336,8 @@ async def throughput(stack: Stack, seconds: float, concurrency: int) -> float:
         try:
             started = time.perf_counter()
             await asyncio.gather(*(loop(client) for client in clients))
-            return completed / (time.perf_counter() - started)
+            rate = completed / (time.perf_counter() - started)
+            return rate, cpu_per_job(cpu_before, await cpu_snapshot(stack), completed)
         finally:
             for client in clients:
                 await client.close()
@@ -572,8 +579,10 @@ async def main() -> None:
                 record("submit → terminal event p50 (ms)", stack, statistics.median(samples))
                 record("submit → terminal event p99 (ms)", stack, percentile(samples, 99))
             for stack in order:
-                rate = await throughput(stack, args.throughput_seconds, args.concurrency)
+                rate, cpu = await throughput(stack, args.throughput_seconds, args.concurrency)
                 record(f"tiny calculations/s, {args.concurrency} WebSocket clients", stack, rate)
+                for part, milliseconds in cpu.items():
+                    record(f"CPU per job, WebSocket clients, {part} (ms)", stack, milliseconds)
             if args.wrk_seconds:
                 for stack in order:
                     rate, cpu = await stored_per_second(
@@ -581,8 +590,8 @@ async def main() -> None:
                     )
                     record("tiny calculations/s, wrk submit → stored result", stack, rate)
                     for part, milliseconds in cpu.items():
-                        record(f"CPU per job in the wrk flood, {part} (ms)", stack, milliseconds)
-                    record("CPU per job in the wrk flood, all (ms)", stack, sum(cpu.values()))
+                        record(f"CPU per job, wrk flood, {part} (ms)", stack, milliseconds)
+                    record("CPU per job, wrk flood, all (ms)", stack, sum(cpu.values()))
             print(f"round {round_ + 1} of {args.rounds} done", flush=True)
             for process in processes:
                 if process.process.poll() is not None:
