@@ -94,8 +94,10 @@ class Settings(BaseSettings):
     register_attempts_per_address: int = Field(default=100, ge=1)
     rate_limit_window_seconds: int = Field(default=300, ge=1)
     # Not a rate limit: applies whatever CRUNCHQL_RATE_LIMITS says.
-    max_active_calculations: int = Field(default=20, ge=1)
-    max_running_per_user: int = Field(default=2, ge=1)
+    # Per-user caps (0: none, for a deployment whose users all trust each other; each
+    # costs statements on the hot paths: the submit's lock and count, the claim's).
+    max_active_calculations: int = Field(default=20, ge=0)
+    max_running_per_user: int = Field(default=2, ge=0)
     user_cache_seconds: float = Field(default=5.0, gt=0, le=300)
     # Revocations reach every API process at once over the event bus; this bounds how
     # long a lost event could go unnoticed (sessions re-read from the database).

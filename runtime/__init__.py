@@ -143,7 +143,7 @@ async def start_runtime(
         publish_interval=settings.progress_publish_interval,
         write_interval=settings.progress_write_interval,
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
-        max_running_per_user=settings.max_running_per_user,
+        max_running_per_user=settings.max_running_per_user or None,  # 0: no limit
         retry=RetryPolicy(max_retries=settings.job_max_retries),
     )
     embedded: EmbeddedJobQueue | None = None

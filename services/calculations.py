@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import time
 import uuid
 import weakref
@@ -64,18 +65,22 @@ async def submit(
         params = kind.validate(raw_input)
     except ParameterError as error:
         raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
-    async with _owner_lock(user.id), unit_of_work(services.session_factory) as session:
+    limit = services.limits.max_active_calculations
+    # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. Count and insert under
+    # the owner's lock, so parallel submits cannot all pass the count (row lock on
+    # PostgreSQL, across API processes; an in-process lock as well, which is what
+    # serialises them on SQLite). Without a limit (0), neither: a plain INSERT.
+    owner_lock = _owner_lock(user.id) if limit else contextlib.nullcontext()
+    async with owner_lock, unit_of_work(services.session_factory) as session:
         repo = CalculationRepository(session)
-        # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. Count and insert
-        # under the owner's lock, so parallel submits cannot all pass the count (row
-        # lock on PostgreSQL, across API processes; an in-process lock as well, which
-        # is what serialises them on SQLite).
-        await repo.lock_owner(user.id)
-        limit = services.limits.max_active_calculations
-        created = await repo.create_within_limit(
-            owner_id=user.id, kind=kind.name, params=params, now=datetime.now(UTC),
-            max_active=limit,
-        )  # fmt: skip
+        now = datetime.now(UTC)
+        if limit:
+            await repo.lock_owner(user.id)
+            created = await repo.create_within_limit(
+                owner_id=user.id, kind=kind.name, params=params, now=now, max_active=limit
+            )
+        else:
+            created = await repo.create(owner_id=user.id, kind=kind.name, params=params, now=now)
         if created is None:
             active = await repo.count_active(user.id)
             raise RateLimitedError(

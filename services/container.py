@@ -62,8 +62,8 @@ class Limits:
     login_attempts_per_address: int = 300
     register_attempts_per_address: int = 100
     rate_limit_window_seconds: int = 300
-    max_active_calculations: int = 20
-    max_running_per_user: int = 2
+    max_active_calculations: int = 20  # 0: no limit
+    max_running_per_user: int = 2  # 0: no limit
     ws_max_sockets_per_user: int = 10
     ws_max_subscriptions_per_user: int = 200
     ws_operations_per_minute: int = 300

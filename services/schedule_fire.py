@@ -126,7 +126,7 @@ async def fire_batch(
             owner = decision.schedule.owner_id
             if not owners.get(owner, False):
                 outcomes[decision.schedule.id] = FireOutcome.SKIPPED_DISABLED
-            elif active.get(owner, 0) >= config.limits.max_active_calculations:
+            elif 0 < config.limits.max_active_calculations <= active.get(owner, 0):
                 # As in submitCalculation: a cap, not a rate limit (CRUNCHQL_RATE_LIMITS
                 # does not turn it off).
                 outcomes[decision.schedule.id] = FireOutcome.SKIPPED_LIMIT

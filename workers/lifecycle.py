@@ -94,7 +94,7 @@ class WorkerRuntime:
                 publish_interval=settings.progress_publish_interval,
                 write_interval=settings.progress_write_interval,
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
-                max_running_per_user=settings.max_running_per_user,
+                max_running_per_user=settings.max_running_per_user or None,  # 0: no limit
                 retry=RetryPolicy(max_retries=settings.job_max_retries),
             ),
             # One kernel thread per process: kernels are parallel inside, and numba's

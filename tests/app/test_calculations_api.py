@@ -243,6 +243,25 @@ async def test_parallel_submits_cannot_pass_the_active_limit(
     await flush_redis(redis_url)
 
 
+async def test_per_user_caps_can_be_turned_off(database_url: str) -> None:
+    """0 turns a per-user cap off (a deployment whose users all trust each other): no
+    refusal past the default of 20 active calculations, no running limit in the runner."""
+    import asyncio
+
+    await truncate(database_url)
+    settings = make_settings(
+        database_url=database_url, max_active_calculations=0, max_running_per_user=0
+    )
+    async with running_app(settings) as (app, client):
+        client.token = (await client.register())["accessToken"]
+        bodies = await asyncio.gather(
+            *(client.execute(SUBMIT, {"i": {"monteCarloPi": {"samples": 10}}}) for _ in range(25))
+        )
+        assert [b for b in bodies if "errors" in b] == []
+        queue = app.state.runtime.embedded_queue
+        assert queue is not None and queue.config.max_running_per_user is None
+
+
 async def test_cors_is_open_in_development_and_explicit_otherwise(empty_sqlite_url: str) -> None:
     preflight = {
         "Origin": "http://localhost:5173",
