@@ -2,7 +2,7 @@
 
     python -m benchmarks.versus [--rounds 3] [--jobs 200] [--throughput-seconds 8]
                                 [--concurrency 32] [--wrk-seconds 3] [--celery-pool prefork]
-                                [--no-pin]
+                                [--no-pin] [--crunchql-caps off|lifted]
 
 Needs the ``bench`` extra (``pip install -e ".[bench]"``), PostgreSQL (TEST_DATABASE_URL,
 as for the tests: each stack gets a fresh database of its own, dropped at the end) and
@@ -93,6 +93,18 @@ WARM_UP_JOBS = 20
 SUBMIT = "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }"
 UVICORN = [sys.executable, "-m", "uvicorn", "benchmarks.classic.api:app"]
 CELERY = [sys.executable, "-m", "celery", "-A", "benchmarks.classic.celery_app", "worker"]
+# crunchql's per-user caps on active (queued + running) and running calculations. The
+# classic service has none, and wrk's flood and the WebSocket clients are all one user's:
+# "off" (0) is the same job as the classic one; "lifted" keeps the caps on, too high to
+# refuse anything, so the run still pays their statements (the submit's owner lock and
+# count, the claim's lock and count of the owner's live runs, the look for parked runs).
+CRUNCHQL_CAPS = {
+    "off": {"CRUNCHQL_MAX_ACTIVE_CALCULATIONS": "0", "CRUNCHQL_MAX_RUNNING_PER_USER": "0"},
+    "lifted": {
+        "CRUNCHQL_MAX_ACTIVE_CALCULATIONS": "1000000",
+        "CRUNCHQL_MAX_RUNNING_PER_USER": "1000000",
+    },
+}
 
 
 # --- the two clients: one protocol, two wire formats ---------------------------------------
@@ -498,6 +510,13 @@ async def main() -> None:
     parser.add_argument("--wrk-seconds", type=float, default=3.0, help="0: skip the wrk row")
     parser.add_argument("--celery-pool", choices=["prefork", "solo"], default="prefork")
     parser.add_argument("--no-pin", action="store_true", help="let every process use any core")
+    parser.add_argument(
+        "--crunchql-caps",
+        choices=sorted(CRUNCHQL_CAPS),
+        default="off",
+        help="crunchql's per-user caps: off (as the classic service, which has none) or "
+        "lifted (on, but too high to refuse anything: their statements still run)",
+    )
     args = parser.parse_args()
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -521,14 +540,9 @@ async def main() -> None:
             redises[0].url,
             CRUNCHQL_LOG_LEVEL="WARNING",
             CRUNCHQL_METRICS="false",
-            # One user's --concurrency clients each hold a socket (the default allows 10),
-            # and wrk's flood is all one user's: the classic service has no per-user
-            # limits, so crunchql's on queued (20) and running (2) calculations are
-            # lifted here; both stacks then do the same job. (The limits still cost
-            # their statements: the claim keeps counting the owner's live runs.)
+            # One user's --concurrency clients each hold a socket (the default allows 10).
             CRUNCHQL_WS_MAX_SOCKETS_PER_USER=str(max(10, 2 * args.concurrency)),
-            CRUNCHQL_MAX_ACTIVE_CALCULATIONS="1000000",
-            CRUNCHQL_MAX_RUNNING_PER_USER="1000000",
+            **CRUNCHQL_CAPS[args.crunchql_caps],
         )
         api, crunchql_base = start_api(env, log_dir)
         worker = start_worker(env, log_dir, threads=8)
@@ -615,7 +629,8 @@ async def main() -> None:
         f"\ncrunchql vs FastAPI + Celery — {started_at} — {os.cpu_count()} cores — {pinning}\n"
         f"load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end; "
         f"medians of {args.rounds} rounds; Celery --pool {args.celery_pool} --concurrency 1, "
-        "crunchql worker --processes 1 --threads 8; one Uvicorn process each"
+        "crunchql worker --processes 1 --threads 8; one Uvicorn process each; "
+        f"crunchql's per-user caps {args.crunchql_caps}"
     )
     print_table(rows)
 
