@@ -165,26 +165,26 @@ async def run_calculation(
     factory = services.session_factory
     now = _now()
     stale_before = now if take_over else now - config.stale_after
-    # Under a running limit the claim is two statements (the owner's row lock, then the
-    # conditional UPDATE): one transaction. Without, the UPDATE alone, committed by itself.
-    limited = config.max_running_per_user is not None
-    scope = unit_of_work if limited else single_statement
     parked_for = None
-    async with scope(factory) as session:
+    # Each path commits by itself (claim_or_park: one call on PostgreSQL).
+    async with single_statement(factory) as session:
         repo = CalculationRepository(session)
-        calculation = await repo.claim(
-            calculation_id,
-            config.worker_id,
-            now,
-            stale_before,
-            max_running=config.max_running_per_user,
-            alive_after=now - config.stale_after,
-            device=config.device,
-        )
-        if calculation is None and limited:
-            # Still QUEUED: its owner is at the running limit. Parked, it waits without
-            # holding this worker, and the owner's next finishing run sends it again.
-            parked_for = await repo.park(calculation_id, now)
+        if config.max_running_per_user is None:
+            calculation = await repo.claim(
+                calculation_id, config.worker_id, now, stale_before, device=config.device
+            )
+        else:
+            # Refused at the owner's running limit, it stays QUEUED, parked: it waits
+            # without holding this worker; the owner's next finishing run sends it again.
+            calculation, parked_for = await repo.claim_or_park(
+                calculation_id,
+                config.worker_id,
+                now,
+                stale_before,
+                max_running=config.max_running_per_user,
+                alive_after=now - config.stale_after,
+                device=config.device,
+            )
     if calculation is None:
         if parked_for is not None:
             # A run of the owner may have ended between our count and our commit, its

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import Executable
@@ -166,6 +166,26 @@ def _unpark_statement(with_limit: bool) -> Executable:
 
 
 _UNPARK = {False: _unpark_statement(False), True: _unpark_statement(True)}
+
+# PostgreSQL: the claim under a running cap (owner's lock, conditional UPDATE, or park) as
+# one call of the function of migration 0007.
+_CLAIM_CAPPED = (
+    text(
+        # The columns by name, in the model's order: .columns() matches them by position.
+        f"SELECT {', '.join(column.name for column in _T.c)} FROM crunchql_claim_capped("  # noqa: S608 - our own column names
+        ":p_id, :p_worker, :p_now, :p_stale_before, :p_alive_after, :p_max_running, :p_device)"
+    )
+    .bindparams(
+        _param("p_id", _T.c.id),
+        _param("p_worker", _T.c.worker_id),
+        _param("p_now", _T.c.started_at),
+        _param("p_stale_before", _T.c.heartbeat_at),
+        _param("p_alive_after", _T.c.heartbeat_at),
+        _param("p_max_running", _T.c.attempts),
+        _param("p_device", _T.c.device),
+    )
+    .columns(*_T.c)
+)
 
 
 def _finish_statement(succeeded: bool) -> Executable:
@@ -410,6 +430,48 @@ class CalculationRepository:
         statement = _CLAIM[max_running is not None]
         row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
         return Calculation(**row) if row is not None else None
+
+    async def claim_or_park(
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        now: datetime,
+        stale_before: datetime,
+        *,
+        max_running: int,
+        alive_after: datetime,
+        device: str = "cpu",
+    ) -> tuple[Calculation | None, uuid.UUID | None]:
+        """:meth:`claim` under a running cap, and when the cap refuses it, :meth:`park`:
+        ``(claimed row, None)``, ``(None, owner id)`` when parked, ``(None, None)`` when
+        there is nothing to run (finished, cancelled, alive on another worker).
+
+        On PostgreSQL one round trip (the function of migration 0007 locks the owner's
+        row, then claims or parks) that commits by itself: run it in ``single_statement``.
+        On SQLite, the two statements; each is atomic there (one writer), and a run that
+        ends between them is caught by the runner's second look after parking.
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            params = {
+                "p_id": calculation_id, "p_worker": worker_id, "p_now": now,
+                "p_stale_before": stale_before, "p_alive_after": alive_after,
+                "p_max_running": max_running, "p_device": device,
+            }  # fmt: skip
+            result = await (await self._core()).execute(_CLAIM_CAPPED, params)
+            row = result.mappings().one_or_none()
+            if row is None:
+                return None, None
+            calculation = Calculation(**row)
+            if calculation.status is CalculationStatus.RUNNING:
+                return calculation, None
+            return None, calculation.owner_id  # left QUEUED, parked
+        claimed = await self.claim(
+            calculation_id, worker_id, now, stale_before,
+            max_running=max_running, alive_after=alive_after, device=device,
+        )  # fmt: skip
+        if claimed is not None:
+            return claimed, None
+        return None, await self.park(calculation_id, now)
 
     async def park(self, calculation_id: uuid.UUID, now: datetime) -> uuid.UUID | None:
         """After a claim refused at the owner's running limit, in its transaction (which

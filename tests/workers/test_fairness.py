@@ -296,19 +296,19 @@ async def test_a_run_ending_while_another_parks_leaves_nothing_parked(
         sent.append(calculation_id)
 
     config = RunnerConfig(worker_id="w2", max_running_per_user=1, requeue=requeue)
-    park = CalculationRepository.park
+    claim_or_park = CalculationRepository.claim_or_park
 
-    async def park_then_first_ends(
-        self: CalculationRepository, calculation_id: uuid.UUID, when: datetime
-    ) -> uuid.UUID | None:
-        owner_id = await park(self, calculation_id, when)
-        # `first` finishes now, in another transaction, and finds nothing parked yet.
+    async def parked_while_first_ended(
+        self: CalculationRepository, *args: Any, **kwargs: Any
+    ) -> tuple[Any, uuid.UUID | None]:
+        claimed, owner_id = await claim_or_park(self, *args, **kwargs)
+        assert claimed is None and owner_id == owner  # parked: `first` was running
+        # `first` ends, and its finish looked for parked rows before this park was
+        # committed: it found none, so it sends nothing.
         async with unit_of_work(services.session_factory) as session:
             assert await CalculationRepository(session).cancel(first, datetime.now(UTC))
-        await _start_waiting(services, config, owner)
-        assert not sent
-        return owner_id
+        return claimed, owner_id
 
-    monkeypatch.setattr(CalculationRepository, "park", park_then_first_ends)
+    monkeypatch.setattr(CalculationRepository, "claim_or_park", parked_while_first_ended)
     assert (await run_calculation(services, config, second)).outcome is RunOutcome.SKIPPED
     assert sent == [second]  # sent again by the parker's own second look
