@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 # A job the test stops mid-run: 60 chunks, ~4-6 s on 2 idle cores, seen running after
 # its first chunk, so 59 chunks are left to outlast the test's reaction.
-INTERRUPTED_SAMPLES = 4_000_000_000
+INTERRUPTED_SAMPLES = 10_000_000_000  # as in test_production_path: outlasts a stop's reaction
 
 
 @dataclass
