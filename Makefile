@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.service
 	taskset -c 1 $(BIN)/python -m benchmarks.subscribers
 	$(BIN)/python -m benchmarks.versus
+	$(BIN)/python -m benchmarks.versus --crunchql-caps lifted
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
