@@ -74,14 +74,17 @@ async def submit(
     async with owner_lock, unit_of_work(services.session_factory) as session:
         repo = CalculationRepository(session)
         now = datetime.now(UTC)
+        calculation: Calculation | None
         if limit:
             await repo.lock_owner(user.id)
-            created = await repo.create_within_limit(
+            calculation = await repo.create_within_limit(
                 owner_id=user.id, kind=kind.name, params=params, now=now, max_active=limit
             )
         else:
-            created = await repo.create(owner_id=user.id, kind=kind.name, params=params, now=now)
-        if created is None:
+            calculation = await repo.create(
+                owner_id=user.id, kind=kind.name, params=params, now=now
+            )
+        if calculation is None:
             active = await repo.count_active(user.id)
             raise RateLimitedError(
                 f"You have {active} calculations queued or running; the limit is {limit}. "
@@ -89,7 +92,6 @@ async def submit(
                 # A count, not a window: when to try again is a suggestion.
                 retry_after=COUNT_LIMIT_RETRY_SECONDS,
             )
-        calculation = created
         calculation_id = calculation.id
 
         async def announce() -> None:

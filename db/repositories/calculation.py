@@ -10,7 +10,6 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import aliased
 from sqlalchemy.sql import Executable
 
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus, User
@@ -49,10 +48,37 @@ _COUNT_ACTIVE = (
     .where(_T.c.owner_id == _param("p_owner", _T.c.owner_id), _T.c.status.in_(_ACTIVE))
 )
 _INSERT = insert(_T).returning(*_T.c)
-# The submit's count and insert in one statement, run under the owner's row lock: a new
-# QUEUED row only while the owner has fewer than p_max_active QUEUED or RUNNING.
+
+
+def _live_runs_of(owner: Any, *, besides: Any = None) -> Any:
+    """How many calculations of ``owner`` are RUNNING with a heartbeat at or after the
+    ``p_alive_after`` parameter (a scalar subquery; ``besides``: leave that id out)."""
+    other = _T.alias("other")
+    conditions = [
+        other.c.owner_id == owner,
+        other.c.status == CalculationStatus.RUNNING,
+        other.c.heartbeat_at >= _param("p_alive_after", other.c.heartbeat_at),
+    ]
+    if besides is not None:
+        conditions.append(other.c.id != besides)
+    return select(func.count()).select_from(other).where(*conditions).scalar_subquery()
+
+
+# What a new calculation's row is given (the rest keeps its default).
 _NEW_COLUMNS = ("id", "owner_id", "kind", "input", "status", "progress", "created_at",
                 "attempts", "version")  # fmt: skip
+
+
+def _new_row(
+    owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The values of a new QUEUED calculation, by the names of _NEW_COLUMNS."""
+    values = (uuid.uuid4(), owner_id, kind, params, CalculationStatus.QUEUED, 0.0, now, 0, 0)
+    return dict(zip(_NEW_COLUMNS, values, strict=True))
+
+
+# The submit's count and insert in one statement, run under the owner's row lock: a new
+# QUEUED row only while the owner has fewer than p_max_active QUEUED or RUNNING.
 _INSERT_UNDER_LIMIT = (
     insert(_T)
     .from_select(
@@ -84,18 +110,7 @@ def _claim_statement(with_limit: bool) -> Executable:
     )
     if with_limit:
         # Fewer than p_max_running OTHER live runs of the same owner (a correlated count).
-        other = _T.alias("other")
-        live = (
-            select(func.count())
-            .select_from(other)
-            .where(
-                other.c.owner_id == _T.c.owner_id,
-                other.c.id != _T.c.id,
-                other.c.status == CalculationStatus.RUNNING,
-                other.c.heartbeat_at >= _param("p_alive_after", other.c.heartbeat_at),
-            )
-            .scalar_subquery()
-        )
+        live = _live_runs_of(_T.c.owner_id, besides=_T.c.id)
         condition = and_(condition, live < bindparam("p_max_running"))
     now = _param("p_now", _T.c.started_at)
     return (
@@ -150,17 +165,7 @@ def _unpark_statement(with_limit: bool) -> Executable:
         _T.c.parked_at.is_not(None),
     )
     if with_limit:
-        other = _T.alias("running")
-        live = (
-            select(func.count())
-            .select_from(other)
-            .where(
-                other.c.owner_id == _param("p_owner", other.c.owner_id),
-                other.c.status == CalculationStatus.RUNNING,
-                other.c.heartbeat_at >= _param("p_alive_after", other.c.heartbeat_at),
-            )
-            .scalar_subquery()
-        )
+        live = _live_runs_of(_param("p_owner", _T.c.owner_id))
         condition = and_(condition, live < bindparam("p_max_running"))
     return update(_T).where(condition).values(parked_at=None).returning(_T.c.id)
 
@@ -231,23 +236,6 @@ class CalculationPage:
     has_next_page: bool
 
 
-def _other_live_runs_of_owner(alive_after: datetime) -> Any:
-    """For the calculation row of the enclosing statement: how many OTHER calculations of
-    its owner are RUNNING with a heartbeat after ``alive_after`` (a correlated count)."""
-    other = aliased(Calculation)
-    return (
-        select(func.count())
-        .select_from(other)
-        .where(
-            other.owner_id == Calculation.owner_id,
-            other.id != Calculation.id,
-            other.status == CalculationStatus.RUNNING,
-            other.heartbeat_at >= alive_after,
-        )
-        .scalar_subquery()
-    )
-
-
 class CalculationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -260,11 +248,7 @@ class CalculationRepository:
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
     ) -> Calculation:
         """A QUEUED calculation, by one Core INSERT (the submit path is hot)."""
-        values = {
-            "id": uuid.uuid4(), "owner_id": owner_id, "kind": kind, "input": params,
-            "status": CalculationStatus.QUEUED, "progress": 0.0, "created_at": now,
-            "attempts": 0, "version": 0,
-        }  # fmt: skip
+        values = _new_row(owner_id, kind, params, now)
         row = (await (await self._core()).execute(_INSERT, values)).mappings().one()
         return Calculation(**row)
 
@@ -281,11 +265,9 @@ class CalculationRepository:
         RUNNING (None): the count and the INSERT in one statement. Under the owner's lock
         (:meth:`lock_owner`, earlier in the transaction), so parallel submits cannot all
         pass the count."""
-        values = {
-            "p_id": uuid.uuid4(), "p_owner_id": owner_id, "p_kind": kind, "p_input": params,
-            "p_status": CalculationStatus.QUEUED, "p_progress": 0.0, "p_created_at": now,
-            "p_attempts": 0, "p_version": 0, "p_owner": owner_id, "p_max_active": max_active,
-        }  # fmt: skip
+        new = _new_row(owner_id, kind, params, now)
+        values = {f"p_{name}": value for name, value in new.items()}
+        values.update(p_owner=owner_id, p_max_active=max_active)
         result = await (await self._core()).execute(_INSERT_UNDER_LIMIT, values)
         row = result.mappings().one_or_none()
         return Calculation(**row) if row is not None else None
@@ -643,10 +625,13 @@ class CalculationRepository:
             Calculation.status == CalculationStatus.QUEUED,
             Calculation.created_at < created_before,
         )
+        params: dict[str, Any] = {}
         if max_running is not None and alive_after is not None:
-            statement = statement.where(_other_live_runs_of_owner(alive_after) < max_running)
+            live = _live_runs_of(_T.c.owner_id, besides=_T.c.id)
+            statement = statement.where(live < max_running)
+            params["p_alive_after"] = alive_after
         statement = statement.order_by(Calculation.created_at).limit(limit)
-        return list((await self.session.execute(statement)).scalars())
+        return list((await self.session.execute(statement, params)).scalars())
 
     async def list_active_ids(self) -> list[uuid.UUID]:
         statement = select(Calculation.id).where(_IS_ACTIVE).order_by(Calculation.created_at)
