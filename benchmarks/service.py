@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -335,19 +336,32 @@ async def round_trips(database_url: str) -> dict[str, float]:
     return {"transactions": float(transactions), "redis": float(commands)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live children (a worker forks)."""
+@dataclass(frozen=True)
+class ProcessCpu:
+    pid: int
+    parent: int
+    group: int
+    seconds: float  # user + system CPU time so far
+
+
+def processes_cpu() -> list[ProcessCpu]:
+    """Every live process's CPU time so far, from /proc/PID/stat."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    processes = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            _, tail = stat.read_text().rsplit(")", 1)
+            _, tail = stat.read_text().rsplit(")", 1)  # after "pid (comm)"
         except OSError:
-            continue
-        fields = tail.split()
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            continue  # exited meanwhile
+        fields = tail.split()  # state, ppid, pgrp, …, utime (11), stime (12)
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        processes.append(ProcessCpu(int(stat.parent.name), int(fields[1]), int(fields[2]), seconds))
+    return processes
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live children (a worker forks)."""
+    return sum(each.seconds for each in processes_cpu() if pid in (each.pid, each.parent))
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:

@@ -67,11 +67,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from benchmarks.service import (
+    PG_URL,
     TINY,
     Subscriber,
     drop_database,
     fresh_database,
     percentile,
+    processes_cpu,
     wrk,
 )
 from crunchql.core.settings import normalise_database_url
@@ -87,7 +89,6 @@ from tests.e2e.processes import (
     wait_ready,
 )
 
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 WARM_UP_JOBS = 20
 SUBMIT = "mutation($i: CalculationInput!) { submitCalculation(input: $i) { id } }"
@@ -415,51 +416,21 @@ def pin(cpus: set[int] | None) -> None:
 
 # --- CPU per job, per component --------------------------------------------------------------
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_fields(stat: str) -> list[str]:
-    return stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-
-
-def _group_cpu_seconds(groups: set[int]) -> dict[int, float]:
-    """User + system CPU of every live process in these process groups (ServiceProcess
-    starts each service in a session of its own; the worker's forked processes stay in
-    it), by group."""
-    totals = dict.fromkeys(groups, 0.0)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = _cpu_fields((entry / "stat").read_text())
-        except OSError:
-            continue  # exited meanwhile
-        group = int(fields[2])  # pgrp
-        if group in totals:
-            totals[group] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-    return totals
-
-
-def _pids_cpu_seconds(pids: list[int]) -> dict[int, float]:
-    seconds = {}
-    for pid in pids:
-        try:
-            fields = _cpu_fields(Path(f"/proc/{pid}/stat").read_text())
-        except OSError:
-            continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return seconds
-
 
 async def cpu_snapshot(stack: Stack) -> dict[str, Any]:
     """CPU seconds so far of the stack's API, worker and Redis processes, and of the
     PostgreSQL backends connected to its database (by backend pid: one that comes and
     goes between two snapshots is missed, so the PostgreSQL figure is a floor)."""
+    # A service's processes share its process group (ServiceProcess starts each in a
+    # session of its own; the worker's forked processes stay in it).
     api, worker = stack.processes
     groups = {api.process.pid, worker.process.pid}
     if stack.redis is not None:
         groups.add(stack.redis.process.pid)
-    by_group = _group_cpu_seconds(groups)
+    by_group = dict.fromkeys(groups, 0.0)
+    for each in processes_cpu():
+        if each.group in by_group:
+            by_group[each.group] += each.seconds
     engine = create_async_engine(stack.database_url)
     try:
         async with engine.connect() as connection:
@@ -477,11 +448,12 @@ async def cpu_snapshot(stack: Stack) -> dict[str, Any]:
             )
     finally:
         await engine.dispose()
+    backends = set(pids)
     return {
         "API": by_group[api.process.pid],
         "worker": by_group[worker.process.pid],
         "Redis": by_group[stack.redis.process.pid] if stack.redis is not None else 0.0,
-        "postgres": _pids_cpu_seconds(list(pids)),
+        "postgres": {each.pid: each.seconds for each in processes_cpu() if each.pid in backends},
     }
 
 
