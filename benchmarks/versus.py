@@ -615,8 +615,10 @@ def print_table(rows: dict[str, dict[str, list[float]]]) -> None:
         classic = statistics.median(values["classic"])
         crunchql = statistics.median(values["crunchql"])
         # > 1: crunchql ahead (lower latency, or more calculations per second)
-        ratio = classic / crunchql if "(ms)" in name else crunchql / classic
-        print(f"{name.ljust(width)} | {classic:8.1f} | {crunchql:8.1f} | {ratio:.2f}")
+        better, worse = (classic, crunchql) if "(ms)" in name else (crunchql, classic)
+        # A CPU figure can be 0 in a short run (/proc counts in clock ticks of 10 ms).
+        ratio = f"{better / worse:.2f}" if worse else "-"
+        print(f"{name.ljust(width)} | {classic:8.1f} | {crunchql:8.1f} | {ratio}")
     print("\nratio > 1: crunchql ahead. Every round:")
     for name, values in rows.items():
         each = "; ".join(
