@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import dramatiq
 import pytest
@@ -15,17 +14,8 @@ from dramatiq import Worker
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import AuditEvent, AuthSession, Calculation, RefreshToken, User
 from crunchql.pubsub.channels import queue_wakeup_key
-from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker, create_broker
+from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[CrunchRedisBroker]:
-    broker = create_broker(redis_url)
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
-    broker.close()
 
 
 def test_an_idle_consumer_wakes_on_enqueue_instead_of_polling(broker: CrunchRedisBroker) -> None:

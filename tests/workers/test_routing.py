@@ -5,7 +5,7 @@ goes to, how often the router asks the database, and how the sweeper rescues the
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,15 +41,6 @@ async def session_factory(database_url: str) -> AsyncIterator[Any]:
     engine = create_engine(database_url)
     yield create_session_factory(engine)
     await engine.dispose()
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[CrunchRedisBroker]:
-    broker = create_broker(redis_url)
-    broker.flush_all()
-    yield broker
-    broker.flush_all()
-    broker.close()
 
 
 async def beat(factory: Any, device: str, *, at: datetime | None = None) -> str:
