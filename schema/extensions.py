@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from graphql import (
+    ASTValidationRule,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -16,18 +18,29 @@ from graphql import (
     SelectionSetNode,
     ValidationContext,
     ValidationRule,
+    parse,
 )
+from graphql import ExecutionResult as GraphQLExecutionResult
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension
+from strawberry.extensions import MaskErrors
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.schema.schema import validate_document
+from strawberry.types import ExecutionResult as StrawberryExecutionResult
+from strawberry.types.graphql import OperationType as StrawberryOperationType
 
-from crunchql.core.errors import CrunchError, ErrorCode
+from crunchql.core.errors import BadUserInputError, CrunchError, ErrorCode
 from crunchql.core.logging import bind_log_context
+from crunchql.schema.guards import checked_cost, clean_messages, over_budget
 
 logger = logging.getLogger("crunchql.graphql")
 
 MASKED_MESSAGE = "Internal server error."
 MAX_VALIDATION_ERRORS = 10
+CACHED_DOCUMENTS = 1024  # distinct query texts whose parse and validation are kept
+
+# Per process, shared by every operation: what ParserCache and ValidationCache keep.
+_parse = lru_cache(maxsize=CACHED_DOCUMENTS)(parse)
+_validate = lru_cache(maxsize=CACHED_DOCUMENTS)(validate_document)
 
 
 # Strawberry's own refusals of a request before execution (an unknown operation name,
@@ -153,27 +166,95 @@ def depth_limit_rule(max_depth: int) -> type[ValidationRule]:
     return DepthLimitRule
 
 
-class ContractParserCache(ParserCache):
-    """ParserCache parses in ``on_parse``, outside Strawberry's own error handling, so
-    syntax and token-limit errors would skip ContractErrors and carry no code. On a
-    failure leave the document unset: Strawberry parses again inside its handler."""
+class ContractPipeline(ContractErrors):
+    """Every rule of the GraphQL edge as ONE extension, each in its place in the
+    pipeline. Strawberry wraps each hook of each extension in a fresh context manager
+    for every operation; as separate extensions these rules cost a quarter of an
+    authenticated ``{ me }`` request's time (docs/benchmarks.md), for work that is a
+    few attribute reads when the operation is fine. In order:
+
+    - operation start: the token limit for the parser, the extra validation rules;
+    - parse: from the process's parse cache (as ``ParserCache``), and on a failure the
+      document left unset so Strawberry parses again inside its own error handling
+      (syntax and token-limit errors would otherwise skip the codes below);
+    - validate: from the process's validation cache (as ``ValidationCache``);
+    - execute: the operation name on every log line of the operation, then the input
+      hygiene and cost guard (``guards.checked_cost``): an operation over budget is
+      answered BAD_USER_INPUT without executing (a subscription's refusal is raised,
+      Strawberry answers it), and every answer reports ``extensions.cost``;
+    - operation end (and each streamed result): the contract's error codes and masking
+      (:class:`ContractErrors`), then the messages' clean-up (``guards.clean_messages``).
+    """
+
+    def __init__(
+        self,
+        *,
+        validation_rules: tuple[type[ASTValidationRule], ...],
+        max_tokens: int,
+        max_cost: int,
+        suggestions: bool,
+    ) -> None:
+        super().__init__()
+        self.validation_rules = validation_rules
+        self.max_tokens = max_tokens
+        self.max_cost = max_cost
+        self.suggestions = suggestions
+        self.cost: int | None = None
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self.max_tokens
+        context.validation_rules = context.validation_rules + self.validation_rules
+        self._stream_result_processed = False
+        yield
+        if not self._stream_result_processed:
+            result = context.result
+            if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult):
+                self._process_result(result)
+            elif initial_result := getattr(result, "initial_result", None):
+                self._process_result(initial_result)
+        clean_messages(context.result, suggestions=self.suggestions)
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         try:
-            context.graphql_document = self.cached_parse_document(
-                context.query, **context.parse_options
-            )
+            context.graphql_document = _parse(context.query, **context.parse_options)
         except GraphQLError:
             context.graphql_document = None
         yield
 
-
-class OperationName(SchemaExtension):
-    """Puts the operation name on every log line of the operation."""
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        context.pre_execution_errors = _validate(
+            context.schema._schema, context.graphql_document, context.validation_rules
+        )
+        yield
 
     def on_execute(self) -> Iterator[None]:
-        name = self.execution_context.operation_name
+        context = self.execution_context
+        name = context.operation_name
         if name:
             bind_log_context(operation=name)
+        try:
+            self.cost = checked_cost(context)
+            if self.cost is not None and self.cost > self.max_cost:
+                raise over_budget(self.cost, self.max_cost)
+        except BadUserInputError as error:
+            if context.operation_type is StrawberryOperationType.SUBSCRIPTION:
+                raise  # Strawberry answers an on_execute error of a subscription itself
+            # A result set here means: do not execute; answer this instead.
+            context.result = GraphQLExecutionResult(
+                data=None, errors=[GraphQLError(error.message, original_error=error)]
+            )
         yield
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        clean_messages(result, suggestions=self.suggestions)
+        self._stream_result_processed = True
+        self._process_stream_result(result)
+        yield
+
+    def get_results(self) -> dict[str, Any]:
+        if self.cost is None:
+            return {}
+        return {"cost": {"requested": self.cost, "maximum": self.max_cost}}

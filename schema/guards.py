@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
-    ExecutionResult,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -48,8 +47,7 @@ from graphql import (
     VariableNode,
     get_named_type,
 )
-from strawberry.extensions import SchemaExtension
-from strawberry.types.graphql import OperationType as StrawberryOperationType
+from strawberry.types import ExecutionContext
 
 from crunchql.core.errors import BadUserInputError
 
@@ -265,47 +263,26 @@ def operation_cost(
     return walk.cost(operation.selection_set, root)
 
 
-class OperationGuard(SchemaExtension):
-    """Checks the input and the cost of the operation about to run (variables are
-    known by then, so ``first: $n`` is priced at the page size asked for)."""
+def checked_cost(context: ExecutionContext) -> int | None:
+    """The cost of the operation about to run, its input checked first (variables are
+    known by then, so ``first: $n`` is priced at the page size asked for); None when
+    there is no operation to price. BadUserInputError for an unsafe string."""
+    document = context.graphql_document
+    operation = _operation(document, context.operation_name) if document else None
+    if document is None or operation is None:
+        return None
+    schema = context.schema._schema
+    walk = _Walk(schema, _fragments(document), context.variables or {})
+    walk.check_inputs(operation.selection_set)
+    return walk.cost(operation.selection_set, schema.get_root_type(operation.operation))
 
-    def __init__(self, *, max_cost: int) -> None:
-        self.max_cost = max_cost
-        self.cost: int | None = None
 
-    def _check(self) -> None:
-        context = self.execution_context
-        document = context.graphql_document
-        operation = _operation(document, context.operation_name) if document else None
-        if document is None or operation is None:
-            return
-        schema = context.schema._schema
-        walk = _Walk(schema, _fragments(document), context.variables or {})
-        walk.check_inputs(operation.selection_set)
-        self.cost = walk.cost(operation.selection_set, schema.get_root_type(operation.operation))
-        if self.cost > self.max_cost:
-            raise BadUserInputError(
-                f"This operation costs {self.cost}; the limit is {self.max_cost}. Select "
-                "fewer fields, smaller pages or fewer large results (a png costs "
-                f"{FIELD_WEIGHTS[('MandelbrotResult', 'png')]})."
-            )
-
-    def on_execute(self) -> Iterator[None]:
-        try:
-            self._check()
-        except BadUserInputError as error:
-            if self.execution_context.operation_type is StrawberryOperationType.SUBSCRIPTION:
-                raise  # Strawberry answers an on_execute error of a subscription itself
-            # A result set here means: do not execute; answer this instead.
-            self.execution_context.result = ExecutionResult(
-                data=None, errors=[GraphQLError(error.message, original_error=error)]
-            )
-        yield
-
-    def get_results(self) -> dict[str, Any]:
-        if self.cost is None:
-            return {}
-        return {"cost": {"requested": self.cost, "maximum": self.max_cost}}
+def over_budget(cost: int, max_cost: int) -> BadUserInputError:
+    return BadUserInputError(
+        f"This operation costs {cost}; the limit is {max_cost}. Select "
+        "fewer fields, smaller pages or fewer large results (a png costs "
+        f"{FIELD_WEIGHTS[('MandelbrotResult', 'png')]})."
+    )
 
 
 _SUGGESTION = re.compile(r"\s*Did you mean\b[^?]*\?")
@@ -322,26 +299,13 @@ def clip_echoes(message: str) -> str:
     return _LONG_WORD.sub(lambda m: m.group()[:MAX_ECHO] + "…", message)
 
 
-class CleanMessages(SchemaExtension):
-    """The last word on every error message: at most ``MAX_ECHO`` characters of any
-    one input echoed, and, with ``suggestions=False`` (introspection off), no "Did you
-    mean ...?" of any kind (types, fields, arguments, enum values, input fields,
-    directives): it would reveal the schema one guess at a time."""
-
-    def __init__(self, *, suggestions: bool = True) -> None:
-        self.suggestions = suggestions
-
-    def _clean(self, result: object) -> None:
-        for error in getattr(result, "errors", None) or ():
-            message = error.message
-            if not self.suggestions and "Did you mean" in message:
-                message = _SUGGESTION.sub("", message)
-            error.message = clip_echoes(message)
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        self._clean(self.execution_context.result)
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        self._clean(result)
-        yield
+def clean_messages(result: object, *, suggestions: bool) -> None:
+    """The last word on every error message of ``result``: at most ``MAX_ECHO``
+    characters of any one input echoed, and, with ``suggestions=False`` (introspection
+    off), no "Did you mean ...?" of any kind (types, fields, arguments, enum values,
+    input fields, directives): it would reveal the schema one guess at a time."""
+    for error in getattr(result, "errors", None) or ():
+        message = error.message
+        if not suggestions and "Did you mean" in message:
+            message = _SUGGESTION.sub("", message)
+        error.message = clip_echoes(message)

@@ -7,14 +7,8 @@ from dataclasses import dataclass
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    SchemaExtension,
-    ValidationCache,
-)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import MaxAliasesLimiter, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
@@ -25,13 +19,8 @@ from crunchql.resolvers import calculation as calculation_resolvers
 from crunchql.resolvers import schedule as schedule_resolvers
 from crunchql.resolvers import user as user_resolvers
 from crunchql.resolvers.context import GraphQLInfo
-from crunchql.schema.extensions import (
-    ContractErrors,
-    ContractParserCache,
-    OperationName,
-    depth_limit_rule,
-)
-from crunchql.schema.guards import CleanMessages, OperationGuard, SingleAuthMutationRule
+from crunchql.schema.extensions import ContractPipeline, depth_limit_rule
+from crunchql.schema.guards import SingleAuthMutationRule
 from crunchql.schema.scalars import SCALAR_MAP
 from crunchql.schema.schedule import Schedule, ScheduleConnection
 from crunchql.schema.sharing import SharingExecutionContext
@@ -203,23 +192,21 @@ def build_schema(options: SchemaOptions | None = None) -> strawberry.Schema:
         SingleAuthMutationRule,
         *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
     ]
-    # Factories: a fresh extension per operation (the parser and validation caches
-    # live at module level, shared by every operation).
-    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
-        ContractErrors,
-        OperationName,
-        lambda: ContractParserCache(maxsize=1024),
-        lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
-        lambda: AddValidationRules(rules),
-        lambda: ValidationCache(maxsize=1024),
-        lambda: OperationGuard(max_cost=options.max_cost),
-    ]
-    # Outermost: its after-hook sees every message last.
-    extensions.insert(0, lambda: CleanMessages(suggestions=options.field_suggestions))
     if not options.introspection:
-        extensions.append(DisableIntrospection)
+        rules.append(NoSchemaIntrospectionCustomRule)
+    validation_rules = tuple(rules)
+    # A factory: a fresh extension per operation (the parse and validation caches live
+    # at module level, shared by every operation).
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        lambda: ContractPipeline(
+            validation_rules=validation_rules,
+            max_tokens=options.max_tokens,
+            max_cost=options.max_cost,
+            suggestions=options.field_suggestions,
+        )
+    ]
     if options.metrics:
-        # Outside ContractErrors, so it sees the final error codes.
+        # Outside ContractPipeline, so it sees the final error codes.
         extensions.insert(0, GraphQLMetrics)
     return CrunchSchema(
         query=Query,
