@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import uuid
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, cast
 
@@ -84,6 +85,13 @@ ALLOWED_OPERATIONS = {
     "GET": frozenset({OperationType.QUERY}),
     "POST": frozenset({OperationType.QUERY, OperationType.MUTATION}),
 }
+
+
+# The request body as parse_http_body decoded it, for Strawberry's second look at it
+# (each request runs in its own task, so this is per request).
+_decoded_body: ContextVar[tuple[bytes, Any] | None] = ContextVar(
+    "crunchql_decoded_body", default=None
+)
 
 
 class ViewError(HTTPException):
@@ -501,6 +509,9 @@ class CrunchGraphQL(GraphQL[Context, None]):
     # ---- request parsing ------------------------------------------------------------
 
     def parse_json(self, data: str | bytes) -> Any:
+        decoded = _decoded_body.get()
+        if decoded is not None and decoded[0] is data:
+            return decoded[1]  # this very body, decoded by parse_http_body already
         try:
             return self.decode_json(data)
         except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, nesting
@@ -511,11 +522,17 @@ class CrunchGraphQL(GraphQL[Context, None]):
     ) -> GraphQLRequestData | list[GraphQLRequestData]:
         if request.method == "POST":
             header = request.content_type
-            content_type = parse_content_type(header)[0] if header else ""
-            if content_type != APPLICATION_JSON:
-                problem = f"Unsupported Content-Type {header!r}" if header else "No Content-Type"
-                raise ViewError(415, f"{problem}: send the request as {APPLICATION_JSON}.")
-            body = self.parse_json(await request.get_body())
+            if header != APPLICATION_JSON:  # the usual header, exactly: nothing to parse
+                content_type = parse_content_type(header)[0] if header else ""
+                if content_type != APPLICATION_JSON:
+                    problem = (
+                        f"Unsupported Content-Type {header!r}" if header else "No Content-Type"
+                    )
+                    raise ViewError(415, f"{problem}: send the request as {APPLICATION_JSON}.")
+            raw = await request.get_body()
+            body = self.parse_json(raw)
+            # Strawberry's own parse_http_body decodes the body again: hand it this one.
+            _decoded_body.set((raw, body))
             if not isinstance(body, dict | list):
                 raise HTTPException(400, "The request body must be a JSON object.")
             if isinstance(body, list) and not all(isinstance(item, dict) for item in body):

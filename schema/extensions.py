@@ -174,10 +174,10 @@ class ContractPipeline(ContractErrors):
     few attribute reads when the operation is fine. In order:
 
     - operation start: the token limit for the parser, the extra validation rules;
-    - parse: from the process's parse cache (as ``ParserCache``), and on a failure the
-      document left unset so Strawberry parses again inside its own error handling
-      (syntax and token-limit errors would otherwise skip the codes below);
-    - validate: from the process's validation cache (as ``ValidationCache``);
+    - then the parse, from the process's parse cache (as ``ParserCache``; on a failure
+      the document is left unset so Strawberry parses again inside its own error
+      handling: syntax and token-limit errors would otherwise skip the codes below), and
+      the validation, from the process's validation cache (as ``ValidationCache``);
     - execute: the operation name on every log line of the operation, then the input
       hygiene and cost guard (``guards.checked_cost``): an operation over budget is
       answered BAD_USER_INPUT without executing (a subscription's refusal is raised,
@@ -206,29 +206,30 @@ class ContractPipeline(ContractErrors):
         context.parse_options["max_tokens"] = self.max_tokens
         context.validation_rules = context.validation_rules + self.validation_rules
         self._stream_result_processed = False
+        if context.query and context.graphql_document is None:
+            # Parsed and validated here, from the caches, rather than in on_parse and
+            # on_validate: two fewer hooks for Strawberry to wrap. Strawberry skips its
+            # own parse when the document is set and its own validation when the errors
+            # are, and still checks the operation type in between, as before.
+            try:
+                context.graphql_document = _parse(context.query, **context.parse_options)
+            except GraphQLError:
+                pass  # Strawberry parses again inside its own handler: errors get codes
+            else:
+                context.pre_execution_errors = _validate(
+                    context.schema._schema, context.graphql_document, context.validation_rules
+                )
         yield
-        if not self._stream_result_processed:
-            result = context.result
-            if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult):
-                self._process_result(result)
-            elif initial_result := getattr(result, "initial_result", None):
-                self._process_result(initial_result)
-        clean_messages(context.result, suggestions=self.suggestions)
-
-    def on_parse(self) -> Iterator[None]:
-        context = self.execution_context
-        try:
-            context.graphql_document = _parse(context.query, **context.parse_options)
-        except GraphQLError:
-            context.graphql_document = None
-        yield
-
-    def on_validate(self) -> Iterator[None]:
-        context = self.execution_context
-        context.pre_execution_errors = _validate(
-            context.schema._schema, context.graphql_document, context.validation_rules
-        )
-        yield
+        result = context.result
+        if self._stream_result_processed or not (
+            getattr(result, "errors", None) or getattr(result, "initial_result", None)
+        ):
+            return  # streamed results were handled one by one; nothing to do
+        if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult):
+            self._process_result(result)
+        elif initial_result := getattr(result, "initial_result", None):
+            self._process_result(initial_result)
+        clean_messages(result, suggestions=self.suggestions)
 
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context
