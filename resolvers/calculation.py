@@ -99,6 +99,12 @@ async def calculation_updates(
             # ...and, over graphql-transport-ws, serialised once and written straight
             # to the socket; what the sink declines goes the normal way.
             if sink is not None and await sink.deliver(calculation):
+                if snapshot.status.is_terminal:
+                    # Let every other subscriber woken by this event have its frame
+                    # before this one's completion and clean-up run: in a fan-out to
+                    # thousands, the last terminal frame is not kept waiting behind
+                    # everyone else's teardown.
+                    await asyncio.sleep(0)
                 continue
             yield calculation
 
