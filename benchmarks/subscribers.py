@@ -21,8 +21,11 @@ measures, per API:
 
 - latency from the calculation's ``finishedAt`` to the client's receipt of its terminal
   event (p50 / p99 / max over all subscriptions; same machine, same clock);
-- server CPU per delivery: the API's user + system CPU during the fan-out divided by
-  the events it delivered;
+- server CPU per delivery: the API's user + system CPU from the send to the last
+  terminal event's receipt, divided by the events it delivered by then;
+- server CPU per subscription to its ``complete``: the same CPU until the client has
+  every subscription's ``complete`` (the server finishes and cleans up each subscription
+  after the terminal frames of all), divided by the subscriptions;
 - RSS per open subscription: the API's RSS growth while opening them / subscriptions.
 
 Rounds alternate the APIs; the table gives the median of the rounds.
@@ -93,6 +96,7 @@ class Round:
     p99_ms: float
     max_ms: float
     cpu_us_per_delivery: float
+    cpu_us_per_subscription: float
     rss_kib_per_subscription: float
 
 
@@ -117,6 +121,8 @@ class Connection:
         self.deliveries = 0
         self.received: dict[str, float] = {}  # operation id -> receipt (epoch seconds)
         self.done = asyncio.Event()
+        self.completes = 0
+        self.completed = asyncio.Event()  # every subscription's `complete` arrived
         self.expected = 0
         self.first_error: str | None = None  # shown if the set-up does not finish
 
@@ -139,6 +145,10 @@ class Connection:
         async for raw in self.socket:
             data = raw.encode() if isinstance(raw, str) else raw
             if b'"next"' not in data:
+                if b'"complete"' in data:
+                    self.completes += 1
+                    if self.completes == self.expected:
+                        self.completed.set()
                 continue
             if b'"errors"' in data and self.first_error is None:
                 self.first_error = data[:300].decode(errors="replace")
@@ -223,6 +233,10 @@ async def one_round(
         queue.send(uuid.UUID(calculation_id))
     await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in connections)), 300)
     cpu_after = cpu_seconds(pid)
+    # The server finishes each subscription (its `complete`, the clean-up) after the
+    # terminal frames: counted separately, per subscription, until the last `complete`.
+    await asyncio.wait_for(asyncio.gather(*(c.completed.wait() for c in connections)), 300)
+    cpu_completed = cpu_seconds(pid)
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         await asyncio.to_thread(profiler.wait, 60)
@@ -251,6 +265,9 @@ async def one_round(
         p99_ms=percentile(latencies, 99),
         max_ms=max(latencies),
         cpu_us_per_delivery=(cpu_after - cpu_before) / deliveries * 1e6,
+        cpu_us_per_subscription=(cpu_completed - cpu_before)
+        / (per_connection * args.connections)
+        * 1e6,
         rss_kib_per_subscription=(rss_after - rss_before) / total,
     )
 
@@ -358,7 +375,8 @@ async def main() -> None:
         + ", ".join(f"{len(rounds)} rounds ({name})" for name, rounds in results.items())
     )
     header = (
-        "API", "p50 ms", "p99 ms", "max ms", "CPU µs/delivery", "KiB/subscription (1st round)"
+        "API", "p50 ms", "p99 ms", "max ms", "CPU µs/delivery",
+        "CPU µs/subscription to its complete", "KiB/subscription (1st round)"
     )  # fmt: skip
     print(" | ".join(header))
     medians = {}
@@ -373,7 +391,8 @@ async def main() -> None:
         medians[name] = row
         print(
             f"{name} | {row.p50_ms:.0f} | {row.p99_ms:.0f} | {row.max_ms:.0f} | "
-            f"{row.cpu_us_per_delivery:.0f} | {row.rss_kib_per_subscription:.1f}"
+            f"{row.cpu_us_per_delivery:.0f} | {row.cpu_us_per_subscription:.0f} | "
+            f"{row.rss_kib_per_subscription:.1f}"
         )
     rows = list(medians.values())
     before, after = rows[0], rows[-1]
