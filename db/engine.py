@@ -101,6 +101,12 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+def is_sqlite(factory: async_sessionmaker[AsyncSession]) -> bool:
+    """Whether ``factory``'s sessions talk to SQLite (the embedded mode)."""
+    bind = factory.kw.get("bind")
+    return bind is not None and bind.dialect.name == "sqlite"
+
+
 @asynccontextmanager
 async def read_only(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session for reads alone, in autocommit mode: no BEGIN and COMMIT round trips."""

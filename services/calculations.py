@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import logging
 import time
 import uuid
 import weakref
@@ -22,13 +23,15 @@ from crunchql.core.errors import (
     RateLimitedError,
 )
 from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, WatchState
-from crunchql.db.engine import after_commit, read_only, unit_of_work
+from crunchql.db.engine import after_commit, is_sqlite, read_only, single_statement, unit_of_work
 from crunchql.db.models import AuditAction, Calculation, CalculationStatus, Role, User
 from crunchql.db.repositories import CalculationPage, CalculationRepository
 from crunchql.pubsub.bus import RESYNC
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
 from crunchql.services.container import ServiceContainer, Work
+
+logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 COUNT_LIMIT_RETRY_SECONDS = 5.0
@@ -66,17 +69,18 @@ async def submit(
     except ParameterError as error:
         raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
     limit = services.limits.max_active_calculations
-    # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. Count and insert under
-    # the owner's lock, so parallel submits cannot all pass the count (row lock on
-    # PostgreSQL, across API processes; an in-process lock as well, which is what
-    # serialises them on SQLite). Without a limit (0), neither: a plain INSERT.
-    owner_lock = _owner_lock(user.id) if limit else contextlib.nullcontext()
-    async with owner_lock, unit_of_work(services.session_factory) as session:
+    # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. The count and the
+    # insert are one statement that commits by itself: on PostgreSQL a function that
+    # takes the owner's row lock first (across API processes), on SQLite the statement
+    # under an in-process lock (the embedded mode has one process). Without a limit
+    # (0), neither: a plain INSERT. One round trip either way, no BEGIN and COMMIT.
+    serialise = limit and is_sqlite(services.session_factory)
+    owner_lock = _owner_lock(user.id) if serialise else contextlib.nullcontext()
+    async with owner_lock, single_statement(services.session_factory) as session:
         repo = CalculationRepository(session)
         now = datetime.now(UTC)
         calculation: Calculation | None
         if limit:
-            await repo.lock_owner(user.id)
             calculation = await repo.create_within_limit(
                 owner_id=user.id, kind=kind.name, params=params, now=now, max_active=limit
             )
@@ -92,19 +96,21 @@ async def submit(
                 # A count, not a window: when to try again is a suggestion.
                 retry_after=COUNT_LIMIT_RETRY_SECONDS,
             )
-        calculation_id = calculation.id
-
-        async def announce() -> None:
-            # "created", for the owner's list views (myCalculationUpdates).
-            await services.bus.publish(CalculationEvent.status_change(calculation.to_snapshot()))
-
-        async def send() -> None:
-            # The kind and input let the queue route it (CPU or GPU) with no query.
-            await services.queue.enqueue(calculation_id, Work(kind.name, params))
-
-        # The message goes out only once the row is committed; never on rollback.
-        after_commit(session, announce)
-        after_commit(session, send)
+    # Committed: the message may go out (never about a row that does not exist). The
+    # job's message and the "created" event for the owner's list views go out together,
+    # one round trip rather than two in a row. A send that fails is not the caller's
+    # failure: the row stands, the workers' sweeper re-sends unclaimed calculations,
+    # and list views re-read on a resync.
+    results = await asyncio.gather(
+        services.queue.enqueue(calculation.id, Work(kind.name, params)),
+        services.bus.publish(CalculationEvent.status_change(calculation.to_snapshot())),
+        return_exceptions=True,
+    )
+    for what, result in zip(("the job's message", "the created event"), results, strict=True):
+        if isinstance(result, Exception):
+            logger.warning("calculation %s: %s was not sent: %s", calculation.id, what, result)
+        elif isinstance(result, BaseException):
+            raise result
     return calculation
 
 

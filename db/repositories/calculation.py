@@ -33,7 +33,6 @@ def _param(name: str, column: Any) -> Any:
     return bindparam(name, type_=column.type)
 
 
-_LOCK_OWNER = select(_U.c.id).where(_U.c.id == _param("p_owner", _U.c.id)).with_for_update()
 # The owner of a calculation, locked, in one round trip (the claim under a running limit).
 _LOCK_OWNER_OF = (
     select(_U.c.id)
@@ -77,8 +76,8 @@ def _new_row(
     return dict(zip(_NEW_COLUMNS, values, strict=True))
 
 
-# The submit's count and insert in one statement, run under the owner's row lock: a new
-# QUEUED row only while the owner has fewer than p_max_active QUEUED or RUNNING.
+# The submit's count and insert in one statement: a new QUEUED row only while the owner
+# has fewer than p_max_active QUEUED or RUNNING (SQLite; PostgreSQL: _SUBMIT_CAPPED).
 _INSERT_UNDER_LIMIT = (
     insert(_T)
     .from_select(
@@ -88,6 +87,20 @@ _INSERT_UNDER_LIMIT = (
         ),
     )
     .returning(*_T.c)
+)
+# The same on PostgreSQL with the owner's lock first, in one round trip (migration 0008).
+_SUBMIT_CAPPED = (
+    text(
+        # The columns by name, in the model's order: .columns() matches them by position.
+        f"SELECT {', '.join(column.name for column in _T.c)} FROM crunchql_submit_capped("  # noqa: S608 - our own column names
+        + ", ".join(f":p_{name}" for name in _NEW_COLUMNS)
+        + ", :p_max_active)"
+    )
+    .bindparams(
+        *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
+        bindparam("p_max_active", type_=_T.c.attempts.type),
+    )
+    .columns(*_T.c)
 )
 _SELECT_ONE = select(_T).where(_T.c.id == _param("p_id", _T.c.id))
 _OWNED_RUN = and_(
@@ -262,13 +275,22 @@ class CalculationRepository:
         max_active: int,
     ) -> Calculation | None:
         """A QUEUED calculation, unless the owner already has ``max_active`` QUEUED or
-        RUNNING (None): the count and the INSERT in one statement. Under the owner's lock
-        (:meth:`lock_owner`, earlier in the transaction), so parallel submits cannot all
-        pass the count."""
+        RUNNING (None): the count and the INSERT in one statement.
+
+        On PostgreSQL one round trip that commits by itself (run it in
+        ``single_statement``): the function of migration 0008 takes the owner's row
+        lock, so parallel submits (any API process) cannot all pass the count. On
+        SQLite the statement alone, atomic there; the caller serialises one owner's
+        submits of the process (the embedded mode has one)."""
         new = _new_row(owner_id, kind, params, now)
-        values = {f"p_{name}": value for name, value in new.items()}
-        values.update(p_owner=owner_id, p_max_active=max_active)
-        result = await (await self._core()).execute(_INSERT_UNDER_LIMIT, values)
+        values: dict[str, Any] = {f"p_{name}": value for name, value in new.items()}
+        values["p_max_active"] = max_active
+        statement: Executable
+        if self.session.get_bind().dialect.name == "postgresql":
+            statement = _SUBMIT_CAPPED
+        else:
+            statement, values["p_owner"] = _INSERT_UNDER_LIMIT, owner_id
+        result = await (await self._core()).execute(statement, values)
         row = result.mappings().one_or_none()
         return Calculation(**row) if row is not None else None
 
@@ -278,11 +300,6 @@ class CalculationRepository:
         result = await (await self._core()).execute(_SELECT_ONE, {"p_id": calculation_id})
         row = result.mappings().one_or_none()
         return Calculation(**row) if row is not None else None
-
-    async def lock_owner(self, owner_id: uuid.UUID) -> None:
-        """Hold the owner's user row until the transaction ends (no-op on SQLite):
-        ``UserRepository.lock``, by the prepared statement."""
-        await (await self._core()).execute(_LOCK_OWNER, {"p_owner": owner_id})
 
     async def get(self, calculation_id: uuid.UUID) -> Calculation | None:
         return await self.session.get(Calculation, calculation_id, populate_existing=True)
