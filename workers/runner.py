@@ -82,7 +82,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# Announcements still on their way, by calculation: the next event of the calculation
+# waits for its one, so that subscribers get every calculation's events in order.
+_in_flight: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+
 async def _publish(services: Infrastructure, event: CalculationEvent) -> None:
+    earlier = _in_flight.get(event.id)
+    if earlier is not None and earlier is not asyncio.current_task():
+        await asyncio.wait([earlier])  # not cancelled with us: it still goes out
     try:
         await services.bus.publish(event)
     except Exception as error:  # the row is saved; subscribers re-read it on a resync
@@ -91,6 +99,21 @@ async def _publish(services: Infrastructure, event: CalculationEvent) -> None:
 
 async def _announce(services: Infrastructure, calculation: Calculation) -> None:
     await _publish(services, CalculationEvent.status_change(calculation.to_snapshot()))
+
+
+def _announce_meanwhile(services: Infrastructure, calculation: Calculation) -> None:
+    """:func:`_announce` while the caller goes on (the kernel starts as the RUNNING event
+    travels: one Redis round trip less before the result); the calculation's next event
+    waits for this one."""
+    key = calculation.id
+    task = asyncio.create_task(_announce(services, calculation))
+    _in_flight[key] = task
+
+    def forget(done: asyncio.Task[None]) -> None:
+        if _in_flight.get(key) is done:
+            del _in_flight[key]
+
+    task.add_done_callback(forget)
 
 
 async def run_with_policy(
@@ -193,7 +216,7 @@ async def run_calculation(
         # Finished, cancelled, alive on another worker, or parked.
         return RunStats()
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
-    await _announce(services, calculation)
+    _announce_meanwhile(services, calculation)
     started = time.monotonic()
     try:
         outcome = await _execute(services, config, calculation, executor, take_over=take_over)
