@@ -508,6 +508,9 @@ async def main() -> None:
         "--users", type=int, default=16, help="users the throughput clients act as, in turn"
     )
     parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument(
+        "--worker-threads", type=int, default=8, help="crunchql worker --threads (concurrent jobs)"
+    )
     parser.add_argument("--idle-jobs", type=int, default=200)
     parser.add_argument("--idle-gap", type=float, default=1.5, help="seconds between idle jobs")
     parser.add_argument(
@@ -538,7 +541,7 @@ async def main() -> None:
         CRUNCHQL_MAX_ACTIVE_CALCULATIONS="1000000",
     )
     api, base = start_api(env, log_dir)
-    worker = start_worker(env, log_dir, threads=8)
+    worker = start_worker(env, log_dir, threads=args.worker_threads)
     bare_port = free_port()
     (log_dir / "bare_app.py").write_text(BARE_APP)
     bare = ServiceProcess(
