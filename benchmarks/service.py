@@ -2,7 +2,8 @@
 
     python -m benchmarks.service [--jobs 300] [--throughput-seconds 10] [--concurrency 32]
                                  [--idle-jobs 200] [--idle-gap 1.5] [--only idle]
-                                 [--only jobs] [--users 16] [--profile DIR]
+                                 [--only jobs] [--users 16] [--worker-threads 8]
+                                 [--profile DIR]
 
 Prints one table:
 - latency from `submitCalculation` to the terminal event at a WebSocket client, for a
@@ -10,10 +11,15 @@ Prints one table:
 - the same with an idle worker: --idle-jobs jobs, --idle-gap seconds apart, so each one
   finds the worker's consumer asleep on its wake-up list (a missed wake-up shows as a
   p99 of about 1 s, the consumer's fall-back timeout);
+- for both, where the time went (medians): the submit's HTTP request at the client,
+  the row's created → started and started → finished (the database's timestamps), and
+  finished → the event's receipt (one machine, one clock);
 - calculations per second through the whole path (HTTP submit → queue → worker →
   PostgreSQL → Redis pub/sub → WebSocket), tiny jobs, --concurrency clients;
 - authenticated `{ me { id email } }` requests per second against a bare Strawberry
   `{ hello }` app served the same way, side by side (ratio);
+- this client's own HTTP round trip to that bare app, back to back and --idle-gap
+  seconds apart: the floor under every submit it measures;
 - Redis connections held by the API with many open subscriptions, and memory per
   open subscription;
 - CPU time of the API process and of the worker processes per tiny job, during the
@@ -176,61 +182,98 @@ async def submit(http: httpx.AsyncClient, url: str, token: str) -> str:
     return str(response.json()["data"]["submitCalculation"]["id"])
 
 
-async def latency(
-    base: str,
-    token: str,
-    jobs: int,
-    gap: float = 0.0,
-    after_response: list[float] | None = None,
-    measured_ids: list[str] | None = None,
-) -> list[float]:
-    """Submit → terminal event at the client, one job at a time, ``gap`` seconds apart.
+@dataclass
+class Job:
+    """One measured job: its id and the client's clock (epoch seconds) at the submit, at
+    the submit's response and at the terminal event's receipt."""
 
-    ``after_response`` (when given) collects the part after the submit's HTTP response:
-    queue pick-up, run and delivery, without the API's own request time;
-    ``measured_ids`` the ids of the jobs measured (for the database's timestamps).
-    """
-    samples = []
+    id: str
+    submitted: float
+    responded: float
+    received: float
+
+    @property
+    def total_ms(self) -> float:
+        return (self.received - self.submitted) * 1000
+
+    @property
+    def after_response_ms(self) -> float:
+        return (self.received - self.responded) * 1000
+
+
+async def latency(base: str, token: str, jobs: int, gap: float = 0.0) -> list[Job]:
+    """Submit → terminal event at the client, one job at a time, ``gap`` seconds apart
+    (after 20 warm-up jobs, not returned)."""
+    measured = []
     async with httpx.AsyncClient() as http, Subscriber(base, token) as subscriber:
         url = f"http://{base}/graphql"
         for index in range(jobs + 20):
             if gap and index >= 20:
                 await asyncio.sleep(gap)
-            started = time.perf_counter()
+            submitted = time.time()
             calculation_id = await submit(http, url, token)
-            responded = time.perf_counter()
+            responded = time.time()
             done = await subscriber.watch(calculation_id)
-            finished = await asyncio.wait_for(done, 30)
+            await asyncio.wait_for(done, 30)
             if index >= 20:  # warm-up
-                samples.append((finished - started) * 1000)
-                if measured_ids is not None:
-                    measured_ids.append(calculation_id)
-                if after_response is not None:
-                    after_response.append((finished - responded) * 1000)
-    return samples
+                measured.append(Job(calculation_id, submitted, responded, time.time()))
+    return measured
 
 
-async def stages(database_url: str, ids: list[str]) -> tuple[float, float]:
-    """Medians of created → started and started → finished (ms) of these calculations."""
+async def stages(database_url: str, jobs: list[Job]) -> dict[str, float]:
+    """Medians (ms) of where each job's time went, from the client's clock and the
+    database's timestamps (one machine, one clock): the submit's HTTP request, the row's
+    creation → its start (enqueue, pick-up, claim), start → finish (the run, the finish),
+    and the finish → the terminal event's receipt (publish, fan-out, the socket)."""
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
             rows = (
                 await connection.execute(
                     text(
-                        "SELECT extract(epoch FROM started_at - created_at) * 1000, "
-                        "extract(epoch FROM finished_at - started_at) * 1000 "
+                        "SELECT CAST(id AS text), extract(epoch FROM created_at), "
+                        "extract(epoch FROM started_at), extract(epoch FROM finished_at) "
                         "FROM calculations WHERE id = ANY(CAST(:ids AS uuid[]))"
                     ),
-                    {"ids": ids},
+                    {"ids": [job.id for job in jobs]},
                 )
             ).all()
     finally:
         await engine.dispose()
+    times = {row[0]: tuple(float(each) for each in row[1:]) for row in rows}
+    parts: dict[str, list[float]] = {"http": [], "queued": [], "running": [], "delivery": []}
+    for job in jobs:
+        created, started, finished = times[job.id]
+        parts["http"].append(job.responded - job.submitted)
+        parts["queued"].append(started - created)
+        parts["running"].append(finished - started)
+        parts["delivery"].append(job.received - finished)
+    return {name: statistics.median(values) * 1000 for name, values in parts.items()}
+
+
+def stages_row(parts: dict[str, float]) -> tuple[str, str, str]:
     return (
-        statistics.median(float(row[0]) for row in rows),
-        statistics.median(float(row[1]) for row in rows),
+        "  of which submit request / queued / run / delivery (p50)",
+        f"{parts['http']:.1f} / {parts['queued']:.1f} / {parts['running']:.1f} / "
+        f"{parts['delivery']:.1f} ms",
+        "the submit's HTTP request at the client; the database's created → started "
+        "(enqueue, pick-up, claim), started → finished (run, finish); finished → receipt",
     )
+
+
+async def client_floor(url: str, requests: int, gap: float) -> float:
+    """p50 (ms) of the benchmark client's own HTTP round trip (httpx) to a bare Strawberry
+    ``{ hello }``, ``gap`` seconds apart: what any service measured by this client pays."""
+    samples = []
+    async with httpx.AsyncClient() as http:
+        for index in range(requests + 5):
+            if gap and index >= 5:
+                await asyncio.sleep(gap)
+            started = time.perf_counter()
+            (await http.post(url, json={"query": "{ hello }"})).raise_for_status()
+            if index >= 5:
+                samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
 
 
 async def throughput(base: str, tokens: list[str], seconds: float, concurrency: int) -> float:
@@ -573,8 +616,9 @@ async def main() -> None:
         token = tokens[0]
 
         if args.idle_jobs:
-            after: list[float] = []
-            idle = await latency(base, token, args.idle_jobs, args.idle_gap, after)
+            idle_jobs = await latency(base, token, args.idle_jobs, args.idle_gap)
+            idle = [job.total_ms for job in idle_jobs]
+            after = [job.after_response_ms for job in idle_jobs]
             note = f"{args.idle_jobs} jobs {args.idle_gap} s apart (idle worker)"
             rows.append(
                 (
@@ -591,6 +635,7 @@ async def main() -> None:
                     f"{sum(each > 500 for each in idle)} (a missed wake-up costs 1 s)",
                 )
             )
+            rows.append(stages_row(await stages(database_url, idle_jobs)))
             rows.append(
                 (
                     "submit response → terminal event, idle (p50 / p99)",
@@ -603,8 +648,8 @@ async def main() -> None:
             print_table(rows)
             return
 
-        measured: list[str] = []
-        samples = await latency(base, token, args.jobs, measured_ids=measured)
+        busy_jobs = await latency(base, token, args.jobs)
+        samples = [job.total_ms for job in busy_jobs]
         rows.append(
             (
                 "submit → terminal event, tiny job (p50)",
@@ -619,14 +664,7 @@ async def main() -> None:
                 "target ≤ 30 ms",
             )
         )
-        queued, running = await stages(database_url, measured)
-        rows.append(
-            (
-                "  of which created → started / started → finished (p50)",
-                f"{queued:.1f} / {running:.1f} ms",
-                "the database's timestamps: queue pick-up and claim / run, finish",
-            )
-        )
+        rows.append(stages_row(await stages(database_url, busy_jobs)))
         rate = await throughput(base, tokens, args.throughput_seconds, args.concurrency)
         rows.append(
             (
@@ -700,6 +738,17 @@ async def main() -> None:
                 f"{me_rate:.0f} req/s",
                 f"bare Strawberry {{ hello }} with caches: {hello_rate:.0f} req/s; "
                 f"ratio {me_rate / hello_rate:.2f} (target ≥ 0.5)",
+            )
+        )
+        bare_url = f"http://127.0.0.1:{bare_port}/"
+        busy_floor = await client_floor(bare_url, 200, 0.0)
+        idle_floor = await client_floor(bare_url, 40, args.idle_gap)
+        rows.append(
+            (
+                "this client's own HTTP round trip (p50, busy / idle)",
+                f"{busy_floor:.1f} / {idle_floor:.1f} ms",
+                f"httpx to bare Strawberry {{ hello }}, back to back / {args.idle_gap} s apart: "
+                "part of every submit above",
             )
         )
         connections, per_subscription = await subscription_footprint(
