@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 AfterCommit = Callable[[], Awaitable[None]]
 logger = logging.getLogger("crunchql.db")
@@ -47,9 +48,21 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
         if checked_in is not None and time.monotonic() - checked_in < PING_AFTER_IDLE_SECONDS:
             return
         try:
-            dbapi_connection.ping()
+            _ping(dbapi_connection)
         except Exception as error:
             raise exc.DisconnectionError(f"ping failed: {error}") from error
+
+
+def _ping(dbapi_connection: Any) -> None:
+    """One round trip. SQLAlchemy's asyncpg adapter pings with three (BEGIN, ``;`` as a
+    prepared statement, ROLLBACK: the form that is safe behind pgbouncer's transaction
+    pooling); ``SELECT 1`` over the simple query protocol is one, prepares nothing,
+    and is just as safe there. Other drivers ping their own way."""
+    raw = getattr(dbapi_connection, "_connection", None)
+    if raw is not None and type(raw).__module__.startswith("asyncpg"):
+        await_only(raw.execute("SELECT 1"))
+    else:
+        dbapi_connection.ping()
 
 
 def create_engine(
@@ -83,6 +96,10 @@ def create_engine(
         connect_args={"server_settings": server_settings},
         pool_size=pool_size,
         max_overflow=pool_size,
+        # The connection used last is the one handed out next: it is warm and needs no
+        # ping, while the rest of a pool grown by a burst stays idle (first in, first
+        # out would rotate through all of them, each idle long enough to be pinged).
+        pool_use_lifo=True,
         pool_recycle=1800,
     )
     _ping_idle_connections(engine)

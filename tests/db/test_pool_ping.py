@@ -35,26 +35,41 @@ async def test_a_connection_dropped_while_idle_is_replaced_not_handed_out(
         await admin.dispose()
 
 
-async def test_a_connection_back_a_moment_ago_is_not_pinged(
+async def test_a_connection_back_a_moment_ago_is_not_pinged_and_a_ping_is_one_round_trip(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+    import asyncpg
 
-    pings: list[object] = []
-    original = AsyncAdapt_asyncpg_connection.ping
+    pings: list[list[str]] = []  # what each ping sent to the server
+    pinging = False
+    original_ping = engine_module._ping
+    original_execute = asyncpg.Connection.execute
 
-    def counting_ping(self: AsyncAdapt_asyncpg_connection) -> None:
-        pings.append(self)
-        original(self)
+    def counting_ping(dbapi_connection: object) -> None:
+        nonlocal pinging
+        pings.append([])
+        pinging = True
+        try:
+            original_ping(dbapi_connection)
+        finally:
+            pinging = False
 
-    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counting_ping)
+    async def recording_execute(self: asyncpg.Connection, query: str, *args: object) -> str:
+        if pinging:
+            pings[-1].append(query)
+        return await original_execute(self, query, *args)
+
+    monkeypatch.setattr(engine_module, "_ping", counting_ping)
     engine = create_engine(postgres_url, pool_size=1)
     try:
         await backend_pid(engine)  # a new connection: not pinged either
         await backend_pid(engine)  # checked in just now: no ping
         assert pings == []
         monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
-        await backend_pid(engine)  # "idle for longer": pinged
-        assert len(pings) == 1
+        monkeypatch.setattr(asyncpg.Connection, "execute", recording_execute)
+        assert await backend_pid(engine) > 0  # "idle for longer": pinged
+        # One statement over the simple protocol, no transaction around it (the
+        # dialect's own ping: BEGIN, a prepared statement, ROLLBACK).
+        assert pings == [["SELECT 1"]]
     finally:
         await engine.dispose()
