@@ -7,34 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from crunchql.db.engine import create_engine, create_session_factory, single_statement, unit_of_work
-from crunchql.db.models import Calculation, CalculationStatus, User
+from crunchql.db.engine import create_engine, create_session_factory, single_statement
+from crunchql.db.models import Calculation, CalculationStatus
 from crunchql.db.repositories import CalculationRepository
 from tests.conftest import truncate
+from tests.db.conftest import Factory, new_owner
 
-Factory = async_sessionmaker[AsyncSession]
 PARAMS = {"samples": 1000, "seed": 7}
-
-
-@pytest.fixture
-async def factory(database_url: str) -> AsyncIterator[Factory]:
-    engine = create_engine(database_url)
-    yield create_session_factory(engine)
-    await engine.dispose()
-
-
-async def new_owner(factory: Factory) -> uuid.UUID:
-    async with unit_of_work(factory) as session:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
-        session.add(user)
-        await session.flush()
-        return user.id
 
 
 async def submit(factory: Factory, owner: uuid.UUID, now: datetime) -> Calculation | None:

@@ -21,6 +21,7 @@ from crunchql.db.models import Calculation, CalculationStatus, User
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculation_feed, calculations
 from crunchql.services.container import Limits, ServiceContainer
+from tests.services.conftest import make_user
 
 
 class NoQueue:
@@ -41,14 +42,6 @@ async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
         limits=Limits(rate_limits=False, max_active_calculations=100),
     )
     await engine.dispose()
-
-
-async def make_user(services: ServiceContainer) -> User:
-    async with unit_of_work(services.session_factory) as session:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
-        session.add(user)
-        await session.flush()
-    return user
 
 
 class Feed:

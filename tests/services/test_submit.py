@@ -16,12 +16,13 @@ from crunchql.auth.rate_limit import DisabledRateLimiter
 from crunchql.auth.tokens import TokenService
 from crunchql.core.errors import RateLimitedError
 from crunchql.core.lifecycle import CalculationEvent
-from crunchql.db.engine import create_engine, create_session_factory, read_only, unit_of_work
-from crunchql.db.models import CalculationStatus, User
+from crunchql.db.engine import create_engine, create_session_factory, read_only
+from crunchql.db.models import CalculationStatus
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculations
 from crunchql.services.container import Limits, ServiceContainer
+from tests.services.conftest import make_user
 
 TINY = {"samples": 1000, "seed": 1}
 
@@ -72,14 +73,6 @@ async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     queue.services = services
     yield services
     await engine.dispose()
-
-
-async def make_user(services: ServiceContainer) -> User:
-    async with unit_of_work(services.session_factory) as session:
-        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
-        session.add(user)
-        await session.flush()
-    return user
 
 
 async def test_the_message_and_the_created_event_follow_the_commit(

@@ -1,0 +1,30 @@
+"""What the repository tests share: a session factory on each backend, and an owner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.models import User
+
+Factory = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def factory(database_url: str) -> AsyncIterator[Factory]:
+    engine = create_engine(database_url)
+    yield create_session_factory(engine)
+    await engine.dispose()
+
+
+async def new_owner(factory: Factory) -> uuid.UUID:
+    """A new user's id."""
+    async with unit_of_work(factory) as session:
+        user = User(email=f"{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
+        session.add(user)
+        await session.flush()
+        return user.id
