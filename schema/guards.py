@@ -252,17 +252,6 @@ def _operation(document: Any, name: str | None) -> OperationDefinitionNode | Non
     return next((op for op in operations if op.name and op.name.value == name), None)
 
 
-def operation_cost(
-    schema: GraphQLSchema, document: Any, operation_name: str | None, variables: Mapping[str, Any]
-) -> int:
-    operation = _operation(document, operation_name)
-    if operation is None:
-        return 0
-    root = schema.get_root_type(operation.operation)
-    walk = _Walk(schema, _fragments(document), variables)
-    return walk.cost(operation.selection_set, root)
-
-
 def checked_cost(context: ExecutionContext) -> int | None:
     """The cost of the operation about to run, its input checked first (variables are
     known by then, so ``first: $n`` is priced at the page size asked for); None when

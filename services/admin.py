@@ -17,7 +17,7 @@ import uuid
 import weakref
 
 from crunchql.core.errors import BadUserInputError, ConflictError, NotFoundError
-from crunchql.db.engine import read_only, unit_of_work
+from crunchql.db.engine import is_sqlite, read_only, unit_of_work
 from crunchql.db.models import AuditAction, CalculationStatus, Role, User
 from crunchql.db.repositories import (
     CalculationPage,
@@ -125,7 +125,7 @@ async def _change(
     active: bool | None = None,
 ) -> User:
     async with contextlib.AsyncExitStack() as stack:
-        if services.session_factory.kw["bind"].dialect.name == "sqlite":
+        if is_sqlite(services.session_factory):
             # No row locks there (one process owns an embedded database): held until
             # the transaction below has committed.
             await stack.enter_async_context(_admin_change_lock())
