@@ -350,21 +350,22 @@ def wrk(
 
 async def round_trips(database_url: str) -> dict[str, float]:
     """Counters of work done: the benchmark database's transactions (commits and
-    rollbacks, pg_stat_database) and the commands sent to the Redis server (INFO
-    commandstats; only this benchmark's when REDIS_URL is a private server)."""
+    rollbacks, pg_stat_database) and connections opened to it (``sessions``), and the
+    commands sent to the Redis server (INFO commandstats; only this benchmark's when
+    REDIS_URL is a private server)."""
     from redis.asyncio import Redis
 
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
-            transactions = (
+            transactions, sessions = (
                 await connection.execute(
                     text(
-                        "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                        "SELECT xact_commit + xact_rollback, sessions FROM pg_stat_database "
                         "WHERE datname = current_database()"
                     )
                 )
-            ).scalar_one()
+            ).one()
     finally:
         await engine.dispose()
     redis = Redis.from_url(REDIS_URL)
@@ -376,7 +377,11 @@ async def round_trips(database_url: str) -> dict[str, float]:
     # counted by Redis too, and left out here.
     sent = ("evalsha", "publish", "lpush", "ltrim", "blpop", "script|exists", "script|load")
     commands = sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in sent)
-    return {"transactions": float(transactions), "redis": float(commands)}
+    return {
+        "transactions": float(transactions),
+        "connections": float(sessions),
+        "redis": float(commands),
+    }
 
 
 @dataclass(frozen=True)
@@ -562,7 +567,16 @@ async def main() -> None:
         help="run only this part of the table (jobs: latency, throughput and CPU rows)",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the wrk flood")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the API and worker processes (repeatable), e.g. "
+        "CRUNCHQL_DATABASE_POOL_SIZE=20",
+    )
     args = parser.parse_args()
+    settings = dict(each.split("=", 1) for each in args.env)
 
     database_url = await fresh_database()
     from redis.asyncio import Redis
@@ -582,6 +596,7 @@ async def main() -> None:
         # queued + running): measured is the path, not the refusals. The per-user running
         # limit stays at its default (2), over --users users.
         CRUNCHQL_MAX_ACTIVE_CALCULATIONS="1000000",
+        **settings,
     )
     api, base = start_api(env, log_dir)
     worker = start_worker(env, log_dir, threads=args.worker_threads)
@@ -704,7 +719,8 @@ async def main() -> None:
                 "PostgreSQL transactions / Redis commands per tiny job",
                 f"{cpu_ms['transactions']:.1f} / {cpu_ms['redis']:.1f}",
                 "during the wrk flood (pg_stat_database; commands sent to the Redis server, "
-                "pipelined ones each counted)",
+                "pipelined ones each counted); PostgreSQL connections opened: "
+                f"{cpu_ms['connections'] * 1000:.0f} per 1,000 jobs",
             )
         )
 
