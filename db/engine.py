@@ -66,7 +66,12 @@ def _ping(dbapi_connection: Any) -> None:
 
 
 def create_engine(
-    url: str, *, pool_size: int = 10, echo: bool = False, synchronous_commit: bool = True
+    url: str,
+    *,
+    pool_size: int = 20,
+    max_overflow: int = 0,
+    echo: bool = False,
+    synchronous_commit: bool = True,
 ) -> AsyncEngine:
     """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite).
 
@@ -95,7 +100,7 @@ def create_engine(
         echo=echo,
         connect_args={"server_settings": server_settings},
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max_overflow,
         # The connection used last is the one handed out next: it is warm and needs no
         # ping, while the rest of a pool grown by a burst stays idle (first in, first
         # out would rotate through all of them, each idle long enough to be pinged).

@@ -124,7 +124,11 @@ async def start_runtime(
         )
     if migrate if migrate is not None else not settings.is_production:
         await upgrade_async(settings.database_url)
-    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_overflow,
+    )
     session_factory = create_session_factory(engine)
     redis: Redis | None = None
     bus: EventBus

@@ -68,6 +68,7 @@ class WorkerRuntime:
         engine = create_engine(
             settings.database_url,
             pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_overflow,
             synchronous_commit=False,  # all a worker writes is recomputed if lost
         )
         redis = create_redis(settings.redis_url or "")
@@ -265,7 +266,11 @@ def start_scheduler(
     synchronous commits: a fire it records must survive a database crash."""
     from crunchql.runtime import limits_from
 
-    engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.scheduler_lanes,
+        max_overflow=settings.scheduler_lanes,
+    )
     factory = create_session_factory(engine)
     scheduler = build_scheduler(
         settings,

@@ -411,7 +411,11 @@ async def serve(settings: Settings) -> None:
     assert settings.redis_url
     if settings.metrics:
         start_worker_metrics_server(settings.scheduler_metrics_port)
-    engine = create_engine(settings.database_url, pool_size=settings.scheduler_lanes)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.scheduler_lanes,
+        max_overflow=settings.scheduler_lanes,
+    )
     broker = create_broker(settings.redis_url)
     redis = create_redis(settings.redis_url)
     factory = create_session_factory(engine)

@@ -4,6 +4,8 @@ round trips each)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -71,5 +73,24 @@ async def test_a_connection_back_a_moment_ago_is_not_pinged_and_a_ping_is_one_ro
         # One statement over the simple protocol, no transaction around it (the
         # dialect's own ping: BEGIN, a prepared statement, ROLLBACK).
         assert pings == [["SELECT 1"]]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_burst_above_the_pool_s_size_reuses_its_connections(postgres_url: str) -> None:
+    # By default the pool opens no connection beyond its size: a burst waits for one to
+    # come back instead of opening connections that close again on return (each a
+    # connection set-up, and its prepared statements lost, on every burst).
+    engine = create_engine(postgres_url, pool_size=3)
+    try:
+
+        async def slow_pid() -> int:
+            async with engine.connect() as connection:
+                sql = text("SELECT pg_backend_pid() FROM pg_sleep(0.02)")
+                return int((await connection.execute(sql)).scalar_one())
+
+        first = set(await asyncio.gather(*(slow_pid() for _ in range(12))))
+        second = set(await asyncio.gather(*(slow_pid() for _ in range(12))))
+        assert len(first) <= 3 and second == first
     finally:
         await engine.dispose()
