@@ -163,6 +163,11 @@ class Kind(Generic[P]):
             return cast(ShardedKernel[P], module)
         return None
 
+    def plan_shards_computes(self) -> bool:
+        """Whether :meth:`plan_shards` runs a kernel (an estimate): then it belongs in the
+        kernel thread. The others are arithmetic on the parameters, done in place."""
+        return bool(getattr(self.load_kernel(), "PLAN_SHARDS_COMPUTES", False))
+
     def plan_shards(self, params: Mapping[str, Any], shard_seconds: float) -> int:
         """Shards for stored parameters (1 for a kind that is never split)."""
         kernel = self.sharded_kernel()

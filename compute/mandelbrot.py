@@ -388,6 +388,8 @@ def start(params: MandelbrotParams) -> MandelbrotJob:
 # ---- shards: bands of rows; each band's palette indices kept, the PNG encoded once -----------
 
 _ESTIMATE_SIDE = 24
+# plan_shards renders a coarse image: runners call it in the kernel thread.
+PLAN_SHARDS_COMPUTES = True
 
 
 def plan_shards(params: MandelbrotParams, shard_seconds: float) -> int:

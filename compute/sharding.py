@@ -12,6 +12,11 @@ in shard order and returns exactly what the unsplit job's ``result()`` returns, 
 bit: a shard is a contiguous range of the same blocks the unsplit job runs, and the
 combination adds integers, or keeps each block's float sums and reduces them exactly as
 the unsplit job does.
+
+``plan_shards`` runs on every claim of a splittable kind, on the worker's event loop: it
+must be arithmetic on the parameters. A module whose plan runs a kernel (mandelbrot's
+coarse estimate) sets ``PLAN_SHARDS_COMPUTES = True``, and runners then call it in the
+kernel thread.
 """
 
 from __future__ import annotations

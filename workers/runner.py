@@ -340,10 +340,12 @@ async def _execute(
     if config.send_shard is not None and (calculation.shards > 1 or config.shard_seconds > 0):
         try:
             shards = calculation.shards
-            if shards == 1:  # in the kernel thread: an estimate may run a coarse kernel
+            if shards == 1 and kind.plan_shards_computes():  # an estimate runs a kernel
                 shards = await loop.run_in_executor(
                     executor, kind.plan_shards, calculation.input, config.shard_seconds
                 )
+            elif shards == 1:  # arithmetic: no hop to the kernel thread and back
+                shards = kind.plan_shards(calculation.input, config.shard_seconds)
         except Exception as error:
             logger.exception("planning the shards of %s failed", calculation.id)
             return await fail(f"The {calculation.kind} kernel failed: {error}")

@@ -152,3 +152,11 @@ def _minimal(kind: Kind[Any]) -> dict[str, Any]:
     if kind is N_BODY:
         return {"preset": "SOLAR_SYSTEM", "steps": 10, "dt": 1.0}
     return {"n": 100, "dimensions": 2, "k": 3}
+
+
+def test_only_plans_that_run_a_kernel_go_to_the_kernel_thread() -> None:
+    # The runner plans every claimed calculation of a splittable kind on the worker's
+    # event loop unless the kind's plan computes: mandelbrot renders a coarse estimate;
+    # the others divide a cost known from the parameters.
+    computing = {name for name, kind in KINDS.items() if kind.plan_shards_computes()}
+    assert computing == {"mandelbrot"}
