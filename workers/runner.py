@@ -218,11 +218,35 @@ async def run_calculation(
     bind_log_context(calculation_id=str(calculation_id), kind=calculation.kind)
     _announce_meanwhile(services, calculation)
     started = time.monotonic()
+    owner = _OwnerWake()
     try:
-        outcome = await _execute(services, config, calculation, executor, take_over=take_over)
+        outcome = await _execute(
+            services, config, calculation, executor, owner, take_over=take_over
+        )
     finally:
-        await _start_waiting(services, config, calculation.owner_id)
+        if not owner.done:  # the finish did not already (a cancel, a hand-back, an error)
+            await _start_waiting(services, config, calculation.owner_id)
     return RunStats(outcome, calculation.kind, time.monotonic() - started)
+
+
+@dataclass
+class _OwnerWake:
+    """Whether a run's end already sent its owner's parked calculations again (the
+    finish does, in the same statement); if not, the runner does once the run ends."""
+
+    done: bool = False
+
+
+def _wake_limit(config: RunnerConfig) -> int | None:
+    """How many of the owner's parked calculations a run's end sends again (None: the
+    owner has no running cap, or nothing here can send them)."""
+    return None if config.requeue is None else config.max_running_per_user
+
+
+async def _send_again(config: RunnerConfig, calculation_ids: list[uuid.UUID]) -> None:
+    assert config.requeue is not None
+    for calculation_id in calculation_ids:
+        await config.requeue(calculation_id)
 
 
 async def _start_waiting(
@@ -236,8 +260,8 @@ async def _start_waiting(
     (their messages were dropped at the running limit), and only those: a QUEUED row
     whose message is still in the queue gets no duplicate. ``only_if_free``: only while
     the owner has a free slot. A send that is lost here is re-sent by the sweeper."""
-    limit = config.max_running_per_user
-    if limit is None or config.requeue is None:
+    limit = _wake_limit(config)
+    if limit is None:
         return
     try:
         # One UPDATE … RETURNING, committed by itself.
@@ -248,8 +272,7 @@ async def _start_waiting(
                 max_running=limit if only_if_free else None,
                 alive_after=_now() - config.stale_after,
             )
-        for calculation_id in waiting:
-            await config.requeue(calculation_id)
+        await _send_again(config, waiting)
     except Exception as error:
         logger.warning("could not wake the owner's waiting calculations: %s", error)
 
@@ -260,24 +283,35 @@ async def _finish(
     calculation: Calculation,
     status: CalculationStatus,
     version: int,
+    owner: _OwnerWake,
     *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> RunOutcome:
-    # One conditional UPDATE: its own transaction, committed before the event goes out.
+    # One conditional UPDATE, and under a running cap the release of the owner's parked
+    # calculations: one statement (PostgreSQL), committed before the event goes out.
     async with single_statement(services.session_factory) as session:
-        row = await CalculationRepository(session).finish(
+        row, waiting = await CalculationRepository(session).finish_and_wake(
             calculation.id,
             config.worker_id,
+            owner_id=calculation.owner_id,
             status=status,
             now=_now(),
             version=version,
             result=result,
             error=error,
+            wake=_wake_limit(config),
         )
+    owner.done = True
+    if row is not None:
+        await _announce(services, row)
+    if waiting:
+        try:
+            await _send_again(config, waiting)
+        except Exception as error:  # released: the sweeper re-sends them
+            logger.warning("could not wake the owner's waiting calculations: %s", error)
     if row is None:
         return RunOutcome.CANCELLED  # cancelled (or taken over) while we ran: nothing stored
-    await _announce(services, row)
     return RunOutcome.FAILED if status is CalculationStatus.FAILED else RunOutcome.SUCCEEDED
 
 
@@ -308,6 +342,7 @@ async def _execute(
     config: RunnerConfig,
     calculation: Calculation,
     executor: Executor | None,
+    owner: _OwnerWake,
     *,
     take_over: bool = False,
 ) -> RunOutcome:
@@ -317,8 +352,9 @@ async def _execute(
 
     async def fail(message: str) -> RunOutcome:
         return await _finish(
-            services, config, calculation, CalculationStatus.FAILED, version + 1, error=message
-        )
+            services, config, calculation, CalculationStatus.FAILED, version + 1, owner,
+            error=message,
+        )  # fmt: skip
 
     if kind is None:
         return await fail(f"Unknown calculation kind {calculation.kind!r}.")
@@ -419,8 +455,9 @@ async def _execute(
         logger.exception("running %s failed", key)
         return await fail(INTERNAL_FAILURE)
     return await _finish(
-        services, config, calculation, CalculationStatus.SUCCEEDED, version + 1, result=result
-    )
+        services, config, calculation, CalculationStatus.SUCCEEDED, version + 1, owner,
+        result=result,
+    )  # fmt: skip
 
 
 async def _dispatch_shards(

@@ -8,7 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Boolean,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
@@ -223,6 +235,30 @@ def _finish_statement(succeeded: bool) -> Executable:
 
 
 _FINISH = {False: _finish_statement(False), True: _finish_statement(True)}
+
+# PostgreSQL: the finish and the release of the owner's parked calculations (under a
+# running cap) as one call of the function of migration 0009.
+_FINISH_RUN = (
+    text(
+        # The columns by name, in the model's order: .columns() matches them by position.
+        f"SELECT {', '.join(column.name for column in _T.c)} FROM crunchql_finish_run("  # noqa: S608 - our own column names
+        ":p_id, :p_worker, :p_owner, :p_status, :p_now, :p_result, :p_error, :p_version, "
+        ":p_succeeded, :p_wake)"
+    )
+    .bindparams(
+        _param("p_id", _T.c.id),
+        _param("p_worker", _T.c.worker_id),
+        _param("p_owner", _T.c.owner_id),
+        _param("p_status", _T.c.status),
+        _param("p_now", _T.c.finished_at),
+        _param("p_result", _T.c.result),
+        _param("p_error", _T.c.error),
+        _param("p_version", _T.c.version),
+        bindparam("p_succeeded", type_=Boolean()),
+        bindparam("p_wake", type_=_T.c.attempts.type),
+    )
+    .columns(*_T.c)
+)
 
 
 def _progress_statement(dialect: str) -> Executable:
@@ -554,6 +590,52 @@ class CalculationRepository:
         statement = _FINISH[status is CalculationStatus.SUCCEEDED]
         row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
         return Calculation(**row) if row is not None else None
+
+    async def finish_and_wake(
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        *,
+        owner_id: uuid.UUID,
+        status: CalculationStatus,
+        now: datetime,
+        version: int,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        wake: int | None = None,
+    ) -> tuple[Calculation | None, list[uuid.UUID]]:
+        """:meth:`finish`, then with ``wake`` :meth:`take_parked` of ``owner_id`` (up to
+        ``wake`` of the owner's oldest parked calculations, which the caller sends again)
+        whether or not the run was still this worker's: ``(finished row or None, ids
+        released)``.
+
+        On PostgreSQL one round trip (the function of migration 0009, which takes the
+        owner's lock first when ``wake`` is set, as a capped claim does) that commits by
+        itself: run it in ``single_statement``. On SQLite the two statements in turn,
+        each committed by itself.
+        """
+        if self.session.get_bind().dialect.name != "postgresql":
+            finished = await self.finish(
+                calculation_id, worker_id, status=status, now=now, version=version,
+                result=result, error=error,
+            )  # fmt: skip
+            woken = [] if wake is None else await self.take_parked(owner_id, wake)
+            return finished, woken
+        params = {
+            "p_id": calculation_id, "p_worker": worker_id, "p_owner": owner_id,
+            "p_status": status, "p_now": now, "p_result": result, "p_error": error,
+            "p_version": version, "p_succeeded": status is CalculationStatus.SUCCEEDED,
+            "p_wake": wake,
+        }  # fmt: skip
+        rows = (await (await self._core()).execute(_FINISH_RUN, params)).mappings().all()
+        finished = None
+        woken = []
+        for row in rows:
+            if row["id"] == calculation_id:
+                finished = Calculation(**row)
+            else:
+                woken.append(row["id"])
+        return finished, woken
 
     async def complete(
         self, calculation_id: uuid.UUID, *, result: dict[str, Any], now: datetime
