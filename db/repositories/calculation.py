@@ -286,12 +286,31 @@ class CalculationPage:
 
 
 class CalculationRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    """Calculations' reads and writes. Given an ORM session (``unit_of_work``,
+    ``read_only``), every method; given a Core connection (``single_statement``), the
+    methods that run Core statements: the hot paths (submit, claim, progress, finish)
+    and the other status changes."""
+
+    def __init__(self, bind: AsyncSession | AsyncConnection) -> None:
+        self._bind = bind
+
+    @property
+    def session(self) -> AsyncSession:
+        """The ORM session, for the methods that load or query mapped objects."""
+        if not isinstance(self._bind, AsyncSession):
+            raise TypeError("this method needs an ORM session, not a Core connection")
+        return self._bind
 
     async def _core(self) -> AsyncConnection:
-        """The session's connection (and transaction), for the prepared statements."""
-        return await self.session.connection()
+        """The connection (a session's, with its transaction), for the Core statements."""
+        if isinstance(self._bind, AsyncConnection):
+            return self._bind
+        return await self._bind.connection()
+
+    def _dialect(self) -> str:
+        if isinstance(self._bind, AsyncConnection):
+            return self._bind.dialect.name
+        return self._bind.get_bind().dialect.name
 
     async def create(
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
@@ -322,7 +341,7 @@ class CalculationRepository:
         values: dict[str, Any] = {f"p_{name}": value for name, value in new.items()}
         values["p_max_active"] = max_active
         statement: Executable
-        if self.session.get_bind().dialect.name == "postgresql":
+        if self._dialect() == "postgresql":
             statement = _SUBMIT_CAPPED
         else:
             statement, values["p_owner"] = _INSERT_UNDER_LIMIT, owner_id
@@ -424,7 +443,7 @@ class CalculationRepository:
             .values(**values)
             .returning(*table.c)
         )
-        row = (await self.session.execute(statement)).mappings().one_or_none()
+        row = (await (await self._core()).execute(statement)).mappings().one_or_none()
         return Calculation(**row) if row is not None else None
 
     async def claim(
@@ -455,7 +474,7 @@ class CalculationRepository:
             "p_device": device,
         }
         if max_running is not None:
-            if self.session.get_bind().dialect.name != "sqlite":
+            if self._dialect() != "sqlite":
                 # Claims for one owner queue on the owner's row (PostgreSQL), so two
                 # workers cannot both count the same free slot; SQLite has one writer,
                 # and the UPDATE decides it atomically.
@@ -486,7 +505,7 @@ class CalculationRepository:
         On SQLite, the two statements; each is atomic there (one writer), and a run that
         ends between them is caught by the runner's second look after parking.
         """
-        if self.session.get_bind().dialect.name == "postgresql":
+        if self._dialect() == "postgresql":
             params = {
                 "p_id": calculation_id, "p_worker": worker_id, "p_now": now,
                 "p_stale_before": stale_before, "p_alive_after": alive_after,
@@ -552,7 +571,7 @@ class CalculationRepository:
     ) -> bool:
         """Store progress of a run this worker owns; False when it no longer owns it
         (cancelled, or taken over after a missed heartbeat): the runner must stop."""
-        dialect = self.session.get_bind().dialect.name
+        dialect = self._dialect()
         statement = _PROGRESS.get(dialect)
         if statement is None:
             statement = _PROGRESS[dialect] = _progress_statement(dialect)
@@ -614,7 +633,7 @@ class CalculationRepository:
         itself: run it in ``single_statement``. On SQLite the two statements in turn,
         each committed by itself.
         """
-        if self.session.get_bind().dialect.name != "postgresql":
+        if self._dialect() != "postgresql":
             finished = await self.finish(
                 calculation_id, worker_id, status=status, now=now, version=version,
                 result=result, error=error,
