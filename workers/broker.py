@@ -16,13 +16,18 @@ Timing, deliberately set:
   earliest eta it holds, so a retry is re-enqueued when due, not up to 1 s later.
   The block is bounded by ``worker_timeout`` (1 s) as a last resort (messages that
   Dramatiq's maintenance requeues from a dead worker push no wake-up).
-- While all its threads are busy, a consumer still touches Redis once a second, so
+- While every message it prefetched is still being worked on, a consumer waits for
+  the next acknowledgement (a worker thread signals it), not for a polling interval:
+  it polled every 50 ms, and 16 prefetched messages per 50 ms capped a process at
+  about 300 tiny calculations per second (measured: 153/s with 8 threads, 230/s with
+  32, where the worker's CPU allowed more). It still touches Redis once a second, so
   its heartbeat stays fresh during long jobs and its messages are not requeued.
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 import time
 import uuid
 from typing import Any
@@ -65,11 +70,26 @@ class WakeUpConsumer(_RedisConsumer):
         # Etas (ms) of the delayed messages this consumer handed to the consumer thread,
         # which re-enqueues each once due, but only between two of our __next__ calls.
         self._etas: list[int] = []
+        # Set by every ack and nack (worker threads): a prefetched message is done.
+        self._slot_freed = threading.Event()
 
-    def _idle_timeout(self) -> float:
-        """Seconds to block on the wake-up list: the fall-back timeout, or less when a
-        delayed message this consumer holds falls due sooner (0: one is due now)."""
-        timeout = max(float(self.timeout) / 1000, 0.1)
+    def ack(self, message: Any) -> None:
+        try:
+            super().ack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._slot_freed.set()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._slot_freed.set()
+
+    def _idle_timeout(self, longest: float | None = None) -> float:
+        """Seconds to block on the wake-up list (or, busy, on an acknowledgement): the
+        fall-back timeout (or ``longest``), or less when a delayed message this consumer
+        holds falls due sooner (0: one is due now)."""
+        timeout = max(float(self.timeout) / 1000, 0.1) if longest is None else longest
         if self._etas:
             now = int(current_millis())
             if self._etas[0] <= now:
@@ -92,11 +112,16 @@ class WakeUpConsumer(_RedisConsumer):
                         self.broker.client.blpop([queue_wakeup_key(self.queue_name)], timeout)
                     return None
             elif not self.message_cache:
+                # Every prefetched message is still being worked on: wait for an ack
+                # (cleared before the count is read again, so none is missed).
+                self._slot_freed.clear()
                 now = time.monotonic()
                 if now - self._last_touch >= BUSY_HEARTBEAT_SECONDS:
                     self._last_touch = now
                     self.broker.do_qsize(self.queue_name)  # refreshes our heartbeat
-                time.sleep(0.05)
+                if self.outstanding_message_count >= self.prefetch:
+                    until_touch = self._last_touch + BUSY_HEARTBEAT_SECONDS - now
+                    self._slot_freed.wait(self._idle_timeout(max(until_touch, 0.0)))
                 return None
             message = super().__next__()  # type: ignore[no-untyped-call]
             eta = message.options.get("eta") if message is not None else None

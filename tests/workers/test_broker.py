@@ -14,6 +14,7 @@ from dramatiq import Worker
 from crunchql.db.engine import unit_of_work
 from crunchql.db.models import AuditEvent, AuthSession, Calculation, RefreshToken, User
 from crunchql.pubsub.channels import queue_wakeup_key
+from crunchql.workers import broker as broker_module
 from crunchql.workers.broker import QUEUE_NAME, CrunchRedisBroker
 from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue
 
@@ -119,6 +120,37 @@ def blocked_consumers(broker: CrunchRedisBroker) -> int:
         and "b" in client.get("flags", "")
         and int(client["db"]) == db
     )
+
+
+def test_a_busy_consumer_fetches_again_when_a_message_is_acked_not_after_a_poll(
+    broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every prefetched message is being worked on: the consumer waits for an ack. With
+    # its once-a-second heartbeat touch pushed ten minutes out, nothing else ends that
+    # wait: it polled every 50 ms before, and a process stalled in those steps.
+    monkeypatch.setattr(broker_module, "BUSY_HEARTBEAT_SECONDS", 600.0)
+    consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    queue = DramatiqJobQueue(broker)
+    first_id, second_id = uuid.uuid4(), uuid.uuid4()
+    queue.send(first_id)
+    queue.send(second_id)
+    first = next(consumer)
+    while first is None:  # a wake-up token comes first
+        first = next(consumer)
+    assert first.args == (str(first_id),)
+    busy = threading.Thread(target=next, args=(consumer,))
+    busy.start()
+    busy.join(0.3)
+    assert busy.is_alive(), "the busy consumer returned without an ack"
+    consumer.ack(first)  # a worker thread's ack
+    busy.join(DEADLINE_SECONDS)
+    assert not busy.is_alive(), "the ack did not end the busy consumer's wait"
+    second = next(consumer)
+    while second is None:
+        second = next(consumer)
+    assert second.args == (str(second_id),)
+    consumer.ack(second)
+    consumer.close()
 
 
 def test_every_enqueue_wakes_an_idle_consumer_not_only_ours(broker: CrunchRedisBroker) -> None:
