@@ -628,12 +628,13 @@ class CalculationRepository:
         whether or not the run was still this worker's: ``(finished row or None, ids
         released)``.
 
-        On PostgreSQL one round trip (the function of migration 0009, which takes the
-        owner's lock first when ``wake`` is set, as a capped claim does) that commits by
+        With ``wake`` on PostgreSQL one round trip (the function of migration 0009,
+        which takes the owner's lock first, as a capped claim does) that commits by
         itself: run it in ``single_statement``. On SQLite the two statements in turn,
-        each committed by itself.
+        each committed by itself; without ``wake``, the finish alone.
         """
-        if self._dialect() != "postgresql":
+        if wake is None or self._dialect() != "postgresql":
+            # Without a cap, the plain UPDATE: a PL/pgSQL call costs PostgreSQL more.
             finished = await self.finish(
                 calculation_id, worker_id, status=status, now=now, version=version,
                 result=result, error=error,
