@@ -45,6 +45,22 @@ def _param(name: str, column: Any) -> Any:
     return bindparam(name, type_=column.type)
 
 
+def _rows_of(function: str, *params: Any) -> Executable:
+    """``SELECT <calculations' columns> FROM function(:p1, :p2, ...)`` for one of the
+    PostgreSQL functions of the migrations that return calculations rows, its
+    arguments the typed bind parameters ``params``, in order."""
+    return (
+        text(
+            # The columns by name, in the model's order: .columns() matches them by position.
+            f"SELECT {', '.join(column.name for column in _T.c)} FROM {function}("  # noqa: S608 - our own names
+            + ", ".join(f":{param.key}" for param in params)
+            + ")"
+        )
+        .bindparams(*params)
+        .columns(*_T.c)
+    )
+
+
 # The owner of a calculation, locked, in one round trip (the claim under a running limit).
 _LOCK_OWNER_OF = (
     select(_U.c.id)
@@ -101,18 +117,10 @@ _INSERT_UNDER_LIMIT = (
     .returning(*_T.c)
 )
 # The same on PostgreSQL with the owner's lock first, in one round trip (migration 0008).
-_SUBMIT_CAPPED = (
-    text(
-        # The columns by name, in the model's order: .columns() matches them by position.
-        f"SELECT {', '.join(column.name for column in _T.c)} FROM crunchql_submit_capped("  # noqa: S608 - our own column names
-        + ", ".join(f":p_{name}" for name in _NEW_COLUMNS)
-        + ", :p_max_active)"
-    )
-    .bindparams(
-        *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
-        bindparam("p_max_active", type_=_T.c.attempts.type),
-    )
-    .columns(*_T.c)
+_SUBMIT_CAPPED = _rows_of(
+    "crunchql_submit_capped",
+    *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
+    bindparam("p_max_active", type_=_T.c.attempts.type),
 )
 _SELECT_ONE = select(_T).where(_T.c.id == _param("p_id", _T.c.id))
 _OWNED_RUN = and_(
@@ -199,22 +207,15 @@ _UNPARK = {False: _unpark_statement(False), True: _unpark_statement(True)}
 
 # PostgreSQL: the claim under a running cap (owner's lock, conditional UPDATE, or park) as
 # one call of the function of migration 0007.
-_CLAIM_CAPPED = (
-    text(
-        # The columns by name, in the model's order: .columns() matches them by position.
-        f"SELECT {', '.join(column.name for column in _T.c)} FROM crunchql_claim_capped("  # noqa: S608 - our own column names
-        ":p_id, :p_worker, :p_now, :p_stale_before, :p_alive_after, :p_max_running, :p_device)"
-    )
-    .bindparams(
-        _param("p_id", _T.c.id),
-        _param("p_worker", _T.c.worker_id),
-        _param("p_now", _T.c.started_at),
-        _param("p_stale_before", _T.c.heartbeat_at),
-        _param("p_alive_after", _T.c.heartbeat_at),
-        _param("p_max_running", _T.c.attempts),
-        _param("p_device", _T.c.device),
-    )
-    .columns(*_T.c)
+_CLAIM_CAPPED = _rows_of(
+    "crunchql_claim_capped",
+    _param("p_id", _T.c.id),
+    _param("p_worker", _T.c.worker_id),
+    _param("p_now", _T.c.started_at),
+    _param("p_stale_before", _T.c.heartbeat_at),
+    _param("p_alive_after", _T.c.heartbeat_at),
+    _param("p_max_running", _T.c.attempts),
+    _param("p_device", _T.c.device),
 )
 
 
@@ -238,26 +239,18 @@ _FINISH = {False: _finish_statement(False), True: _finish_statement(True)}
 
 # PostgreSQL: the finish and the release of the owner's parked calculations (under a
 # running cap) as one call of the function of migration 0009.
-_FINISH_RUN = (
-    text(
-        # The columns by name, in the model's order: .columns() matches them by position.
-        f"SELECT {', '.join(column.name for column in _T.c)} FROM crunchql_finish_run("  # noqa: S608 - our own column names
-        ":p_id, :p_worker, :p_owner, :p_status, :p_now, :p_result, :p_error, :p_version, "
-        ":p_succeeded, :p_wake)"
-    )
-    .bindparams(
-        _param("p_id", _T.c.id),
-        _param("p_worker", _T.c.worker_id),
-        _param("p_owner", _T.c.owner_id),
-        _param("p_status", _T.c.status),
-        _param("p_now", _T.c.finished_at),
-        _param("p_result", _T.c.result),
-        _param("p_error", _T.c.error),
-        _param("p_version", _T.c.version),
-        bindparam("p_succeeded", type_=Boolean()),
-        bindparam("p_wake", type_=_T.c.attempts.type),
-    )
-    .columns(*_T.c)
+_FINISH_RUN = _rows_of(
+    "crunchql_finish_run",
+    _param("p_id", _T.c.id),
+    _param("p_worker", _T.c.worker_id),
+    _param("p_owner", _T.c.owner_id),
+    _param("p_status", _T.c.status),
+    _param("p_now", _T.c.finished_at),
+    _param("p_result", _T.c.result),
+    _param("p_error", _T.c.error),
+    _param("p_version", _T.c.version),
+    bindparam("p_succeeded", type_=Boolean()),
+    bindparam("p_wake", type_=_T.c.attempts.type),
 )
 
 
