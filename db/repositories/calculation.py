@@ -624,7 +624,8 @@ class CalculationRepository:
         With ``wake`` on PostgreSQL one round trip (the function of migration 0009,
         which takes the owner's lock first, as a capped claim does) that commits by
         itself: run it in ``single_statement``. On SQLite the two statements in turn,
-        each committed by itself; without ``wake``, the finish alone.
+        each committed by itself; without ``wake``, the finish alone (the function is
+        called only with one).
         """
         if wake is None or self._dialect() != "postgresql":
             # Without a cap, the plain UPDATE: a PL/pgSQL call costs PostgreSQL more.

@@ -1,12 +1,13 @@
 """a run's finish and the wake-up of its owner's parked calculations, in one round trip
 
-Adds the function ``crunchql_finish_run``: the worker's conditional finish of a run it
-owns (SUCCEEDED or FAILED, with its result or error) and, under a per-user running cap,
-the release of the owner's oldest parked calculations (``parked_at`` cleared; the worker
-sends each again), as one statement. It returns the finished row (if the run was still
-this worker's) followed by the released rows, QUEUED.
+Adds the function ``crunchql_finish_run``: under a per-user running cap, the worker's
+conditional finish of a run it owns (SUCCEEDED or FAILED, with its result or error) and
+the release of up to ``p_wake`` of the owner's oldest parked calculations (``parked_at``
+cleared; the worker sends each again), as one statement. It returns the finished row
+(if the run was still this worker's) followed by the released rows, QUEUED. Without a
+cap the worker runs the plain conditional UPDATE instead.
 
-With the cap it locks the owner's row first, as ``crunchql_claim_capped`` (0007) does
+It locks the owner's row first, as ``crunchql_claim_capped`` (0007) does
 for a claim: a claim of the owner's calculations then either committed its park before
 the lock (and the release below sees it), or waits for this commit (and then counts this
 run as ended, and claims instead of parking). Without the lock, a park committed between
@@ -47,9 +48,7 @@ CREATE OR REPLACE FUNCTION crunchql_finish_run(
 ) RETURNS SETOF calculations
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    IF p_wake IS NOT NULL THEN
-        PERFORM 1 FROM users WHERE id = p_owner FOR UPDATE;
-    END IF;
+    PERFORM 1 FROM users WHERE id = p_owner FOR UPDATE;
     RETURN QUERY
     UPDATE calculations AS c SET
         status = p_status,
@@ -62,18 +61,16 @@ BEGIN
         partial_result = CASE WHEN p_succeeded THEN NULL ELSE c.partial_result END
     WHERE c.id = p_id AND c.status = 'RUNNING' AND c.worker_id = p_worker
     RETURNING c.*;
-    IF p_wake IS NOT NULL THEN
-        RETURN QUERY
-        UPDATE calculations AS c SET parked_at = NULL
-        WHERE c.id IN (
-                SELECT id FROM calculations
-                WHERE owner_id = p_owner AND status = 'QUEUED' AND parked_at IS NOT NULL
-                ORDER BY created_at, id
-                LIMIT p_wake
-            )
-          AND c.status = 'QUEUED' AND c.parked_at IS NOT NULL
-        RETURNING c.*;
-    END IF;
+    RETURN QUERY
+    UPDATE calculations AS c SET parked_at = NULL
+    WHERE c.id IN (
+            SELECT id FROM calculations
+            WHERE owner_id = p_owner AND status = 'QUEUED' AND parked_at IS NOT NULL
+            ORDER BY created_at, id
+            LIMIT p_wake
+        )
+      AND c.status = 'QUEUED' AND c.parked_at IS NOT NULL
+    RETURNING c.*;
 END
 $$
 """
