@@ -36,7 +36,7 @@ from crunchql.workers.broker import GPU_QUEUE_NAME, QUEUE_NAME, CrunchRedisBroke
 from crunchql.workers.queues import SHARD_ACTOR_NAME, DramatiqJobQueue
 from crunchql.workers.routing import GpuRouter, router_from
 from crunchql.workers.runner import GpuJobs, RunnerConfig
-from crunchql.workers.scheduler import Scheduler, build_scheduler
+from crunchql.workers.scheduler import Scheduler, build_scheduler, create_scheduler_engine
 
 logger = logging.getLogger("crunchql.worker")
 SWEEP_INTERVAL_SECONDS = 5.0
@@ -262,16 +262,10 @@ def start_scheduler(
     settings: Settings, broker: CrunchRedisBroker, publish: Announce | None = None
 ) -> Scheduler:
     """A scheduler contending for leadership (CRUNCHQL_RUN_SCHEDULER=false or
-    `crunchql worker --no-scheduler` turns it off). Its own small engine, with
-    synchronous commits: a fire it records must survive a database crash."""
+    `crunchql worker --no-scheduler` turns it off), on its own engine."""
     from crunchql.runtime import limits_from
 
-    engine = create_engine(
-        settings.database_url,
-        pool_size=settings.scheduler_lanes,
-        max_overflow=settings.scheduler_lanes,
-    )
-    factory = create_session_factory(engine)
+    factory = create_session_factory(create_scheduler_engine(settings))
     scheduler = build_scheduler(
         settings,
         factory,

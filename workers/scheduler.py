@@ -30,11 +30,11 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from crunchql.core.lifecycle import CalculationEvent
 from crunchql.core.settings import Settings
-from crunchql.db.engine import read_only
+from crunchql.db.engine import create_engine, read_only
 from crunchql.db.repositories.schedule import (
     CHANGES_CHANNEL,
     LEADER_LOCK_KEY,
@@ -382,6 +382,16 @@ class Scheduler:
             await asyncio.wait_for(self.wake.wait(), delay)
 
 
+def create_scheduler_engine(settings: Settings) -> AsyncEngine:
+    """A scheduler's own small engine, with synchronous commits (a fire it records must
+    survive a database crash): a connection per lane, and as many again for a burst."""
+    return create_engine(
+        settings.database_url,
+        pool_size=settings.scheduler_lanes,
+        max_overflow=settings.scheduler_lanes,
+    )
+
+
 def build_scheduler(
     settings: Settings,
     session_factory: async_sessionmaker[AsyncSession],
@@ -399,7 +409,7 @@ def build_scheduler(
 
 async def serve(settings: Settings) -> None:
     """``crunchql scheduler``: a scheduler process, until SIGTERM or SIGINT."""
-    from crunchql.db.engine import create_engine, create_session_factory
+    from crunchql.db.engine import create_session_factory
     from crunchql.observability.metrics import start_worker_metrics_server
     from crunchql.pubsub.bus import RedisEventBus
     from crunchql.pubsub.redis_client import create_redis
@@ -411,11 +421,7 @@ async def serve(settings: Settings) -> None:
     assert settings.redis_url
     if settings.metrics:
         start_worker_metrics_server(settings.scheduler_metrics_port)
-    engine = create_engine(
-        settings.database_url,
-        pool_size=settings.scheduler_lanes,
-        max_overflow=settings.scheduler_lanes,
-    )
+    engine = create_scheduler_engine(settings)
     broker = create_broker(settings.redis_url)
     redis = create_redis(settings.redis_url)
     factory = create_session_factory(engine)
