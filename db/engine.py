@@ -162,12 +162,12 @@ async def single_statement(
     aiosqlite's isolation level waits on its thread, and a task cancelled right there
     (the embedded queue's shutdown) left a bare connection checked out until the
     garbage collector found it; a session's close hands it back."""
-    bind = factory.kw["bind"]
-    if bind.dialect.name == "sqlite":
+    if is_sqlite(factory):
         async with factory() as session:
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield session
         return
+    bind = factory.kw["bind"]
     engine = _AUTOCOMMIT.get(bind)
     if engine is None:
         engine = _AUTOCOMMIT[bind] = bind.execution_options(isolation_level="AUTOCOMMIT")
