@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,36 +10,19 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from crunchql.auth.passwords import PasswordHasher
-from crunchql.auth.rate_limit import DisabledRateLimiter
-from crunchql.auth.tokens import TokenService
 from crunchql.core.errors import BadUserInputError
 from crunchql.core.lifecycle import CalculationEvent
-from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.engine import create_engine, unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus, User
-from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculation_feed, calculations
 from crunchql.services.container import Limits, ServiceContainer
-from tests.services.conftest import make_user
-
-
-class NoQueue:
-    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
-        return None
+from tests.services.conftest import make_services, make_user
 
 
 @pytest.fixture
 async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
-    yield ServiceContainer(
-        session_factory=create_session_factory(engine),
-        hasher=PasswordHasher(rounds=4),
-        tokens=TokenService(secret="s" * 40),
-        rate_limiter=DisabledRateLimiter(),
-        bus=InProcessEventBus(),
-        queue=NoQueue(),
-        limits=Limits(rate_limits=False, max_active_calculations=100),
-    )
+    yield make_services(engine, limits=Limits(rate_limits=False, max_active_calculations=100))
     await engine.dispose()
 
 

@@ -10,14 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crunchql.auth.passwords import PasswordHasher
-from crunchql.auth.rate_limit import DisabledRateLimiter
-from crunchql.auth.tokens import AccessClaims, TokenService
-from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.auth.tokens import AccessClaims
+from crunchql.db.engine import create_engine, unit_of_work
 from crunchql.db.models import AuthSession, User
 from crunchql.db.repositories import AuthSessionRepository
-from crunchql.pubsub.bus import InProcessEventBus
-from crunchql.services.container import Limits, ServiceContainer
+from crunchql.services.container import ServiceContainer
 from crunchql.services.revocation import (
     SessionEndedError,
     SessionEvent,
@@ -25,26 +22,13 @@ from crunchql.services.revocation import (
     until_ended,
 )
 from crunchql.services.sessions import announce, ensure_live
-
-
-class NoQueue:
-    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
-        return None
+from tests.services.conftest import make_services
 
 
 @pytest.fixture
 async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
-    services = ServiceContainer(
-        session_factory=create_session_factory(engine),
-        hasher=PasswordHasher(rounds=4),
-        tokens=TokenService(secret="s" * 40),
-        rate_limiter=DisabledRateLimiter(),
-        bus=InProcessEventBus(),
-        queue=NoQueue(),
-        limits=Limits(rate_limits=False),
-        session_guard=SessionGuard(recheck_seconds=0.2),
-    )
+    services = make_services(engine, session_guard=SessionGuard(recheck_seconds=0.2))
     yield services
     await services.session_guard.close()
     await engine.dispose()

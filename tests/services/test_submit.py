@@ -11,18 +11,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crunchql.auth.passwords import PasswordHasher
-from crunchql.auth.rate_limit import DisabledRateLimiter
-from crunchql.auth.tokens import TokenService
 from crunchql.core.errors import RateLimitedError
 from crunchql.core.lifecycle import CalculationEvent
-from crunchql.db.engine import create_engine, create_session_factory, read_only
+from crunchql.db.engine import create_engine, read_only
 from crunchql.db.models import CalculationStatus
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculations
 from crunchql.services.container import Limits, ServiceContainer
-from tests.services.conftest import make_user
+from tests.services.conftest import make_services, make_user
 
 TINY = {"samples": 1000, "seed": 1}
 
@@ -61,11 +58,8 @@ class RecordingBus(InProcessEventBus):
 async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
     queue = RecordingQueue()
-    services = ServiceContainer(
-        session_factory=create_session_factory(engine),
-        hasher=PasswordHasher(rounds=4),
-        tokens=TokenService(secret="s" * 40),
-        rate_limiter=DisabledRateLimiter(),
+    services = make_services(
+        engine,
         bus=RecordingBus(),
         queue=queue,
         limits=Limits(rate_limits=False, max_active_calculations=2),

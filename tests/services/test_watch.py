@@ -12,35 +12,20 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from crunchql.auth.passwords import PasswordHasher
-from crunchql.auth.rate_limit import DisabledRateLimiter
-from crunchql.auth.tokens import TokenService
 from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, CalculationStatus
-from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.engine import create_engine, unit_of_work
 from crunchql.db.models import Calculation, User
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services import calculations
-from crunchql.services.container import Limits, ServiceContainer
+from crunchql.services.container import ServiceContainer
 from tests.conftest import wait_for
-
-
-class NoQueue:
-    async def enqueue(self, calculation_id: uuid.UUID, work: object = None) -> None:
-        return None
+from tests.services.conftest import make_services
 
 
 @pytest.fixture
 async def services(database_url: str) -> AsyncIterator[ServiceContainer]:
     engine = create_engine(database_url)
-    yield ServiceContainer(
-        session_factory=create_session_factory(engine),
-        hasher=PasswordHasher(rounds=4),
-        tokens=TokenService(secret="s" * 40),
-        rate_limiter=DisabledRateLimiter(),
-        bus=InProcessEventBus(),
-        queue=NoQueue(),
-        limits=Limits(rate_limits=False),
-    )
+    yield make_services(engine)
     await engine.dispose()
 
 
