@@ -1,15 +1,18 @@
-"""What the repository tests share: a session factory on each backend, and an owner."""
+"""What the repository tests share: a session factory on each backend, an owner and
+its calculations."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.models import User
+from crunchql.db.repositories import CalculationRepository
 
 Factory = async_sessionmaker[AsyncSession]
 
@@ -19,6 +22,16 @@ async def factory(database_url: str) -> AsyncIterator[Factory]:
     engine = create_engine(database_url)
     yield create_session_factory(engine)
     await engine.dispose()
+
+
+async def new_calculations(factory: Factory, owner: uuid.UUID, count: int) -> list[uuid.UUID]:
+    """``count`` new QUEUED calculations of ``owner``, oldest first."""
+    async with unit_of_work(factory) as session:
+        repo = CalculationRepository(session)
+        return [
+            (await repo.create(owner_id=owner, kind="tiny", params={}, now=datetime.now(UTC))).id
+            for _ in range(count)
+        ]
 
 
 async def new_owner(factory: Factory) -> uuid.UUID:

@@ -7,19 +7,10 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from crunchql.db.engine import single_statement, unit_of_work
+from crunchql.db.engine import single_statement
 from crunchql.db.models import CalculationStatus
 from crunchql.db.repositories import CalculationRepository
-from tests.db.conftest import Factory, new_owner
-
-
-async def new_calculations(factory: Factory, owner: uuid.UUID, count: int) -> list[uuid.UUID]:
-    async with unit_of_work(factory) as session:
-        repo = CalculationRepository(session)
-        return [
-            (await repo.create(owner_id=owner, kind="tiny", params={}, now=datetime.now(UTC))).id
-            for _ in range(count)
-        ]
+from tests.db.conftest import Factory, new_calculations, new_owner
 
 
 async def test_claim_park_or_nothing_and_the_same_row_as_the_plain_claim(

@@ -13,8 +13,7 @@ from crunchql.db.engine import create_engine, create_session_factory, single_sta
 from crunchql.db.models import Calculation, CalculationStatus
 from crunchql.db.repositories import CalculationRepository
 from tests.conftest import truncate
-from tests.db.conftest import Factory, new_owner
-from tests.db.test_capped_claim import new_calculations
+from tests.db.conftest import Factory, new_calculations, new_owner
 
 CAP = 2
 
