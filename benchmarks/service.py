@@ -3,7 +3,7 @@
     python -m benchmarks.service [--jobs 300] [--throughput-seconds 10] [--concurrency 32]
                                  [--idle-jobs 200] [--idle-gap 1.5] [--only idle]
                                  [--only jobs] [--users 16] [--worker-threads 8]
-                                 [--profile DIR]
+                                 [--profile DIR] [--env NAME=VALUE ...]
 
 Prints one table:
 - latency from `submitCalculation` to the terminal event at a WebSocket client, for a
