@@ -19,6 +19,7 @@ from crunchql.app.graphiql import ASSETS_DIR
 from crunchql.app.graphql_view import CrunchGraphQL
 from crunchql.app.health import healthz, readyz
 from crunchql.app.security import SecurityHeadersMiddleware
+from crunchql.app.websocket_frames import FrameWriterMiddleware
 from crunchql.core.logging import configure_logging
 from crunchql.core.settings import Settings, get_settings
 from crunchql.observability.errors import init_error_reporting
@@ -98,6 +99,9 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     middleware.insert(0, Middleware(SecurityHeadersMiddleware, hsts_seconds=settings.hsts_seconds))
     if settings.metrics:
         middleware.insert(0, Middleware(MetricsMiddleware))  # outermost: sees every request
+    if settings.subscription_direct_frames and settings.ws_batched_writes:
+        # Before any other: it must see the server's own `send`.
+        middleware.insert(0, Middleware(FrameWriterMiddleware))
     graphiql_assets = Mount(
         "/graphiql-assets", StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"
     )

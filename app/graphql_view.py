@@ -66,6 +66,7 @@ from crunchql.app.limits import (
     rate_limit_headers,
     too_large_body,
 )
+from crunchql.app.websocket_frames import frame_writer
 from crunchql.auth.rate_limit import tracking_usage
 from crunchql.core.errors import CrunchError, ErrorCode
 from crunchql.core.logging import log_context
@@ -255,6 +256,10 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if operation.completed:
             return
         socket = cast("ASGIWebSocketAdapter", self.websocket).ws
+        writer = frame_writer(socket.scope)
+        if writer is not None:  # below ASGI: one socket write per turn for the fan-out
+            await writer.send_text(frame)
+            return
         try:
             await socket.send_text(frame)
         except WebSocketDisconnect as error:

@@ -12,7 +12,9 @@ Strawberry sends each subscriber's ``next``: ``CRUNCHQL_SUBSCRIPTION_DIRECT_FRAM
 and ``direct`` (the default: one execution and one serialised payload per event, each
 subscriber's frame written by its own task without Strawberry's per-result work;
 ``deflate`` is that with WebSocket compression on, ``CRUNCHQL_WS_COMPRESSION=true``,
-which the clients here accept when offered, as browsers do). The API
+which the clients here accept when offered, as browsers do; ``unbatched`` is ``direct``
+with each frame its own ASGI send and socket write, ``CRUNCHQL_WS_BATCHED_WRITES=false``,
+where ``direct`` writes a socket's frames of one event loop turn at once). The API
 processes are pinned to core 0 (``taskset -a -pc 0``); this load generator and the worker
 to core 1, so the client does not compete with the server it measures. Each round opens
 --subscriptions subscriptions over --connections WebSockets, spread evenly over
@@ -86,7 +88,11 @@ MODES: dict[str, tuple[str, dict[str, str]]] = {
         "direct send, permessage-deflate on",
         {"CRUNCHQL_WS_COMPRESSION": "true"},
     ),
-    "direct": ("shared execution and frame, direct send", {}),
+    "unbatched": (
+        "direct send, one ASGI send per frame",
+        {"CRUNCHQL_WS_BATCHED_WRITES": "false"},
+    ),
+    "direct": ("shared execution and frame, one socket write per turn", {}),
 }
 
 

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # one serialised payload per event, written to their sockets without Strawberry's
     # per-result work (schema.sharing.DirectSink); off only to measure what it saves.
     subscription_direct_frames: bool = True
+    # Those frames written below ASGI, one socket write per event loop turn for all of a
+    # socket's frames (app/websocket_frames.py; under Uvicorn only); off only to
+    # measure what it saves.
+    ws_batched_writes: bool = True
 
     rate_limits: bool = True
     # Failed logins for one account from one client address per window; past it that
