@@ -213,6 +213,26 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rate = OperationRate(self.context.services.limits.ws_operations_per_minute)
+        self._socket = cast("ASGIWebSocketAdapter", self.websocket).ws
+        # Below ASGI under Uvicorn: what one turn of the event loop sends on this socket
+        # (a fan-out's frames, then their `complete`s) leaves in one write.
+        self._writer = frame_writer(self._socket.scope)
+
+    async def send_message(self, message: Any) -> None:
+        encoded = self.view.encode_json(message)
+        if isinstance(encoded, bytes):  # a binary frame: Strawberry's own send
+            await super().send_message(message)
+            return
+        await self._send_text(encoded)
+
+    async def _send_text(self, text: str) -> None:
+        if self._writer is not None:
+            await self._writer.send_text(text)
+            return
+        try:
+            await self._socket.send_text(text)
+        except WebSocketDisconnect as error:
+            raise WebSocketDisconnected from error
 
     async def handle_connection_init(self, message: Any) -> None:
         await super().handle_connection_init(message)
@@ -253,17 +273,8 @@ class GraphQLTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
     async def _send_frame(self, operation: Operation[Context, None], frame: str) -> None:
         """A pre-encoded ``next`` of ``operation`` (what ``send_next`` would send)."""
-        if operation.completed:
-            return
-        socket = cast("ASGIWebSocketAdapter", self.websocket).ws
-        writer = frame_writer(socket.scope)
-        if writer is not None:  # below ASGI: one socket write per turn for the fan-out
-            await writer.send_text(frame)
-            return
-        try:
-            await socket.send_text(frame)
-        except WebSocketDisconnect as error:
-            raise WebSocketDisconnected from error
+        if not operation.completed:
+            await self._send_text(frame)
 
     async def _send_result_stream(
         self, operation: Operation[Context, None], result_source: Any

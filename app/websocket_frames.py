@@ -10,7 +10,9 @@ connection's outgoing buffer, and every write Uvicorn itself makes (its own ``se
 pings, the close) takes that whole buffer first. So :class:`FrameWriter` frames a
 message there and writes the buffer once, at the end of the turn: the frames of one
 socket go out in the order they were sent, interleaved correctly with everything else
-sent on it, in one system call.
+sent on it, in one system call. The graphql-transport-ws handler sends every message
+through it (``GraphQLTransportWSHandler.send_message``): the fan-out's pre-encoded
+frames, and the ``complete`` of each subscription after its terminal frame.
 
 It keeps what Uvicorn's ``send`` guarantees: it waits while the transport is paused
 (a slow client holds its subscriptions' tasks, whose mailboxes coalesce progress
@@ -22,6 +24,8 @@ behind the ``send`` it hands the application); under any other server, or with
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +33,7 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from websockets.exceptions import InvalidState
 
 SCOPE_KEY = "crunchql.frame_writer"
+logger = logging.getLogger(__name__)
 
 try:  # the server is not a dependency of the application, only of `crunchql serve`
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -39,11 +44,11 @@ except ImportError:  # pragma: no cover - uvicorn is installed with crunchql
 class FrameWriter:
     """Text frames for one Uvicorn websockets-sansio connection, written once per turn."""
 
-    __slots__ = ("_protocol", "_scheduled")
+    __slots__ = ("_dirty", "_protocol")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
-        self._scheduled = False
+        self._dirty = False
 
     async def send_text(self, text: str) -> None:
         protocol = self._protocol
@@ -55,16 +60,39 @@ class FrameWriter:
             protocol.conn.send_text(text.encode())
         except InvalidState:  # the close handshake began
             raise WebSocketDisconnected from None
-        if not self._scheduled:
-            self._scheduled = True
-            protocol.loop.call_soon(self._flush)
+        if not self._dirty:
+            self._dirty = True
+            _flush_later(protocol.loop, self)
 
-    def _flush(self) -> None:
-        self._scheduled = False
+    def flush(self) -> None:
+        self._dirty = False
         protocol = self._protocol
         output = protocol.conn.data_to_send()  # empty if Uvicorn has written it since
         if output and not protocol.transport.is_closing():
             protocol.transport.write(b"".join(output))
+
+
+# Per event loop, the writers with frames to write at the end of this turn. One callback
+# flushes them all, scheduled by the turn's first frame: it runs before whatever the
+# turn's tasks scheduled after that frame (a subscriber's completion and clean-up after
+# its terminal frame), so no frame waits behind other subscriptions' work.
+_dirty: dict[asyncio.AbstractEventLoop, list[FrameWriter]] = {}
+
+
+def _flush_later(loop: asyncio.AbstractEventLoop, writer: FrameWriter) -> None:
+    writers = _dirty.get(loop)
+    if writers is None:
+        writers = _dirty[loop] = []
+        loop.call_soon(_flush_all, loop)
+    writers.append(writer)
+
+
+def _flush_all(loop: asyncio.AbstractEventLoop) -> None:
+    for writer in _dirty.pop(loop, ()):
+        try:
+            writer.flush()
+        except Exception:  # one broken connection must not keep the others' frames
+            logger.warning("a WebSocket write failed", exc_info=True)
 
 
 def frame_writer(scope: Scope) -> FrameWriter | None:

@@ -104,6 +104,8 @@ class Round:
     cpu_us_per_delivery: float
     cpu_us_per_subscription: float
     rss_kib_per_subscription: float
+    # This load generator's CPU over the fan-out's wall time: near 1.0, it measures itself.
+    client_cpu_share: float
 
 
 def cpu_seconds(pid: int) -> float:
@@ -234,11 +236,13 @@ async def one_round(
         )
         await asyncio.sleep(1.0)  # attached
     cpu_before = cpu_seconds(pid)
+    wall_before, client_before = time.monotonic(), time.process_time()
     queue = DramatiqJobQueue(create_broker(REDIS_URL))
     for calculation_id in ids:
         queue.send(uuid.UUID(calculation_id))
     await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in connections)), 300)
     cpu_after = cpu_seconds(pid)
+    client_share = (time.process_time() - client_before) / (time.monotonic() - wall_before)
     # The server finishes each subscription (its `complete`, the clean-up) after the
     # terminal frames: counted separately, per subscription, until the last `complete`.
     await asyncio.wait_for(asyncio.gather(*(c.completed.wait() for c in connections)), 300)
@@ -275,6 +279,7 @@ async def one_round(
         / (per_connection * args.connections)
         * 1e6,
         rss_kib_per_subscription=(rss_after - rss_before) / total,
+        client_cpu_share=client_share,
     )
 
 
@@ -410,7 +415,11 @@ async def main() -> None:
     for name, rounds in results.items():
         print(
             f"  rounds, {name}: "
-            + "; ".join(f"p99 {r.p99_ms:.0f} ms, {r.cpu_us_per_delivery:.0f} µs" for r in rounds)
+            + "; ".join(
+                f"p99 {r.p99_ms:.0f} ms, {r.cpu_us_per_delivery:.0f} µs, "
+                f"client busy {r.client_cpu_share:.0%}"
+                for r in rounds
+            )
         )
 
 

@@ -105,6 +105,44 @@ async def test_frames_of_one_turn_leave_in_one_write_in_order(
     assert counted == [1, 2]
 
 
+async def test_every_socket_of_a_turn_is_written_before_the_turns_later_work(
+    serve: Callable[[Endpoint], Awaitable[str]],
+) -> None:
+    """Subscribers on two sockets get their terminal frames, and each schedules its
+    completion and clean-up after its own frame: both sockets' frames are written before
+    any of that work runs, not one socket's after the other's clean-up."""
+    first: asyncio.Future[tuple[WebSocket, FrameWriter]] = asyncio.Future()
+    writes_seen: list[tuple[int, int]] = []
+
+    async def endpoint(websocket: WebSocket, writer: FrameWriter) -> None:
+        protocol = writer._protocol
+        protocol.transport = CountingTransport(protocol.transport)
+        if not first.done():
+            first.set_result((websocket, writer))
+            await websocket.receive()
+            return
+        other = first.result()[1]
+        loop = asyncio.get_running_loop()
+        await other.send_text("terminal A")
+        loop.call_soon(  # A's clean-up, scheduled after A's frame
+            lambda: writes_seen.append(
+                (other._protocol.transport.writes, protocol.transport.writes)
+            )
+        )
+        await writer.send_text("terminal B")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await websocket.receive()
+
+    url = await serve(endpoint)
+    async with websockets.connect(url) as a:
+        await asyncio.wait_for(first, 30)
+        async with websockets.connect(url) as b:
+            assert await receive(a, 1) == ["terminal A"]
+            assert await receive(b, 1) == ["terminal B"]
+    assert writes_seen == [(1, 1)]
+
+
 async def test_a_paused_transport_holds_the_sender_until_it_resumes(
     serve: Callable[[Endpoint], Awaitable[str]],
 ) -> None:
