@@ -273,3 +273,42 @@ async def test_trouble_while_stopping_hands_back_instead_of_retrying(
     assert requeued == [calculation_id]
     monkeypatch.setattr(CalculationRepository, "claim", real)
     assert (await load(services, calculation_id)).status is CalculationStatus.QUEUED
+
+
+async def test_closing_the_embedded_queue_lets_runs_in_flight_finish(
+    services: RunnerServices, quick_kind: str
+) -> None:
+    """A stopping API process does not cut short the runs it has in flight: they end
+    (SUCCEEDED here) instead of being cancelled mid-statement and left RUNNING."""
+    queue = EmbeddedJobQueue(services, config())
+    ids = [await make_calculation(services, quick_kind, {}) for _ in range(6)]
+    for calculation_id in ids:
+        await queue.enqueue(calculation_id)
+    await queue.close()  # at once: every run is still in flight
+    rows = [await load(services, calculation_id) for calculation_id in ids]
+    assert [row.status for row in rows] == [CalculationStatus.SUCCEEDED] * len(ids)
+
+
+async def test_closing_the_embedded_queue_cancels_what_outlasts_its_grace(
+    services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run still going after the grace is cancelled; its row stays RUNNING, for the
+    next start to take over (``recover``)."""
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(_count: int) -> None:
+        started.set()
+        release.wait(DEADLINE)
+
+    monkeypatch.setitem(KINDS, "stuck", fake_kind("stuck", stuck, steps=1))
+    queue = EmbeddedJobQueue(services, config())
+    calculation_id = await make_calculation(services, "stuck", {})
+    await queue.enqueue(calculation_id)
+    try:
+        assert await asyncio.to_thread(started.wait, DEADLINE)
+        await asyncio.wait_for(queue.close(grace=0.2), DEADLINE)
+        assert not queue._tasks
+    finally:
+        release.set()
+    row = await load(services, calculation_id)
+    assert row.status is CalculationStatus.RUNNING
