@@ -44,11 +44,11 @@ except ImportError:  # pragma: no cover - uvicorn is installed with crunchql
 class FrameWriter:
     """Text frames for one Uvicorn websockets-sansio connection, written once per turn."""
 
-    __slots__ = ("_dirty", "_protocol")
+    __slots__ = ("_protocol", "_queued")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
-        self._dirty = False
+        self._queued = False  # in this turn's _to_flush
 
     async def send_text(self, text: str) -> None:
         protocol = self._protocol
@@ -60,12 +60,12 @@ class FrameWriter:
             protocol.conn.send_text(text.encode())
         except InvalidState:  # the close handshake began
             raise WebSocketDisconnected from None
-        if not self._dirty:
-            self._dirty = True
+        if not self._queued:
+            self._queued = True
             _flush_later(protocol.loop, self)
 
     def flush(self) -> None:
-        self._dirty = False
+        self._queued = False
         protocol = self._protocol
         output = protocol.conn.data_to_send()  # empty if Uvicorn has written it since
         if output and not protocol.transport.is_closing():
@@ -76,19 +76,19 @@ class FrameWriter:
 # flushes them all, scheduled by the turn's first frame: it runs before whatever the
 # turn's tasks scheduled after that frame (a subscriber's completion and clean-up after
 # its terminal frame), so no frame waits behind other subscriptions' work.
-_dirty: dict[asyncio.AbstractEventLoop, list[FrameWriter]] = {}
+_to_flush: dict[asyncio.AbstractEventLoop, list[FrameWriter]] = {}
 
 
 def _flush_later(loop: asyncio.AbstractEventLoop, writer: FrameWriter) -> None:
-    writers = _dirty.get(loop)
+    writers = _to_flush.get(loop)
     if writers is None:
-        writers = _dirty[loop] = []
+        writers = _to_flush[loop] = []
         loop.call_soon(_flush_all, loop)
     writers.append(writer)
 
 
 def _flush_all(loop: asyncio.AbstractEventLoop) -> None:
-    for writer in _dirty.pop(loop, ()):
+    for writer in _to_flush.pop(loop, ()):
         try:
             writer.flush()
         except Exception:  # one broken connection must not keep the others' frames

@@ -89,8 +89,9 @@ class Settings(BaseSettings):
     # one serialised payload per event, written to their sockets without Strawberry's
     # per-result work (schema.sharing.DirectSink); off only to measure what it saves.
     subscription_direct_frames: bool = True
-    # Those frames written below ASGI, one socket write per event loop turn for all of a
-    # socket's frames (app/websocket_frames.py; under Uvicorn only); off only to
+    # With direct frames, every graphql-transport-ws message (those frames, the snapshots,
+    # the completes) written below ASGI, one socket write per event loop turn for all of
+    # a socket's messages (app/websocket_frames.py; under Uvicorn only); off only to
     # measure what it saves.
     ws_batched_writes: bool = True
 
