@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # A calculation estimated to cost more than this many seconds of one core is split
     # into shards that run on any workers (0: never split).
     shard_seconds: float = Field(default=2.0, ge=0)
+    # A calculation estimated at no more than this many seconds of one core is computed
+    # without a claim and stored QUEUED → SUCCEEDED in one statement (workers.runner's
+    # quick_run): no RUNNING state, no running slot; 0: every run is claimed first.
+    quick_run_seconds: float = Field(default=0.01, ge=0)
     # GPU routing (docs/operations.md, "GPU workers"): a calculation (or one shard) of a
     # kind with a GPU kernel goes to the calculations.gpu queue while a GPU worker is
     # alive and its estimated cost, in the shard estimate's unit (seconds of one CPU

@@ -97,6 +97,7 @@ class WorkerRuntime:
                 stale_after=timedelta(seconds=settings.worker_stale_seconds),
                 max_running_per_user=settings.max_running_per_user or None,  # 0: no limit
                 retry=RetryPolicy(max_retries=settings.job_max_retries),
+                quick_run_seconds=settings.quick_run_seconds,
             ),
             # One kernel thread per process: kernels are parallel inside, and numba's
             # default threading layer must not run two parallel regions at once.

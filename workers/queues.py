@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -24,6 +25,23 @@ logger = logging.getLogger("crunchql.queue")
 ACTOR_NAME = "calculation.run"
 SHARD_ACTOR_NAME = "calculation.shard"
 SEND_TIMEOUT_SECONDS = 5.0
+WORK_OPTION = "crunchql_work"
+"""The message option that says what a ``calculation.run`` computes: kind and input."""
+
+
+def work_option(work: Work) -> dict[str, Any]:
+    return {"kind": work.kind, "input": dict(work.input)}
+
+
+def work_of(message: dramatiq.Message[Any] | None) -> Work | None:
+    """The :data:`WORK_OPTION` of a message, or None (absent or not of that shape)."""
+    option = message.options.get(WORK_OPTION) if message is not None else None
+    if not isinstance(option, dict):
+        return None
+    kind, params = option.get("kind"), option.get("input")
+    if not isinstance(kind, str) or not isinstance(params, dict):
+        return None
+    return Work(kind, params)
 
 
 class DramatiqJobQueue:
@@ -49,19 +67,25 @@ class DramatiqJobQueue:
 
     @staticmethod
     def _run_message(
-        calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME
+        calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME, work: Work | None = None
     ) -> dramatiq.Message[None]:
+        # What the calculation computes rides along as an option (old workers ignore it):
+        # a worker may then run a tiny one without claiming it first (workers.runner's
+        # quick_run), checking it against the row as it stores the result.
+        options = {} if work is None or work.shards != 1 else {WORK_OPTION: work_option(work)}
         return dramatiq.Message(
             queue_name=queue_name,
             actor_name=ACTOR_NAME,
             args=(str(calculation_id),),
             kwargs={},
-            options={},
+            options=options,
         )
 
-    def send(self, calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME) -> None:
+    def send(
+        self, calculation_id: uuid.UUID, queue_name: str = QUEUE_NAME, work: Work | None = None
+    ) -> None:
         # Wakes an idle consumer too (CrunchRedisBroker).
-        self.broker.enqueue(self._run_message(calculation_id, queue_name))
+        self.broker.enqueue(self._run_message(calculation_id, queue_name, work))
 
     async def _queue(
         self, calculation_id: uuid.UUID, work: Work | None, shards: int | None = None
@@ -77,13 +101,14 @@ class DramatiqJobQueue:
         # by the workers' sweeper, so a caller never waits long on Redis.
         queue_name = await self._queue(calculation_id, work)
         if self.redis is not None:
-            message = self._run_message(calculation_id, queue_name)
+            message = self._run_message(calculation_id, queue_name, work)
             await asyncio.wait_for(
                 self.broker.enqueue_async(self.redis, message), SEND_TIMEOUT_SECONDS
             )
         else:
             await asyncio.wait_for(
-                asyncio.to_thread(self.send, calculation_id, queue_name), SEND_TIMEOUT_SECONDS
+                asyncio.to_thread(self.send, calculation_id, queue_name, work),
+                SEND_TIMEOUT_SECONDS,
             )
 
     def send_shard(
@@ -125,7 +150,9 @@ async def run_message(
         return  # not ours to run; a retry would not help
     message = CurrentMessage.get_current_message()
     retries = int(message.options.get("retries", 0)) if message else 0
-    stats = await run_with_policy(services, config, parsed, executor, retries=retries)
+    stats = await run_with_policy(
+        services, config, parsed, executor, retries=retries, work=work_of(message)
+    )
     if stats.outcome is RunOutcome.RETRY:
         delay = config.retry.backoff(retries)
         raise dramatiq.Retry(f"calculation {parsed}: retry {retries + 1}", delay=int(delay * 1000))

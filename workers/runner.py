@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from crunchql.compute.base import Job, ParameterError
 from crunchql.compute.catalog import KINDS
-from crunchql.compute.devices import has_gpu_kernel
+from crunchql.compute.devices import cpu_cost, has_gpu_kernel
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import single_statement, unit_of_work
@@ -63,6 +63,10 @@ class RunnerConfig:
     # so that nothing else imports numba.cuda).
     device: str = "cpu"
     gpu: GpuJobs | None = None
+    # Quick runs: a calculation whose message says what it computes (kind and input) and
+    # that is estimated at no more than this many seconds of one core is computed first
+    # and then stored QUEUED → SUCCEEDED in one statement, never claimed (0: never).
+    quick_run_seconds: float = 0.0
 
 
 class GpuJobs(Protocol):
@@ -124,11 +128,13 @@ async def run_with_policy(
     *,
     retries: int = 0,
     take_over: bool = False,
+    work: Work | None = None,
 ) -> RunStats:
     """One delivery of a calculation, and what its failures mean (``config.retry``).
 
     ``retries`` is how many times this calculation was already retried (the caller
-    keeps the count: Dramatiq's message, the embedded queue's loop).
+    keeps the count: Dramatiq's message, the embedded queue's loop). ``work``: what the
+    message says the calculation computes, for a quick run (:func:`quick_run`).
 
     - Shutting down: the calculation is handed back untouched (re-sent with a fresh
       retry count: a hand-back is not a failure), and so is a run that infrastructure
@@ -147,9 +153,13 @@ async def run_with_policy(
         await _hand_back(services, config, calculation_id, claimed=False)
         return RunStats()
     try:
-        stats = await run_calculation(
-            services, config, calculation_id, executor, take_over=take_over
-        )
+        stats = None
+        if work is not None and not take_over and is_quick(config, work):
+            stats = await quick_run(services, config, calculation_id, work, executor)
+        if stats is None:
+            stats = await run_calculation(
+                services, config, calculation_id, executor, take_over=take_over
+            )
     except Exception as error:
         if not is_transient(error):
             logger.exception("calculation %s: the runner failed", calculation_id)
@@ -227,6 +237,75 @@ async def run_calculation(
         if not owner.done:  # the finish did not already (a cancel, a hand-back, an error)
             await _start_waiting(services, config, calculation.owner_id)
     return RunStats(outcome, calculation.kind, time.monotonic() - started)
+
+
+def is_quick(config: RunnerConfig, work: Work) -> bool:
+    """Whether ``work`` is small enough for a quick run on this worker: a CPU worker, one
+    piece (not a shard), and an estimated cost within ``config.quick_run_seconds`` (the
+    kinds without an estimate never are)."""
+    if config.quick_run_seconds <= 0 or config.gpu is not None or work.shards != 1:
+        return False
+    cost = cpu_cost(work.kind, work.input)
+    return cost is not None and cost <= config.quick_run_seconds
+
+
+def _compute_whole(job: Job) -> tuple[dict[str, Any], float]:
+    """A quick run's job from start to result, in the kernel thread."""
+    started = time.perf_counter()
+    while not job.done:
+        job.step()
+    return job.result(), time.perf_counter() - started
+
+
+async def quick_run(
+    services: Infrastructure,
+    config: RunnerConfig,
+    calculation_id: uuid.UUID,
+    work: Work,
+    executor: Executor | None = None,
+) -> RunStats | None:
+    """A tiny calculation without a claim: compute what the message says, then store it
+    QUEUED → SUCCEEDED in one conditional statement, and announce it.
+
+    The claim, the RUNNING event and the owner's running slot cost more than such a run
+    computes (a claim is a statement and a round trip; a 1,000-sample monteCarloPi,
+    a quarter of a millisecond). Nothing is lost by skipping them: the row stays QUEUED
+    while it computes, so a crash leaves it to be delivered again, a cancel meanwhile
+    makes the statement find nothing, and a duplicate message finds it finished. The
+    statement stores the result only for the stored kind and input, on a row nobody
+    claimed, parked or split. Whenever it stores nothing, or the kernel raises, the
+    calculation takes the ordinary path (None is returned), which reports errors and
+    takes over stale runs as always; the few microseconds computed are thrown away.
+
+    The kernel still runs in the kernel thread: numba's parallel regions must not
+    overlap with another job's."""
+    kind = KINDS.get(work.kind)
+    if kind is None:
+        return None
+    loop = asyncio.get_running_loop()
+    started_at = _now()
+    try:
+        job = kind.start(work.input)
+        result, seconds = await loop.run_in_executor(executor, _compute_whole, job)
+    except Exception as error:
+        logger.info("calculation %s: quick run failed (%s); running it the usual way",
+                    calculation_id, type(error).__name__)  # fmt: skip
+        return None
+    async with single_statement(services.session_factory) as session:
+        row = await CalculationRepository(session).finish_queued(
+            calculation_id,
+            config.worker_id,
+            kind=work.kind,
+            params=dict(work.input),
+            started=started_at,
+            now=_now(),
+            result=result,
+            device=config.device,
+        )
+    if row is None:
+        return None
+    await _announce(services, row)
+    return RunStats(RunOutcome.SUCCEEDED, row.kind, seconds)
 
 
 @dataclass

@@ -237,6 +237,38 @@ def _finish_statement(succeeded: bool) -> Executable:
 
 _FINISH = {False: _finish_statement(False), True: _finish_statement(True)}
 
+# A quick run (workers.runner): QUEUED straight to SUCCEEDED, never claimed. Only a row
+# still waiting for its first run (not parked, not split) of the kind and input the run
+# computed: anything else (cancelled, running elsewhere, a stale run to take over, a
+# parked row) is left to the ordinary claim.
+_QUICK_NOW = _param("p_now", _T.c.finished_at)
+_FINISH_QUEUED = (
+    update(_T)
+    .where(
+        _T.c.id == _param("p_id", _T.c.id),
+        _T.c.status == CalculationStatus.QUEUED,
+        _T.c.parked_at.is_(None),
+        _T.c.shards == 1,
+        _T.c.kind == _param("p_kind", _T.c.kind),
+        _T.c.input == _param("p_input", _T.c.input),
+    )
+    .values(
+        status=CalculationStatus.SUCCEEDED,
+        started_at=_param("p_started", _T.c.started_at),
+        finished_at=_QUICK_NOW,
+        heartbeat_at=_QUICK_NOW,
+        attempts=_T.c.attempts + 1,
+        worker_id=_param("p_worker", _T.c.worker_id),
+        device=_param("p_device", _T.c.device),
+        version=_T.c.version + 1,
+        progress=1.0,
+        partial_result=None,
+        result=_param("p_result", _T.c.result),
+        error=None,
+    )
+    .returning(*_T.c)
+)
+
 # PostgreSQL: the finish and the release of the owner's parked calculations (under a
 # running cap) as one call of the function of migration 0009.
 _FINISH_RUN = _rows_of(
@@ -650,6 +682,29 @@ class CalculationRepository:
             else:
                 woken.append(row["id"])
         return finished, woken
+
+    async def finish_queued(
+        self,
+        calculation_id: uuid.UUID,
+        worker_id: str,
+        *,
+        kind: str,
+        params: dict[str, Any],
+        started: datetime,
+        now: datetime,
+        result: dict[str, Any],
+        device: str,
+    ) -> Calculation | None:
+        """A quick run's result: QUEUED → SUCCEEDED in one conditional UPDATE, for a
+        calculation of ``kind`` and ``params`` that nobody has claimed, parked or split;
+        None (and nothing changed) otherwise."""
+        params_ = {
+            "p_id": calculation_id, "p_worker": worker_id, "p_kind": kind, "p_input": params,
+            "p_started": started, "p_now": now, "p_result": result, "p_device": device,
+        }  # fmt: skip
+        rows = await (await self._core()).execute(_FINISH_QUEUED, params_)
+        row = rows.mappings().one_or_none()
+        return Calculation(**row) if row is not None else None
 
     async def complete(
         self, calculation_id: uuid.UUID, *, result: dict[str, Any], now: datetime
