@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # tenth of the API's CPU).
     database_pool_size: int = Field(default=20, ge=1, le=200)
     database_pool_overflow: int = Field(default=0, ge=0, le=200)
+    # A pooled connection unused for longer than this is pinged (one round trip) before
+    # reuse; one the server closed is replaced at checkout without a ping (db.engine).
+    database_ping_after_idle_seconds: float = Field(default=30.0, ge=0)
 
     jwt_secret: str = Field(default="", repr=False)
     jwt_algorithm: str = "HS256"

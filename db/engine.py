@@ -21,22 +21,33 @@ from sqlalchemy.util import await_only
 
 AfterCommit = Callable[[], Awaitable[None]]
 logger = logging.getLogger("crunchql.db")
-# A pooled connection back in the pool for longer than this is pinged before reuse.
-PING_AFTER_IDLE_SECONDS = 1.0
+# A pooled connection back in the pool for longer than this is pinged before reuse
+# (CRUNCHQL_DATABASE_PING_AFTER_IDLE_SECONDS).
+PING_AFTER_IDLE_SECONDS = 30.0
 
 
-def _ping_idle_connections(engine: AsyncEngine) -> None:
-    """SQLAlchemy's ``pool_pre_ping``, for connections that sat idle in the pool.
+def _ping_idle_connections(engine: AsyncEngine, ping_after_idle: float) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, without a round trip where none is needed.
 
     The asyncpg dialect's pre-ping is three round trips (BEGIN, an empty statement,
     ROLLBACK: its pgbouncer-safe form) on EVERY checkout: with a handful of statements
-    per request that was a third of the database round trips of a submit or a run. A
-    connection checked in a moment ago is alive: only one idle for longer than
-    ``PING_AFTER_IDLE_SECONDS`` (a restarted or failed-over server, a connection closed
-    by a firewall) is pinged, and replaced when the ping fails (the pool retries the
-    checkout with a fresh connection). What is lost: a server that drops connections
-    within that second still fails the next statement on one of them, as any statement
-    in flight at that moment fails anyway; the runner retries those (transient errors).
+    per request that was a third of the database round trips of a submit or a run.
+    Instead, at checkout:
+
+    - A connection whose socket the server has closed (a restart, a failover that
+      closes its sessions, ``pg_terminate_backend``) is replaced at once: the server
+      says so as it goes (an error message, then the close), which asyncpg reads on
+      the event loop while the connection sits in the pool, so ``is_closed()`` tells
+      without asking the server.
+    - Only a connection idle for longer than ``ping_after_idle`` is pinged (one round
+      trip), for the drops nobody announces: a firewall or NAT that forgets an idle
+      connection (after minutes, typically), a server that vanished without closing
+      its sockets. A failed ping replaces it (the pool retries the checkout with a
+      fresh connection).
+
+    What is lost: a connection dropped silently within ``ping_after_idle`` of its last
+    use fails its next statement, as any statement in flight at that moment fails
+    anyway; the runner retries those (transient errors), a request gets an error.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -46,13 +57,23 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if _closed_by_server(dbapi_connection):
+            raise exc.DisconnectionError("the server closed the connection")
         checked_in = record.info.get("checked_in")
-        if checked_in is not None and time.monotonic() - checked_in < PING_AFTER_IDLE_SECONDS:
+        if checked_in is not None and time.monotonic() - checked_in < ping_after_idle:
             return
         try:
             _ping(dbapi_connection)
         except Exception as error:
             raise exc.DisconnectionError(f"ping failed: {error}") from error
+
+
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether the driver already knows the connection is gone (asyncpg: its protocol
+    saw the server's close); False for drivers that cannot tell without asking."""
+    raw = getattr(dbapi_connection, "_connection", None)
+    is_closed = getattr(raw, "is_closed", None)
+    return bool(is_closed()) if callable(is_closed) else False
 
 
 def _ping(dbapi_connection: Any) -> None:
@@ -74,6 +95,7 @@ def create_engine(
     max_overflow: int = 0,
     echo: bool = False,
     synchronous_commit: bool = True,
+    ping_after_idle: float = PING_AFTER_IDLE_SECONDS,
 ) -> AsyncEngine:
     """An async engine for PostgreSQL (asyncpg) or SQLite (aiosqlite).
 
@@ -82,6 +104,9 @@ def create_engine(
     never corrupt anything). Workers use it: everything they write is recomputed if lost
     (a lost claim or result leaves a stale run, which is run again, with the same seed).
     The API keeps it on: an accepted calculation must survive a crash.
+
+    ``ping_after_idle``: seconds a pooled connection may sit unused before it is pinged
+    at checkout (``_ping_idle_connections``).
     """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
@@ -109,7 +134,7 @@ def create_engine(
         pool_use_lifo=True,
         pool_recycle=1800,
     )
-    _ping_idle_connections(engine)
+    _ping_idle_connections(engine, ping_after_idle)
     return engine
 
 

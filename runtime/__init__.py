@@ -128,6 +128,7 @@ async def start_runtime(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_overflow,
+        ping_after_idle=settings.database_ping_after_idle_seconds,
     )
     session_factory = create_session_factory(engine)
     redis: Redis | None = None

@@ -70,6 +70,7 @@ class WorkerRuntime:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_pool_overflow,
             synchronous_commit=False,  # all a worker writes is recomputed if lost
+            ping_after_idle=settings.database_ping_after_idle_seconds,
         )
         redis = create_redis(settings.redis_url or "")
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

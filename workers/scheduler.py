@@ -389,6 +389,7 @@ def create_scheduler_engine(settings: Settings) -> AsyncEngine:
         settings.database_url,
         pool_size=settings.scheduler_lanes,
         max_overflow=settings.scheduler_lanes,
+        ping_after_idle=settings.database_ping_after_idle_seconds,
     )
 
 
