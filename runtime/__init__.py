@@ -150,6 +150,7 @@ async def start_runtime(
         stale_after=timedelta(seconds=settings.worker_stale_seconds),
         max_running_per_user=settings.max_running_per_user or None,  # 0: no limit
         retry=RetryPolicy(max_retries=settings.job_max_retries),
+        quick_run_seconds=settings.quick_run_seconds,
     )
     embedded: EmbeddedJobQueue | None = None
     queue: JobQueue

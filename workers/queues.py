@@ -214,15 +214,18 @@ class EmbeddedJobQueue:
         self._executor.submit(warm_up_all)
 
     async def enqueue(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
-        # One process, CPU kernels only: nothing to route.
-        self._spawn(calculation_id, take_over=False)
+        # One process, CPU kernels only: nothing to route. ``work`` allows a quick run,
+        # as for a worker's message (workers.runner.quick_run).
+        self._spawn(calculation_id, take_over=False, work=work)
 
-    def _spawn(self, calculation_id: uuid.UUID, *, take_over: bool) -> None:
-        task = asyncio.create_task(self._run(calculation_id, take_over))
+    def _spawn(
+        self, calculation_id: uuid.UUID, *, take_over: bool, work: Work | None = None
+    ) -> None:
+        task = asyncio.create_task(self._run(calculation_id, take_over, work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, calculation_id: uuid.UUID, take_over: bool) -> None:
+    async def _run(self, calculation_id: uuid.UUID, take_over: bool, work: Work | None) -> None:
         async with self._slots:
             retries = 0
             while True:
@@ -235,6 +238,7 @@ class EmbeddedJobQueue:
                     self._executor,
                     retries=retries,
                     take_over=take_over or retries > 0,
+                    work=work,
                 )
                 if stats.outcome is not RunOutcome.RETRY:
                     return

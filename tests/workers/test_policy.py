@@ -27,9 +27,9 @@ from crunchql.core.lifecycle import CalculationStatus, RetryPolicy, RunOutcome
 from crunchql.db.engine import create_engine, create_session_factory
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import InProcessEventBus
-from crunchql.services.container import RunnerServices
+from crunchql.services.container import RunnerServices, Work
 from crunchql.workers.broker import QUEUE_NAME, standard_middleware
-from crunchql.workers.queues import ACTOR_NAME, EmbeddedJobQueue, run_message
+from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue, EmbeddedJobQueue, run_message
 from crunchql.workers.runner import GAVE_UP, INTERNAL_FAILURE, RunnerConfig
 from tests.workers.test_runner import fake_kind, load, make_calculation
 
@@ -116,18 +116,11 @@ class DramatiqPath:
         dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, broker=self.broker)(run)
         self.worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=50)
 
-    def run(self, calculation_id: uuid.UUID) -> None:
+    def run(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
         self.worker.start()
         try:
-            self.broker.enqueue(
-                dramatiq.Message(
-                    queue_name=QUEUE_NAME,
-                    actor_name=ACTOR_NAME,
-                    args=(str(calculation_id),),
-                    kwargs={},
-                    options={},
-                )
-            )
+            # The message the API sends (with ``work``: what it computes, for a quick run).
+            self.broker.enqueue(DramatiqJobQueue._run_message(calculation_id, work=work))
             # Waits for the message and every redelivery it asks for (the delay queue).
             self.broker.join(QUEUE_NAME, timeout=int(DEADLINE * 1000))
             self.worker.join()
@@ -145,8 +138,8 @@ class EmbeddedPath:
     def __init__(self, services: RunnerServices, cfg: RunnerConfig) -> None:
         self.queue = EmbeddedJobQueue(services, cfg)
 
-    async def run(self, calculation_id: uuid.UUID) -> None:
-        await self.queue.enqueue(calculation_id)
+    async def run(self, calculation_id: uuid.UUID, work: Work | None = None) -> None:
+        await self.queue.enqueue(calculation_id, work)
         tasks = list(self.queue._tasks)
         await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
         await self.queue.close()
@@ -174,6 +167,47 @@ async def run_through(
 def quick_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setitem(KINDS, "quick", fake_kind("quick", lambda _n: None, steps=3))
     yield "quick"
+
+
+async def test_the_api_s_message_runs_a_tiny_calculation_quickly_through_each_queue(
+    path: str, database_url: str, services: RunnerServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work the API puts on the message reaches the runner through the actor (the
+    message option, via CurrentMessage) and through the embedded queue, and the tiny run
+    is stored by the quick statement. When that statement fails (database trouble), the
+    actor's retry is a real redelivery that runs it quickly again (version 1: never
+    claimed); the embedded queue's retry takes the run over (its runs are all its own),
+    which is the ordinary path (a claim and a finish: version 2)."""
+    tiny = KINDS["monteCarloPi"].validate({"samples": 1000, "seed": 5})
+    calculation_id = await make_calculation(services, "monteCarloPi", tiny)
+    real = CalculationRepository.finish_queued
+    calls = 0
+
+    async def flaky_once(repo: CalculationRepository, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise database_down()
+        return await real(repo, *args, **kwargs)
+
+    monkeypatch.setattr(CalculationRepository, "finish_queued", flaky_once)
+    cfg = config(quick_run_seconds=0.01)
+    work = Work("monteCarloPi", tiny)
+    if path == "dramatiq":
+        dramatiq_path = DramatiqPath(database_url, cfg)
+        await asyncio.to_thread(dramatiq_path.run, calculation_id, work)
+        assert dramatiq_path.deliveries == [0, 1]
+        assert calls == 2 and await version_of(services, calculation_id) == 1
+    else:
+        await EmbeddedPath(services, cfg).run(calculation_id, work)
+        assert calls == 1 and await version_of(services, calculation_id) == 2
+    row = await load(services, calculation_id)
+    assert row.status is CalculationStatus.SUCCEEDED and row.attempts == 1
+    assert row.result is not None and row.result["samples"] == 1000
+
+
+async def version_of(services: RunnerServices, calculation_id: uuid.UUID) -> int:
+    return (await load(services, calculation_id)).version
 
 
 async def test_a_transient_failure_is_retried_and_the_run_then_succeeds(
