@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from crunchql.db.engine import create_engine, create_session_factory
+from crunchql.pubsub.bus import InProcessEventBus
+from crunchql.services.container import RunnerServices
 from crunchql.workers.broker import CrunchRedisBroker, create_broker
 
 
@@ -17,3 +20,11 @@ def broker(redis_url: str) -> Iterator[CrunchRedisBroker]:
     yield broker
     broker.flush_all()
     broker.close()
+
+
+@pytest.fixture
+async def services(database_url: str) -> AsyncIterator[RunnerServices]:
+    """The runner's services on the test's database, with the in-process bus."""
+    engine = create_engine(database_url)
+    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
+    await engine.dispose()

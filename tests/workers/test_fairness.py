@@ -27,13 +27,6 @@ from tests.conftest import truncate, wait_for
 from tests.workers.test_runner import AnyParams
 
 
-@pytest.fixture
-async def services(database_url: str) -> AsyncIterator[RunnerServices]:
-    engine = create_engine(database_url)
-    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
-    await engine.dispose()
-
-
 class SleepyJob:
     """``steps`` chunks of ``seconds`` each (a stand-in for a long kernel)."""
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -79,13 +79,6 @@ def config(**overrides: Any) -> RunnerConfig:
     }
     values.update(overrides)
     return RunnerConfig(**values)
-
-
-@pytest.fixture
-async def services(database_url: str) -> AsyncIterator[RunnerServices]:
-    engine = create_engine(database_url)
-    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
-    await engine.dispose()
 
 
 # ---- the two ways to run a calculation ----------------------------------------------

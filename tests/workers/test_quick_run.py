@@ -27,10 +27,7 @@ from tests.workers.test_runner import (
     fake_kind,
     load,
     make_calculation,
-    services,
 )
-
-__all__ = ["services"]  # the fixture, shared with test_runner
 
 TINY = {"samples": 1000, "seed": 7}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,19 +17,11 @@ from sqlalchemy import update
 from crunchql.compute.base import Kind
 from crunchql.compute.catalog import KINDS
 from crunchql.core.lifecycle import CalculationEvent, EventKind, RunOutcome
-from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.engine import unit_of_work
 from crunchql.db.models import Calculation, CalculationStatus, User
 from crunchql.db.repositories import CalculationRepository
-from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices
 from crunchql.workers.runner import RunnerConfig, run_calculation, run_with_policy
-
-
-@pytest.fixture
-async def services(database_url: str) -> AsyncIterator[RunnerServices]:
-    engine = create_engine(database_url)
-    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
-    await engine.dispose()
 
 
 def config(**overrides: Any) -> RunnerConfig:

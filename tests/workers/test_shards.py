@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,10 +17,9 @@ from sqlalchemy import select, update
 from crunchql.compute import config as kernel_config
 from crunchql.compute.catalog import KINDS
 from crunchql.core.lifecycle import CalculationEvent, CalculationStatus, EventKind, RunOutcome
-from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
+from crunchql.db.engine import unit_of_work
 from crunchql.db.models import Calculation, CalculationShard, ShardStatus, User
 from crunchql.db.repositories import CalculationRepository, ShardRepository
-from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices, Work
 from crunchql.workers.queues import EmbeddedJobQueue
 from crunchql.workers.runner import RunnerConfig, run_calculation
@@ -39,13 +37,6 @@ INPUTS: dict[str, dict[str, Any]] = {
                    "xMax": -0.74, "yMin": 0.1, "yMax": 0.11},
 }  # fmt: skip
 TINY_SHARD = 1e-9  # seconds: every job splits into as many shards as it has blocks
-
-
-@pytest.fixture
-async def services(database_url: str) -> AsyncIterator[RunnerServices]:
-    engine = create_engine(database_url)
-    yield RunnerServices(create_session_factory(engine), InProcessEventBus())
-    await engine.dispose()
 
 
 class Sent:
