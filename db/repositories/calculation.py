@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
+from crunchql.db.driver import DriverStatement
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus, User
 
 _IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
@@ -117,12 +118,15 @@ _INSERT_UNDER_LIMIT = (
     .returning(*_T.c)
 )
 # The same on PostgreSQL with the owner's lock first, in one round trip (migration 0008).
-_SUBMIT_CAPPED = _rows_of(
-    "crunchql_submit_capped",
-    *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
-    bindparam("p_max_active", type_=_T.c.attempts.type),
+_SUBMIT_CAPPED = DriverStatement(
+    _rows_of(
+        "crunchql_submit_capped",
+        *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
+        bindparam("p_max_active", type_=_T.c.attempts.type),
+    ),
+    _T,
 )
-_SELECT_ONE = select(_T).where(_T.c.id == _param("p_id", _T.c.id))
+_SELECT_ONE = DriverStatement(select(_T).where(_T.c.id == _param("p_id", _T.c.id)), _T)
 _OWNED_RUN = and_(
     _T.c.id == _param("p_id", _T.c.id),
     _T.c.status == CalculationStatus.RUNNING,
@@ -165,7 +169,7 @@ def _claim_statement(with_limit: bool) -> Executable:
     )
 
 
-_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+_CLAIM = {limit: DriverStatement(_claim_statement(limit), _T) for limit in (False, True)}
 
 # A claim refused at the owner's running limit leaves the row QUEUED and marks it parked.
 _PARK = (
@@ -207,15 +211,18 @@ _UNPARK = {False: _unpark_statement(False), True: _unpark_statement(True)}
 
 # PostgreSQL: the claim under a running cap (owner's lock, conditional UPDATE, or park) as
 # one call of the function of migration 0007.
-_CLAIM_CAPPED = _rows_of(
-    "crunchql_claim_capped",
-    _param("p_id", _T.c.id),
-    _param("p_worker", _T.c.worker_id),
-    _param("p_now", _T.c.started_at),
-    _param("p_stale_before", _T.c.heartbeat_at),
-    _param("p_alive_after", _T.c.heartbeat_at),
-    _param("p_max_running", _T.c.attempts),
-    _param("p_device", _T.c.device),
+_CLAIM_CAPPED = DriverStatement(
+    _rows_of(
+        "crunchql_claim_capped",
+        _param("p_id", _T.c.id),
+        _param("p_worker", _T.c.worker_id),
+        _param("p_now", _T.c.started_at),
+        _param("p_stale_before", _T.c.heartbeat_at),
+        _param("p_alive_after", _T.c.heartbeat_at),
+        _param("p_max_running", _T.c.attempts),
+        _param("p_device", _T.c.device),
+    ),
+    _T,
 )
 
 
@@ -235,14 +242,14 @@ def _finish_statement(succeeded: bool) -> Executable:
     return update(_T).where(_OWNED_RUN).values(**values).returning(*_T.c)
 
 
-_FINISH = {False: _finish_statement(False), True: _finish_statement(True)}
+_FINISH = {done: DriverStatement(_finish_statement(done), _T) for done in (False, True)}
 
 # A quick run (workers.runner): QUEUED straight to SUCCEEDED, never claimed. Only a row
 # still waiting for its first run (not parked, not split) of the kind and input the run
 # computed: anything else (cancelled, running elsewhere, a stale run to take over, a
 # parked row) is left to the ordinary claim.
 _QUICK_NOW = _param("p_now", _T.c.finished_at)
-_FINISH_QUEUED = (
+_FINISH_QUEUED = DriverStatement(
     update(_T)
     .where(
         _T.c.id == _param("p_id", _T.c.id),
@@ -266,23 +273,27 @@ _FINISH_QUEUED = (
         result=_param("p_result", _T.c.result),
         error=None,
     )
-    .returning(*_T.c)
+    .returning(*_T.c),
+    _T,
 )
 
 # PostgreSQL: the finish and the release of the owner's parked calculations (under a
 # running cap) as one call of the function of migration 0009.
-_FINISH_RUN = _rows_of(
-    "crunchql_finish_run",
-    _param("p_id", _T.c.id),
-    _param("p_worker", _T.c.worker_id),
-    _param("p_owner", _T.c.owner_id),
-    _param("p_status", _T.c.status),
-    _param("p_now", _T.c.finished_at),
-    _param("p_result", _T.c.result),
-    _param("p_error", _T.c.error),
-    _param("p_version", _T.c.version),
-    bindparam("p_succeeded", type_=Boolean()),
-    bindparam("p_wake", type_=_T.c.attempts.type),
+_FINISH_RUN = DriverStatement(
+    _rows_of(
+        "crunchql_finish_run",
+        _param("p_id", _T.c.id),
+        _param("p_worker", _T.c.worker_id),
+        _param("p_owner", _T.c.owner_id),
+        _param("p_status", _T.c.status),
+        _param("p_now", _T.c.finished_at),
+        _param("p_result", _T.c.result),
+        _param("p_error", _T.c.error),
+        _param("p_version", _T.c.version),
+        bindparam("p_succeeded", type_=Boolean()),
+        bindparam("p_wake", type_=_T.c.attempts.type),
+    ),
+    _T,
 )
 
 
@@ -332,6 +343,11 @@ class CalculationRepository:
             return self._bind
         return await self._bind.connection()
 
+    async def _one(self, statement: DriverStatement, values: dict[str, Any]) -> Calculation | None:
+        """The one calculations row ``statement`` returns, detached; None for none."""
+        rows = await statement.fetch(await self._core(), values)
+        return Calculation(**rows[0]) if rows else None
+
     def _dialect(self) -> str:
         if isinstance(self._bind, AsyncConnection):
             return self._bind.dialect.name
@@ -365,21 +381,17 @@ class CalculationRepository:
         new = _new_row(owner_id, kind, params, now)
         values: dict[str, Any] = {f"p_{name}": value for name, value in new.items()}
         values["p_max_active"] = max_active
-        statement: Executable
         if self._dialect() == "postgresql":
-            statement = _SUBMIT_CAPPED
-        else:
-            statement, values["p_owner"] = _INSERT_UNDER_LIMIT, owner_id
-        result = await (await self._core()).execute(statement, values)
+            return await self._one(_SUBMIT_CAPPED, values)
+        values["p_owner"] = owner_id
+        result = await (await self._core()).execute(_INSERT_UNDER_LIMIT, values)
         row = result.mappings().one_or_none()
         return Calculation(**row) if row is not None else None
 
     async def read(self, calculation_id: uuid.UUID) -> Calculation | None:
         """The row as it stands, detached (a snapshot, not tracked by the session), by a
         prepared Core SELECT: what a subscription reads when it starts or resyncs."""
-        result = await (await self._core()).execute(_SELECT_ONE, {"p_id": calculation_id})
-        row = result.mappings().one_or_none()
-        return Calculation(**row) if row is not None else None
+        return await self._one(_SELECT_ONE, {"p_id": calculation_id})
 
     async def get(self, calculation_id: uuid.UUID) -> Calculation | None:
         return await self.session.get(Calculation, calculation_id, populate_existing=True)
@@ -506,9 +518,7 @@ class CalculationRepository:
                 await (await self._core()).execute(_LOCK_OWNER_OF, {"p_id": calculation_id})
             params["p_alive_after"] = alive_after or stale_before
             params["p_max_running"] = max_running
-        statement = _CLAIM[max_running is not None]
-        row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
-        return Calculation(**row) if row is not None else None
+        return await self._one(_CLAIM[max_running is not None], params)
 
     async def claim_or_park(
         self,
@@ -536,11 +546,9 @@ class CalculationRepository:
                 "p_stale_before": stale_before, "p_alive_after": alive_after,
                 "p_max_running": max_running, "p_device": device,
             }  # fmt: skip
-            result = await (await self._core()).execute(_CLAIM_CAPPED, params)
-            row = result.mappings().one_or_none()
-            if row is None:
+            calculation = await self._one(_CLAIM_CAPPED, params)
+            if calculation is None:
                 return None, None
-            calculation = Calculation(**row)
             if calculation.status is CalculationStatus.RUNNING:
                 return calculation, None
             return None, calculation.owner_id  # left QUEUED, parked
@@ -631,9 +639,7 @@ class CalculationRepository:
             "p_error": error,
             "p_version": version,
         }
-        statement = _FINISH[status is CalculationStatus.SUCCEEDED]
-        row = (await (await self._core()).execute(statement, params)).mappings().one_or_none()
-        return Calculation(**row) if row is not None else None
+        return await self._one(_FINISH[status is CalculationStatus.SUCCEEDED], params)
 
     async def finish_and_wake(
         self,
@@ -673,7 +679,7 @@ class CalculationRepository:
             "p_version": version, "p_succeeded": status is CalculationStatus.SUCCEEDED,
             "p_wake": wake,
         }  # fmt: skip
-        rows = (await (await self._core()).execute(_FINISH_RUN, params)).mappings().all()
+        rows = await _FINISH_RUN.fetch(await self._core(), params)
         finished = None
         woken = []
         for row in rows:
@@ -702,9 +708,7 @@ class CalculationRepository:
             "p_id": calculation_id, "p_worker": worker_id, "p_kind": kind, "p_input": params,
             "p_started": started, "p_now": now, "p_result": result, "p_device": device,
         }  # fmt: skip
-        rows = await (await self._core()).execute(_FINISH_QUEUED, params_)
-        row = rows.mappings().one_or_none()
-        return Calculation(**row) if row is not None else None
+        return await self._one(_FINISH_QUEUED, params_)
 
     async def complete(
         self, calculation_id: uuid.UUID, *, result: dict[str, Any], now: datetime
