@@ -56,93 +56,146 @@ CASES: dict[str, Case] = {
     "submit, under the cap": lambda rows: (
         statements._SUBMIT_CAPPED,
         {
-            "p_id": uuid.uuid4(), "p_owner_id": rows["owner"], "p_kind": "monteCarloPi",
-            "p_input": INPUT, "p_status": CalculationStatus.QUEUED, "p_progress": 0.0,
-            "p_created_at": T0, "p_attempts": 0, "p_version": 0, "p_max_active": 5,
+            "p_id": uuid.uuid4(),
+            "p_owner_id": rows["owner"],
+            "p_kind": "monteCarloPi",
+            "p_input": INPUT,
+            "p_status": CalculationStatus.QUEUED,
+            "p_progress": 0.0,
+            "p_created_at": T0,
+            "p_attempts": 0,
+            "p_version": 0,
+            "p_max_active": 5,
         },
-    ),  # fmt: skip
+    ),
     "submit, at the cap (no row)": lambda rows: (
         statements._SUBMIT_CAPPED,
         {
-            "p_id": uuid.uuid4(), "p_owner_id": rows["owner"], "p_kind": "monteCarloPi",
-            "p_input": INPUT, "p_status": CalculationStatus.QUEUED, "p_progress": 0.0,
-            "p_created_at": T0, "p_attempts": 0, "p_version": 0, "p_max_active": 2,
+            "p_id": uuid.uuid4(),
+            "p_owner_id": rows["owner"],
+            "p_kind": "monteCarloPi",
+            "p_input": INPUT,
+            "p_status": CalculationStatus.QUEUED,
+            "p_progress": 0.0,
+            "p_created_at": T0,
+            "p_attempts": 0,
+            "p_version": 0,
+            "p_max_active": 2,
         },
-    ),  # fmt: skip
+    ),
     "a subscription's read": lambda rows: (statements._SELECT_ONE, {"p_id": rows["running"]}),
     "a read that finds nothing": lambda rows: (statements._SELECT_ONE, {"p_id": uuid.uuid4()}),
     "claim": lambda rows: (
         statements._CLAIM[False],
         {
-            "p_id": rows["queued"], "p_worker": "w2", "p_now": T0 + timedelta(seconds=1),
-            "p_stale_before": T0 - timedelta(minutes=1), "p_device": "cpu",
+            "p_id": rows["queued"],
+            "p_worker": "w2",
+            "p_now": T0 + timedelta(seconds=1),
+            "p_stale_before": T0 - timedelta(minutes=1),
+            "p_device": "cpu",
         },
-    ),  # fmt: skip
+    ),
     "claim under a running cap": lambda rows: (
         statements._CLAIM[True],
         {
-            "p_id": rows["queued"], "p_worker": "w2", "p_now": T0 + timedelta(seconds=1),
-            "p_stale_before": T0 - timedelta(minutes=1), "p_device": "cpu",
-            "p_alive_after": T0 - timedelta(minutes=1), "p_max_running": 2,
+            "p_id": rows["queued"],
+            "p_worker": "w2",
+            "p_now": T0 + timedelta(seconds=1),
+            "p_stale_before": T0 - timedelta(minutes=1),
+            "p_device": "cpu",
+            "p_alive_after": T0 - timedelta(minutes=1),
+            "p_max_running": 2,
         },
-    ),  # fmt: skip
+    ),
     "claim under a running cap, by the function": lambda rows: (
         statements._CLAIM_CAPPED,
         {
-            "p_id": rows["queued"], "p_worker": "w2", "p_now": T0 + timedelta(seconds=1),
-            "p_stale_before": T0 - timedelta(minutes=1), "p_device": "gpu",
-            "p_alive_after": T0 - timedelta(minutes=1), "p_max_running": 2,
+            "p_id": rows["queued"],
+            "p_worker": "w2",
+            "p_now": T0 + timedelta(seconds=1),
+            "p_stale_before": T0 - timedelta(minutes=1),
+            "p_device": "gpu",
+            "p_alive_after": T0 - timedelta(minutes=1),
+            "p_max_running": 2,
         },
-    ),  # fmt: skip
+    ),
     "finish, succeeded": lambda rows: (
         statements._FINISH[True],
         {
-            "p_id": rows["running"], "p_worker": "w1", "p_status": CalculationStatus.SUCCEEDED,
-            "p_now": T0 + timedelta(seconds=2), "p_result": RESULT, "p_error": None,
+            "p_id": rows["running"],
+            "p_worker": "w1",
+            "p_status": CalculationStatus.SUCCEEDED,
+            "p_now": T0 + timedelta(seconds=2),
+            "p_result": RESULT,
+            "p_error": None,
             "p_version": 2,
         },
-    ),  # fmt: skip
+    ),
     "finish, failed": lambda rows: (
         statements._FINISH[False],
         {
-            "p_id": rows["running"], "p_worker": "w1", "p_status": CalculationStatus.FAILED,
-            "p_now": T0 + timedelta(seconds=2), "p_result": None, "p_error": "boom ✗",
+            "p_id": rows["running"],
+            "p_worker": "w1",
+            "p_status": CalculationStatus.FAILED,
+            "p_now": T0 + timedelta(seconds=2),
+            "p_result": None,
+            "p_error": "boom ✗",
             "p_version": 2,
         },
-    ),  # fmt: skip
+    ),
     "finish by another worker (no row)": lambda rows: (
         statements._FINISH[True],
         {
-            "p_id": rows["running"], "p_worker": "w9", "p_status": CalculationStatus.SUCCEEDED,
-            "p_now": T0 + timedelta(seconds=2), "p_result": RESULT, "p_error": None,
+            "p_id": rows["running"],
+            "p_worker": "w9",
+            "p_status": CalculationStatus.SUCCEEDED,
+            "p_now": T0 + timedelta(seconds=2),
+            "p_result": RESULT,
+            "p_error": None,
             "p_version": 2,
         },
-    ),  # fmt: skip
+    ),
     "finish and wake, by the function": lambda rows: (
         statements._FINISH_RUN,
         {
-            "p_id": rows["running"], "p_worker": "w1", "p_owner": rows["owner"],
-            "p_status": CalculationStatus.SUCCEEDED, "p_now": T0 + timedelta(seconds=2),
-            "p_result": RESULT, "p_error": None, "p_version": 2, "p_succeeded": True,
+            "p_id": rows["running"],
+            "p_worker": "w1",
+            "p_owner": rows["owner"],
+            "p_status": CalculationStatus.SUCCEEDED,
+            "p_now": T0 + timedelta(seconds=2),
+            "p_result": RESULT,
+            "p_error": None,
+            "p_version": 2,
+            "p_succeeded": True,
             "p_wake": 1,
         },
-    ),  # fmt: skip
+    ),
     "a quick run's finish": lambda rows: (
         statements._FINISH_QUEUED,
         {
-            "p_id": rows["queued"], "p_worker": "w2", "p_kind": "monteCarloPi",
-            "p_input": INPUT, "p_started": T0 + timedelta(seconds=1),
-            "p_now": T0 + timedelta(seconds=2), "p_result": RESULT, "p_device": "cpu",
+            "p_id": rows["queued"],
+            "p_worker": "w2",
+            "p_kind": "monteCarloPi",
+            "p_input": INPUT,
+            "p_started": T0 + timedelta(seconds=1),
+            "p_now": T0 + timedelta(seconds=2),
+            "p_result": RESULT,
+            "p_device": "cpu",
         },
-    ),  # fmt: skip
+    ),
     "a quick run's finish of another input (no row)": lambda rows: (
         statements._FINISH_QUEUED,
         {
-            "p_id": rows["queued"], "p_worker": "w2", "p_kind": "monteCarloPi",
-            "p_input": {**INPUT, "seed": 8}, "p_started": T0 + timedelta(seconds=1),
-            "p_now": T0 + timedelta(seconds=2), "p_result": RESULT, "p_device": "cpu",
+            "p_id": rows["queued"],
+            "p_worker": "w2",
+            "p_kind": "monteCarloPi",
+            "p_input": {**INPUT, "seed": 8},
+            "p_started": T0 + timedelta(seconds=1),
+            "p_now": T0 + timedelta(seconds=2),
+            "p_result": RESULT,
+            "p_device": "cpu",
         },
-    ),  # fmt: skip
+    ),
 }
 
 
