@@ -285,3 +285,27 @@ async def test_sweep_resends_a_queued_calculation_whose_message_was_lost(
         assert await runtime.sweep_once() == 0
     finally:
         await runtime.close()
+
+
+def test_the_worker_s_event_loop_is_uvloop_and_runs_its_coroutines() -> None:
+    """The worker's claims, finishes, events and wake-ups run on Dramatiq's event loop
+    thread; it is uvloop's loop (installed with uvicorn[standard]), as the API's is."""
+    import logging
+
+    import uvloop
+
+    thread = broker_module._DaemonEventLoopThread(logging.getLogger("test"))
+    thread.start(timeout=5.0)
+    try:
+
+        async def probe() -> tuple[type, int]:
+            loop = asyncio.get_running_loop()
+            # A thread hop and back, as a kernel's run takes.
+            answer = await loop.run_in_executor(None, sum, [20, 22])
+            return type(loop), answer
+
+        loop_type, answer = thread.run_coroutine(probe())
+    finally:
+        thread.stop()
+    assert issubclass(loop_type, uvloop.Loop) and answer == 42
+    assert thread.daemon and not thread.is_alive()
