@@ -20,6 +20,9 @@ Prints one table:
   `{ hello }` app served the same way, side by side (ratio);
 - this client's own HTTP round trip to that bare app, back to back and --idle-gap
   seconds apart: the floor under every submit it measures;
+- what this machine charges for touching a page of memory again, back to back and after
+  --idle-gap seconds asleep (a virtual machine with nested paging charges an idle
+  process again for every page it touches on waking: the idle rows' floor);
 - Redis connections held by the API with many open subscriptions, and memory per
   open subscription;
 - CPU time of the API process and of the worker processes per tiny job, during the
@@ -273,6 +276,27 @@ async def client_floor(url: str, requests: int, gap: float) -> float:
             (await http.post(url, json={"query": "{ hello }"})).raise_for_status()
             if index >= 5:
                 samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def page_touch_cost(gap: float, pages: int = 1000, rounds: int = 8) -> float:
+    """µs per 4 KiB page to touch ``pages`` pages of this process's memory again after
+    ``gap`` seconds asleep (median of ``rounds``). On a bare machine it is the same
+    either way (a few ns); a virtual machine whose host drops an idle guest's page
+    mappings (nested paging) charges each page again on wake-up, and a request that
+    touches a thousand pages of code and heap after a quiet second pays for every one:
+    the "idle" rows above measure that machine as much as the service."""
+    memory = bytearray(pages * 4096)
+    for offset in range(0, len(memory), 4096):
+        memory[offset] = 1
+    samples = []
+    for _ in range(rounds):
+        time.sleep(gap)
+        started = time.perf_counter()
+        total = 0
+        for offset in range(0, len(memory), 4096):
+            total += memory[offset]
+        samples.append((time.perf_counter() - started) / pages * 1e6)
     return statistics.median(samples)
 
 
@@ -765,6 +789,16 @@ async def main() -> None:
                 f"{busy_floor:.1f} / {idle_floor:.1f} ms",
                 f"httpx to bare Strawberry {{ hello }}, back to back / {args.idle_gap} s apart: "
                 "part of every submit above",
+            )
+        )
+        hot = await asyncio.to_thread(page_touch_cost, 0.0)
+        cold = await asyncio.to_thread(page_touch_cost, args.idle_gap)
+        rows.append(
+            (
+                "a page of memory touched again (back to back / idle)",
+                f"{hot:.2f} / {cold:.2f} µs",
+                f"1,000 pages, then again at once / after {args.idle_gap} s asleep: what this "
+                "machine charges a process that wakes up (each µs a page: 1 ms per 1,000 pages)",
             )
         )
         connections, per_subscription = await subscription_footprint(
