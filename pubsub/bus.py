@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crunchql.core.lifecycle import CalculationEvent, EventKind, MalformedEventError
+from crunchql.pubsub.autopipeline import autopipeline, raise_errors
 from crunchql.pubsub.channels import CALCULATION_EVENTS, SESSION_EVENTS, user_events_key
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,10 @@ class RedisEventBus(_FanOut):
             self._task = None
 
     async def publish(self, event: CalculationEvent) -> None:
-        await self.redis.publish(CALCULATION_EVENTS, event.encode())
+        # With the other commands of this turn (a submit's job, other runs' events).
+        raise_errors(
+            await autopipeline(self.redis).execute(("PUBLISH", CALCULATION_EVENTS, event.encode()))
+        )
 
     async def publish_session_event(self, data: str) -> None:
         await self.redis.publish(SESSION_EVENTS, data)

@@ -49,6 +49,7 @@ from dramatiq.middleware import (
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import NoScriptError
 
+from crunchql.pubsub.autopipeline import autopipeline, raise_errors
 from crunchql.pubsub.channels import queue_wakeup_key
 
 QUEUE_NAME = "calculations"
@@ -195,17 +196,17 @@ class CrunchRedisBroker(RedisBroker):
             message.queue_name, message.options["redis_message_id"], message.encode()
         )
         for attempt in (1, 2):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(*args)
-                self._push_wakeup(pipe, message.queue_name)
-                try:
-                    await pipe.execute()
-                    break
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
-                    sha = await client.script_load(self.scripts["dispatch"].script)
-                    self.scripts["dispatch"].sha = args[0] = sha
+            # With the other commands of this turn (other submits' jobs, their events).
+            replies = await autopipeline(client).execute(
+                ("EVALSHA", *args),
+                *self._wakeup_commands(message.queue_name),
+            )
+            if isinstance(replies[0], NoScriptError) and attempt == 1:
+                sha = await client.script_load(self.scripts["dispatch"].script)
+                self.scripts["dispatch"].sha = args[0] = sha
+                continue
+            raise_errors(replies)
+            break
         self.emit_after("enqueue", message, None)
         return message
 
@@ -276,10 +277,15 @@ class CrunchRedisBroker(RedisBroker):
             pipe.execute()
 
     @staticmethod
-    def _push_wakeup(pipe: Any, queue_name: str) -> None:
+    def _wakeup_commands(queue_name: str) -> tuple[tuple[Any, ...], ...]:
         key = queue_wakeup_key(queue_name)
-        pipe.lpush(key, 1)
-        pipe.ltrim(key, 0, WAKEUP_LIST_LENGTH - 1)  # never grows unbounded
+        # A token for one idle consumer; the list never grows unbounded.
+        return ("LPUSH", key, 1), ("LTRIM", key, 0, WAKEUP_LIST_LENGTH - 1)
+
+    @classmethod
+    def _push_wakeup(cls, pipe: Any, queue_name: str) -> None:
+        for command in cls._wakeup_commands(queue_name):
+            pipe.execute_command(*command)
 
 
 class _DaemonEventLoopThread(EventLoopThread):
