@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from crunchql.core.errors import RateLimitedError
+from crunchql.pubsub.autopipeline import autopipeline
 
 logger = logging.getLogger("crunchql.rate_limit")
 
@@ -218,11 +219,18 @@ class RedisRateLimiter:
     ) -> None:
         name = policy or key.partition(":")[0]
         base = self.prefix + key
+        keys = [base, base + ":lock", base + ":strikes"]
+        args = [limit, window_seconds * 1000, int(escalate), MAX_LOCKOUT_SECONDS * 1000]
         try:
-            raw = await self._hit(
-                keys=[base, base + ":lock", base + ":strikes"],
-                args=[limit, window_seconds * 1000, int(escalate), MAX_LOCKOUT_SECONDS * 1000],
+            # With the other Redis commands of this turn (other requests' hits, jobs,
+            # events): one round trip for all of them.
+            (raw,) = await autopipeline(self.redis).execute(
+                ("EVALSHA", self._hit.sha, len(keys), *keys, *args)
             )
+            if isinstance(raw, NoScriptError):  # a restarted or flushed server
+                raw = await self._hit(keys=keys, args=args)  # loads the script, runs it
+            elif isinstance(raw, Exception):
+                raise raw
         except (RedisError, OSError) as error:
             logger.warning("rate limit not applied, Redis unavailable: %s", type(error).__name__)
             return

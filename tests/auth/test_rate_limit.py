@@ -120,3 +120,20 @@ async def test_redis_limiter_lets_requests_through_when_redis_is_down() -> None:
         await limiter.hit("login:addr:x", 1, 60)
         await limiter.refund("login:addr:x")
     await redis.aclose()
+
+
+async def test_redis_limiter_counts_on_a_server_that_lost_its_scripts(redis_url: str) -> None:
+    """Hits go out with the turn's other commands by the script's digest; a server that
+    no longer knows the script (restarted, SCRIPT FLUSH) gets it loaded, and counts."""
+    await flush_redis(redis_url)
+    redis = create_redis(redis_url)
+    limiter = RedisRateLimiter(redis)
+    try:
+        await redis.script_flush()
+        assert await _refusals(limiter, "flushed", 5, 3) == 2
+        await redis.script_flush()
+        with pytest.raises(RateLimitedError):
+            await limiter.hit("flushed", 3, 60)
+    finally:
+        await redis.aclose()
+        await flush_redis(redis_url)
