@@ -52,150 +52,64 @@ async def setup_rows(engine: AsyncEngine) -> dict[str, Any]:
 
 Case = Callable[[dict[str, Any]], tuple[DriverStatement, dict[str, Any]]]
 
+
+def submit(max_active: int) -> Case:
+    return lambda rows: (
+        statements._SUBMIT_CAPPED,
+        {"p_id": uuid.uuid4(), "p_owner_id": rows["owner"], "p_kind": "monteCarloPi",
+         "p_input": INPUT, "p_status": CalculationStatus.QUEUED, "p_progress": 0.0,
+         "p_created_at": T0, "p_attempts": 0, "p_version": 0, "p_max_active": max_active},
+    )  # fmt: skip
+
+
+def claim(statement: DriverStatement, device: str = "cpu", **capped: Any) -> Case:
+    return lambda rows: (
+        statement,
+        {"p_id": rows["queued"], "p_worker": "w2", "p_now": T0 + timedelta(seconds=1),
+         "p_stale_before": T0 - timedelta(minutes=1), "p_device": device, **capped},
+    )  # fmt: skip
+
+
+def finish(statement: DriverStatement, worker: str = "w1", **outcome: Any) -> Case:
+    """A finish of the RUNNING row; ``outcome`` overrides a success with RESULT."""
+    return lambda rows: (
+        statement,
+        {"p_id": rows["running"], "p_worker": worker, "p_status": CalculationStatus.SUCCEEDED,
+         "p_now": T0 + timedelta(seconds=2), "p_result": RESULT, "p_error": None,
+         "p_version": 2, **{name: rows["owner"] if value is OWNER else value
+                            for name, value in outcome.items()}},
+    )  # fmt: skip
+
+
+def quick(computed: dict[str, Any]) -> Case:
+    return lambda rows: (
+        statements._FINISH_QUEUED,
+        {"p_id": rows["queued"], "p_worker": "w2", "p_kind": "monteCarloPi",
+         "p_input": computed, "p_started": T0 + timedelta(seconds=1),
+         "p_now": T0 + timedelta(seconds=2), "p_result": RESULT, "p_device": "cpu"},
+    )  # fmt: skip
+
+
+OWNER = object()  # stands for the owner's id, known once the rows exist
+CAP = {"p_alive_after": T0 - timedelta(minutes=1), "p_max_running": 2}
+FAILED = {"p_status": CalculationStatus.FAILED, "p_result": None, "p_error": "boom ✗"}
+
 CASES: dict[str, Case] = {
-    "submit, under the cap": lambda rows: (
-        statements._SUBMIT_CAPPED,
-        {
-            "p_id": uuid.uuid4(),
-            "p_owner_id": rows["owner"],
-            "p_kind": "monteCarloPi",
-            "p_input": INPUT,
-            "p_status": CalculationStatus.QUEUED,
-            "p_progress": 0.0,
-            "p_created_at": T0,
-            "p_attempts": 0,
-            "p_version": 0,
-            "p_max_active": 5,
-        },
-    ),
-    "submit, at the cap (no row)": lambda rows: (
-        statements._SUBMIT_CAPPED,
-        {
-            "p_id": uuid.uuid4(),
-            "p_owner_id": rows["owner"],
-            "p_kind": "monteCarloPi",
-            "p_input": INPUT,
-            "p_status": CalculationStatus.QUEUED,
-            "p_progress": 0.0,
-            "p_created_at": T0,
-            "p_attempts": 0,
-            "p_version": 0,
-            "p_max_active": 2,
-        },
-    ),
+    "submit, under the cap": submit(5),
+    "submit, at the cap (no row)": submit(2),
     "a subscription's read": lambda rows: (statements._SELECT_ONE, {"p_id": rows["running"]}),
     "a read that finds nothing": lambda rows: (statements._SELECT_ONE, {"p_id": uuid.uuid4()}),
-    "claim": lambda rows: (
-        statements._CLAIM[False],
-        {
-            "p_id": rows["queued"],
-            "p_worker": "w2",
-            "p_now": T0 + timedelta(seconds=1),
-            "p_stale_before": T0 - timedelta(minutes=1),
-            "p_device": "cpu",
-        },
+    "claim": claim(statements._CLAIM[False]),
+    "claim under a running cap": claim(statements._CLAIM[True], **CAP),
+    "claim under a running cap, by the function": claim(statements._CLAIM_CAPPED, "gpu", **CAP),
+    "finish, succeeded": finish(statements._FINISH[True]),
+    "finish, failed": finish(statements._FINISH[False], **FAILED),
+    "finish by another worker (no row)": finish(statements._FINISH[True], worker="w9"),
+    "finish and wake, by the function": finish(
+        statements._FINISH_RUN, p_owner=OWNER, p_succeeded=True, p_wake=1
     ),
-    "claim under a running cap": lambda rows: (
-        statements._CLAIM[True],
-        {
-            "p_id": rows["queued"],
-            "p_worker": "w2",
-            "p_now": T0 + timedelta(seconds=1),
-            "p_stale_before": T0 - timedelta(minutes=1),
-            "p_device": "cpu",
-            "p_alive_after": T0 - timedelta(minutes=1),
-            "p_max_running": 2,
-        },
-    ),
-    "claim under a running cap, by the function": lambda rows: (
-        statements._CLAIM_CAPPED,
-        {
-            "p_id": rows["queued"],
-            "p_worker": "w2",
-            "p_now": T0 + timedelta(seconds=1),
-            "p_stale_before": T0 - timedelta(minutes=1),
-            "p_device": "gpu",
-            "p_alive_after": T0 - timedelta(minutes=1),
-            "p_max_running": 2,
-        },
-    ),
-    "finish, succeeded": lambda rows: (
-        statements._FINISH[True],
-        {
-            "p_id": rows["running"],
-            "p_worker": "w1",
-            "p_status": CalculationStatus.SUCCEEDED,
-            "p_now": T0 + timedelta(seconds=2),
-            "p_result": RESULT,
-            "p_error": None,
-            "p_version": 2,
-        },
-    ),
-    "finish, failed": lambda rows: (
-        statements._FINISH[False],
-        {
-            "p_id": rows["running"],
-            "p_worker": "w1",
-            "p_status": CalculationStatus.FAILED,
-            "p_now": T0 + timedelta(seconds=2),
-            "p_result": None,
-            "p_error": "boom ✗",
-            "p_version": 2,
-        },
-    ),
-    "finish by another worker (no row)": lambda rows: (
-        statements._FINISH[True],
-        {
-            "p_id": rows["running"],
-            "p_worker": "w9",
-            "p_status": CalculationStatus.SUCCEEDED,
-            "p_now": T0 + timedelta(seconds=2),
-            "p_result": RESULT,
-            "p_error": None,
-            "p_version": 2,
-        },
-    ),
-    "finish and wake, by the function": lambda rows: (
-        statements._FINISH_RUN,
-        {
-            "p_id": rows["running"],
-            "p_worker": "w1",
-            "p_owner": rows["owner"],
-            "p_status": CalculationStatus.SUCCEEDED,
-            "p_now": T0 + timedelta(seconds=2),
-            "p_result": RESULT,
-            "p_error": None,
-            "p_version": 2,
-            "p_succeeded": True,
-            "p_wake": 1,
-        },
-    ),
-    "a quick run's finish": lambda rows: (
-        statements._FINISH_QUEUED,
-        {
-            "p_id": rows["queued"],
-            "p_worker": "w2",
-            "p_kind": "monteCarloPi",
-            "p_input": INPUT,
-            "p_started": T0 + timedelta(seconds=1),
-            "p_now": T0 + timedelta(seconds=2),
-            "p_result": RESULT,
-            "p_device": "cpu",
-        },
-    ),
-    "a quick run's finish of another input (no row)": lambda rows: (
-        statements._FINISH_QUEUED,
-        {
-            "p_id": rows["queued"],
-            "p_worker": "w2",
-            "p_kind": "monteCarloPi",
-            "p_input": {**INPUT, "seed": 8},
-            "p_started": T0 + timedelta(seconds=1),
-            "p_now": T0 + timedelta(seconds=2),
-            "p_result": RESULT,
-            "p_device": "cpu",
-        },
-    ),
+    "a quick run's finish": quick(INPUT),
+    "a quick run's finish of another input (no row)": quick({**INPUT, "seed": 8}),
 }
 
 
@@ -277,7 +191,7 @@ async def test_a_lost_connection_is_invalidated_and_the_pool_recovers(
 async def test_a_refused_statement_is_sqlalchemy_s_error_and_the_connection_stays(
     engine: AsyncEngine,
 ) -> None:
-    values = CASES["submit, under the cap"]({"owner": uuid.uuid4()})[1]  # nobody's id
+    values = submit(5)({"owner": uuid.uuid4()})[1]  # nobody's id
     async with engine.connect() as connection:
         with pytest.raises(exc.IntegrityError) as raised:
             await statements._SUBMIT_CAPPED.fetch(connection, values)
