@@ -8,8 +8,8 @@ packed, a write and a read system call, a reply parsed. Under load many requests
 that point in the same turn, and each paid all of it. Here the first command of a turn
 schedules one flush at the end of the turn (``call_soon``), and every command issued
 before it runs joins the same pipeline: one round trip for all, never a wait longer
-than the turn. This is ioredis's ``enableAutoPipelining`` and Lettuce's default, for
-redis-py, which has neither.
+than the turn. This is what ioredis calls auto-pipelining (``enableAutoPipelining``),
+for redis-py, which has nothing like it.
 
 Semantics are those of a non-transactional pipeline, which is what the callers used:
 commands run in the order issued, each caller gets its own commands' replies in order
