@@ -34,7 +34,9 @@ class AutoPipeline:
     """Batches ``execute`` calls of one event loop into one pipeline per turn."""
 
     def __init__(self, redis: Redis) -> None:
-        self.redis = redis
+        # Weakly: the registry below maps each client to its pipeline, and a pipeline
+        # holding its client would keep every client ever used alive.
+        self._redis = weakref.ref(redis)
         self._batch: Batch = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (for tests and benchmarks)
@@ -59,7 +61,10 @@ class AutoPipeline:
 
     async def _send(self, batch: Batch) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            redis = self._redis()
+            if redis is None:  # every user of the client is gone; so are the callers'
+                raise RuntimeError("the Redis client of this pipeline was closed")
+            async with redis.pipeline(transaction=False) as pipe:
                 for commands, _ in batch:
                     for command in commands:
                         pipe.execute_command(*command)

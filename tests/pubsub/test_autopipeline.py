@@ -132,3 +132,19 @@ async def test_submits_of_one_turn_send_their_jobs_and_events_in_one_round_trip(
         await bus.close()
         broker.flush_all()
         broker.close()
+
+
+async def test_the_registry_does_not_keep_a_client_alive(redis_url: str) -> None:
+    """Each client's pipeline is found by the client; once the client is gone, so is
+    the entry (a pipeline holding its client would have kept every client alive)."""
+    import gc
+    import weakref
+
+    client = create_redis(redis_url)
+    assert await autopipeline(client).execute(("PING",)) == [True]
+    assert autopipeline(client) is autopipeline(client)
+    await client.aclose()
+    gone = weakref.ref(client)
+    del client
+    gc.collect()
+    assert gone() is None
