@@ -46,11 +46,12 @@ def _param(name: str, column: Any) -> Any:
     return bindparam(name, type_=column.type)
 
 
-def _rows_of(function: str, *params: Any) -> Executable:
+def _rows_of(function: str, *params: Any) -> DriverStatement:
     """``SELECT <calculations' columns> FROM function(:p1, :p2, ...)`` for one of the
     PostgreSQL functions of the migrations that return calculations rows, its
-    arguments the typed bind parameters ``params``, in order."""
-    return (
+    arguments the typed bind parameters ``params``, in order; each runs on every
+    calculation, so on the driver connection (``db.driver``)."""
+    return DriverStatement(
         text(
             # The columns by name, in the model's order: .columns() matches them by position.
             f"SELECT {', '.join(column.name for column in _T.c)} FROM {function}("  # noqa: S608 - our own names
@@ -58,7 +59,8 @@ def _rows_of(function: str, *params: Any) -> Executable:
             + ")"
         )
         .bindparams(*params)
-        .columns(*_T.c)
+        .columns(*_T.c),
+        _T,
     )
 
 
@@ -107,7 +109,7 @@ def _new_row(
 
 # The submit's count and insert in one statement: a new QUEUED row only while the owner
 # has fewer than p_max_active QUEUED or RUNNING (SQLite; PostgreSQL: _SUBMIT_CAPPED).
-_INSERT_UNDER_LIMIT = (
+_INSERT_UNDER_LIMIT = DriverStatement(
     insert(_T)
     .from_select(
         list(_NEW_COLUMNS),
@@ -115,16 +117,14 @@ _INSERT_UNDER_LIMIT = (
             _COUNT_ACTIVE.scalar_subquery() < bindparam("p_max_active")
         ),
     )
-    .returning(*_T.c)
+    .returning(*_T.c),
+    _T,
 )
 # The same on PostgreSQL with the owner's lock first, in one round trip (migration 0008).
-_SUBMIT_CAPPED = DriverStatement(
-    _rows_of(
-        "crunchql_submit_capped",
-        *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
-        bindparam("p_max_active", type_=_T.c.attempts.type),
-    ),
-    _T,
+_SUBMIT_CAPPED = _rows_of(
+    "crunchql_submit_capped",
+    *(_param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS),
+    bindparam("p_max_active", type_=_T.c.attempts.type),
 )
 _SELECT_ONE = DriverStatement(select(_T).where(_T.c.id == _param("p_id", _T.c.id)), _T)
 _OWNED_RUN = and_(
@@ -211,18 +211,15 @@ _UNPARK = {False: _unpark_statement(False), True: _unpark_statement(True)}
 
 # PostgreSQL: the claim under a running cap (owner's lock, conditional UPDATE, or park) as
 # one call of the function of migration 0007.
-_CLAIM_CAPPED = DriverStatement(
-    _rows_of(
-        "crunchql_claim_capped",
-        _param("p_id", _T.c.id),
-        _param("p_worker", _T.c.worker_id),
-        _param("p_now", _T.c.started_at),
-        _param("p_stale_before", _T.c.heartbeat_at),
-        _param("p_alive_after", _T.c.heartbeat_at),
-        _param("p_max_running", _T.c.attempts),
-        _param("p_device", _T.c.device),
-    ),
-    _T,
+_CLAIM_CAPPED = _rows_of(
+    "crunchql_claim_capped",
+    _param("p_id", _T.c.id),
+    _param("p_worker", _T.c.worker_id),
+    _param("p_now", _T.c.started_at),
+    _param("p_stale_before", _T.c.heartbeat_at),
+    _param("p_alive_after", _T.c.heartbeat_at),
+    _param("p_max_running", _T.c.attempts),
+    _param("p_device", _T.c.device),
 )
 
 
@@ -279,21 +276,18 @@ _FINISH_QUEUED = DriverStatement(
 
 # PostgreSQL: the finish and the release of the owner's parked calculations (under a
 # running cap) as one call of the function of migration 0009.
-_FINISH_RUN = DriverStatement(
-    _rows_of(
-        "crunchql_finish_run",
-        _param("p_id", _T.c.id),
-        _param("p_worker", _T.c.worker_id),
-        _param("p_owner", _T.c.owner_id),
-        _param("p_status", _T.c.status),
-        _param("p_now", _T.c.finished_at),
-        _param("p_result", _T.c.result),
-        _param("p_error", _T.c.error),
-        _param("p_version", _T.c.version),
-        bindparam("p_succeeded", type_=Boolean()),
-        bindparam("p_wake", type_=_T.c.attempts.type),
-    ),
-    _T,
+_FINISH_RUN = _rows_of(
+    "crunchql_finish_run",
+    _param("p_id", _T.c.id),
+    _param("p_worker", _T.c.worker_id),
+    _param("p_owner", _T.c.owner_id),
+    _param("p_status", _T.c.status),
+    _param("p_now", _T.c.finished_at),
+    _param("p_result", _T.c.result),
+    _param("p_error", _T.c.error),
+    _param("p_version", _T.c.version),
+    bindparam("p_succeeded", type_=Boolean()),
+    bindparam("p_wake", type_=_T.c.attempts.type),
 )
 
 
@@ -383,10 +377,7 @@ class CalculationRepository:
         values["p_max_active"] = max_active
         if self._dialect() == "postgresql":
             return await self._one(_SUBMIT_CAPPED, values)
-        values["p_owner"] = owner_id
-        result = await (await self._core()).execute(_INSERT_UNDER_LIMIT, values)
-        row = result.mappings().one_or_none()
-        return Calculation(**row) if row is not None else None
+        return await self._one(_INSERT_UNDER_LIMIT, {**values, "p_owner": owner_id})
 
     async def read(self, calculation_id: uuid.UUID) -> Calculation | None:
         """The row as it stands, detached (a snapshot, not tracked by the session), by a
