@@ -63,13 +63,22 @@ class DriverStatement:
         if "POSTCOMPILE" in compiled.string or not compiled.positional:
             # An expanding IN (rendered per execution) has no fixed SQL to reuse.
             raise ValueError(f"not a fixed positional statement: {compiled.string[:80]}")
+        # Columns the statement does not set whose default Core computes per execution
+        # (an INSERT's ``default=``): a constant is a literal here, anything else has
+        # no fixed value to send.
+        defaults = {}
+        for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
+            default = column.default if compiled.isinsert else column.onupdate
+            if default is None or not default.is_scalar:
+                raise ValueError(f"column {column.key} has a default computed per execution")
+            defaults[column.key] = cast(Any, default).arg
         params = []
         for name in compiled.positiontup or ():
             bind = compiled.binds[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             literal: Any = _REQUIRED
-            if not bind.required:
-                value = bind.effective_value
+            if name in defaults or not bind.required:
+                value = defaults.get(name, bind.effective_value)
                 literal = process(value) if process else value
             params.append((name, process, literal))
         return _Compiled(compiled.string, tuple(params))
@@ -81,6 +90,33 @@ class DriverStatement:
             columns[attribute.name] = column_type.result_processor(dialect, attribute.type.oid)
         return columns
 
+    def _prepared(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(type(dialect))
+        if compiled is None:
+            compiled = self._compiled[type(dialect)] = self._compile(dialect)
+        return compiled
+
+    @staticmethod
+    def _args(compiled: _Compiled, values: Mapping[str, Any]) -> list[Any]:
+        return [
+            (process(values[name]) if process else values[name])
+            if literal is _REQUIRED
+            else literal
+            for name, process, literal in compiled.params
+        ]
+
+    @staticmethod
+    def _rows(compiled: _Compiled, records: Sequence[Any]) -> list[dict[str, Any]]:
+        columns = compiled.columns
+        assert columns is not None
+        return [
+            {
+                name: (process(value) if (process := columns[name]) else value)
+                for name, value in record.items()
+            }
+            for record in records
+        ]
+
     async def fetch(
         self, connection: AsyncConnection, values: Mapping[str, Any]
     ) -> Sequence[Mapping[str, Any]]:
@@ -89,15 +125,8 @@ class DriverStatement:
         if dialect.driver != "asyncpg":
             result = await connection.execute(self.statement, dict(values))
             return [dict(row) for row in result.mappings()]
-        compiled = self._compiled.get(type(dialect))
-        if compiled is None:
-            compiled = self._compiled[type(dialect)] = self._compile(dialect)
-        args = [
-            (process(values[name]) if process else values[name])
-            if literal is _REQUIRED
-            else literal
-            for name, process, literal in compiled.params
-        ]
+        compiled = self._prepared(dialect)
+        args = self._args(compiled, values)
         raw = cast(Any, (await connection.get_raw_connection()).driver_connection)
         try:
             if compiled.columns is None:
@@ -108,14 +137,30 @@ class DriverStatement:
                 records = await raw.fetch(compiled.sql, *args)
         except Exception as error:
             raise await _translated(connection, raw, compiled.sql, error) from error
-        columns = compiled.columns
-        return [
-            {
-                name: (process(value) if (process := columns[name]) else value)
-                for name, value in record.items()
-            }
-            for record in records
-        ]
+        return self._rows(compiled, records)
+
+    async def fetch_many(
+        self, connection: AsyncConnection, many: Sequence[Mapping[str, Any]]
+    ) -> Sequence[Mapping[str, Any]]:
+        """The rows of the statement run once for each of ``many``, all of them, in one
+        round trip and one transaction (asyncpg's ``fetchmany``: all or nothing, like
+        one statement). On any other driver the runs go one by one (each commits by
+        itself on an autocommit connection)."""
+        dialect = connection.dialect
+        if dialect.driver != "asyncpg":
+            return [row for values in many for row in await self.fetch(connection, values)]
+        compiled = self._prepared(dialect)
+        raw = cast(Any, (await connection.get_raw_connection()).driver_connection)
+        try:
+            if compiled.columns is None:  # the row's description, once per process
+                prepared = await raw.prepare(compiled.sql)
+                compiled.columns = self._describe(dialect, prepared.get_attributes())
+            records = await raw.fetchmany(
+                compiled.sql, [self._args(compiled, values) for values in many]
+            )
+        except Exception as error:
+            raise await _translated(connection, raw, compiled.sql, error) from error
+        return self._rows(compiled, records)
 
 
 async def _translated(

@@ -192,12 +192,19 @@ async def single_statement(
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield session
         return
+    async with autocommit_engine(factory).connect() as connection:
+        yield connection
+
+
+def autocommit_engine(factory: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The factory's engine (its pool) in autocommit mode: each statement is its own
+    transaction (``single_statement``; ``db.batches`` for statements batched across
+    callers)."""
     bind = factory.kw["bind"]
     engine = _AUTOCOMMIT.get(bind)
     if engine is None:
         engine = _AUTOCOMMIT[bind] = bind.execution_options(isolation_level="AUTOCOMMIT")
-    async with engine.connect() as connection:
-        yield connection
+    return engine
 
 
 @asynccontextmanager

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -23,9 +21,10 @@ from crunchql.core.errors import (
     RateLimitedError,
 )
 from crunchql.core.lifecycle import CalculationEvent, CalculationSnapshot, WatchState
-from crunchql.db.engine import after_commit, is_sqlite, read_only, single_statement, unit_of_work
+from crunchql.db.engine import after_commit, read_only, unit_of_work
 from crunchql.db.models import AuditAction, Calculation, CalculationStatus, Role, User
 from crunchql.db.repositories import CalculationPage, CalculationRepository
+from crunchql.db.repositories.calculation import submit_new
 from crunchql.pubsub.bus import RESYNC
 from crunchql.services import audit
 from crunchql.services.audit import ClientInfo
@@ -35,16 +34,6 @@ logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 COUNT_LIMIT_RETRY_SECONDS = 5.0
-
-
-_owner_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def _owner_lock(owner_id: uuid.UUID) -> asyncio.Lock:
-    lock = _owner_locks.get(owner_id)
-    if lock is None:
-        lock = _owner_locks[owner_id] = asyncio.Lock()
-    return lock
 
 
 def parse_id(raw: str) -> uuid.UUID | None:
@@ -70,32 +59,25 @@ async def submit(
         raise BadUserInputError(error.message, field=f"{kind_name}.{error.field}") from None
     limit = services.limits.max_active_calculations
     # Not a rate limit: holds whatever CRUNCHQL_RATE_LIMITS says. The count and the
-    # insert are one statement that commits by itself: on PostgreSQL a function that
-    # takes the owner's row lock first (across API processes), on SQLite the statement
-    # under an in-process lock (the embedded mode has one process). Without a limit
-    # (0), neither: a plain INSERT. One round trip either way, no BEGIN and COMMIT.
-    serialise = limit and is_sqlite(services.session_factory)
-    owner_lock = _owner_lock(user.id) if serialise else contextlib.nullcontext()
-    async with owner_lock, single_statement(services.session_factory) as session:
-        repo = CalculationRepository(session)
-        now = datetime.now(UTC)
-        calculation: Calculation | None
-        if limit:
-            calculation = await repo.create_within_limit(
-                owner_id=user.id, kind=kind.name, params=params, now=now, max_active=limit
-            )
-        else:
-            calculation = await repo.create(
-                owner_id=user.id, kind=kind.name, params=params, now=now
-            )
-        if calculation is None:
-            active = await repo.count_active(user.id)
-            raise RateLimitedError(
-                f"You have {active} calculations queued or running; the limit is {limit}. "
-                "Wait for one to finish or cancel one.",
-                # A count, not a window: when to try again is a suggestion.
-                retry_after=COUNT_LIMIT_RETRY_SECONDS,
-            )
+    # insert are one statement that commits by itself (``submit_new``): one round trip,
+    # shared with the other submits of this turn on PostgreSQL.
+    calculation = await submit_new(
+        services.session_factory,
+        owner_id=user.id,
+        kind=kind.name,
+        params=params,
+        now=datetime.now(UTC),
+        max_active=limit,
+    )
+    if calculation is None:
+        async with read_only(services.session_factory) as session:
+            active = await CalculationRepository(session).count_active(user.id)
+        raise RateLimitedError(
+            f"You have {active} calculations queued or running; the limit is {limit}. "
+            "Wait for one to finish or cancel one.",
+            # A count, not a window: when to try again is a suggestion.
+            retry_after=COUNT_LIMIT_RETRY_SECONDS,
+        )
     # Committed: the message may go out (never about a row that does not exist). The
     # job's message and the "created" event for the owner's list views go out together,
     # one round trip rather than two in a row. A send that fails is not the caller's

@@ -15,6 +15,7 @@ from typing import Any
 from crunchql.compute.base import ParameterError
 from crunchql.compute.catalog import KINDS
 from crunchql.core.errors import BadUserInputError, ConflictError, NotFoundError, RateLimitedError
+from crunchql.core.keyed_locks import KeyedLocks
 from crunchql.db.engine import after_commit, read_only, unit_of_work
 from crunchql.db.models import Calculation, Role, Schedule, ScheduleStatus, User
 from crunchql.db.repositories import UserRepository
@@ -73,14 +74,7 @@ async def _announce() -> None:
     changes.notify()
 
 
-_owner_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def _owner_lock(owner_id: uuid.UUID) -> asyncio.Lock:
-    lock = _owner_locks.get(owner_id)
-    if lock is None:
-        lock = _owner_locks[owner_id] = asyncio.Lock()
-    return lock
+_owner_lock = KeyedLocks()
 
 
 def recurrence_of(schedule: Any, limits: Limits) -> Recurrence:

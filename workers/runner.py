@@ -28,6 +28,7 @@ from crunchql.core.logging import bind_log_context
 from crunchql.db.engine import single_statement, unit_of_work
 from crunchql.db.models import Calculation
 from crunchql.db.repositories import CalculationRepository, ShardRepository
+from crunchql.db.repositories.calculation import store_quick_result
 from crunchql.observability.metrics import record_finished
 from crunchql.services.container import Infrastructure, Work
 
@@ -291,17 +292,18 @@ async def quick_run(
         logger.info("calculation %s: quick run failed (%s); running it the usual way",
                     calculation_id, type(error).__name__)  # fmt: skip
         return None
-    async with single_statement(services.session_factory) as session:
-        row = await CalculationRepository(session).finish_queued(
-            calculation_id,
-            config.worker_id,
-            kind=work.kind,
-            params=dict(work.input),
-            started=started_at,
-            now=_now(),
-            result=result,
-            device=config.device,
-        )
+    # With the other quick runs' results of this turn, in one round trip (db.batches).
+    row = await store_quick_result(
+        services.session_factory,
+        calculation_id,
+        config.worker_id,
+        kind=work.kind,
+        params=dict(work.input),
+        started=started_at,
+        now=_now(),
+        result=result,
+        device=config.device,
+    )
     if row is None:
         return None
     await _announce(services, row)

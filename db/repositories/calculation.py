@@ -3,6 +3,7 @@ duplicate message and a concurrent cancel can never both win."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,10 +22,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
 
+from crunchql.core.keyed_locks import KeyedLocks
+from crunchql.db.batches import BatchedStatement
 from crunchql.db.driver import DriverStatement
+from crunchql.db.engine import autocommit_engine, is_sqlite, single_statement
 from crunchql.db.models import ACTIVE_STATUSES, Calculation, CalculationStatus, User
 
 _IS_ACTIVE = Calculation.status.in_(sorted(ACTIVE_STATUSES))
@@ -77,7 +81,6 @@ _COUNT_ACTIVE = (
     .select_from(_T)
     .where(_T.c.owner_id == _param("p_owner", _T.c.owner_id), _T.c.status.in_(_ACTIVE))
 )
-_INSERT = insert(_T).returning(*_T.c)
 
 
 def _live_runs_of(owner: Any, *, besides: Any = None) -> Any:
@@ -107,6 +110,13 @@ def _new_row(
     return dict(zip(_NEW_COLUMNS, values, strict=True))
 
 
+# A new QUEUED row, as it is (the submit without a cap).
+_INSERT_NEW = DriverStatement(
+    insert(_T)
+    .values({name: _param(f"p_{name}", _T.c[name]) for name in _NEW_COLUMNS})
+    .returning(*_T.c),
+    _T,
+)
 # The submit's count and insert in one statement: a new QUEUED row only while the owner
 # has fewer than p_max_active QUEUED or RUNNING (SQLite; PostgreSQL: _SUBMIT_CAPPED).
 _INSERT_UNDER_LIMIT = DriverStatement(
@@ -350,10 +360,11 @@ class CalculationRepository:
     async def create(
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
     ) -> Calculation:
-        """A QUEUED calculation, by one Core INSERT (the submit path is hot)."""
-        values = _new_row(owner_id, kind, params, now)
-        row = (await (await self._core()).execute(_INSERT, values)).mappings().one()
-        return Calculation(**row)
+        """A QUEUED calculation, by one INSERT (the submit path is hot)."""
+        new = _new_row(owner_id, kind, params, now)
+        calculation = await self._one(_INSERT_NEW, {f"p_{name}": v for name, v in new.items()})
+        assert calculation is not None  # an INSERT ... RETURNING without a condition
+        return calculation
 
     async def create_within_limit(
         self,
@@ -680,27 +691,6 @@ class CalculationRepository:
                 woken.append(row["id"])
         return finished, woken
 
-    async def finish_queued(
-        self,
-        calculation_id: uuid.UUID,
-        worker_id: str,
-        *,
-        kind: str,
-        params: dict[str, Any],
-        started: datetime,
-        now: datetime,
-        result: dict[str, Any],
-        device: str,
-    ) -> Calculation | None:
-        """A quick run's result: QUEUED → SUCCEEDED in one conditional UPDATE, for a
-        calculation of ``kind`` and ``params`` that nobody has claimed, parked or split;
-        None (and nothing changed) otherwise."""
-        params_ = {
-            "p_id": calculation_id, "p_worker": worker_id, "p_kind": kind, "p_input": params,
-            "p_started": started, "p_now": now, "p_result": result, "p_device": device,
-        }  # fmt: skip
-        return await self._one(_FINISH_QUEUED, params_)
-
     async def complete(
         self, calculation_id: uuid.UUID, *, result: dict[str, Any], now: datetime
     ) -> Calculation | None:
@@ -799,3 +789,76 @@ class CalculationRepository:
     async def list_active_ids(self) -> list[uuid.UUID]:
         statement = select(Calculation.id).where(_IS_ACTIVE).order_by(Calculation.created_at)
         return list((await self.session.execute(statement)).scalars())
+
+
+# --- the hot paths, batched across the callers of one event-loop turn (db.batches) ------
+
+_SUBMITS = {
+    # By owner: the capped statement locks the owner's row (see db.batches, ``order``).
+    True: BatchedStatement(_SUBMIT_CAPPED, key=("p_id", "id"), order=lambda v: v["p_owner_id"]),
+    False: BatchedStatement(_INSERT_NEW, key=("p_id", "id")),
+}
+_QUICK_FINISHES = BatchedStatement(_FINISH_QUEUED, key=("p_id", "id"))
+
+# SQLite: one owner's capped submits of this process, one at a time.
+_owner_lock = KeyedLocks()
+
+
+async def submit_new(
+    factory: async_sessionmaker[AsyncSession],
+    *,
+    owner_id: uuid.UUID,
+    kind: str,
+    params: dict[str, Any],
+    now: datetime,
+    max_active: int,
+) -> Calculation | None:
+    """A new QUEUED calculation, committed when this returns; None when the owner already
+    has ``max_active`` QUEUED or RUNNING (0: no cap), and then nothing is written.
+
+    PostgreSQL: one statement that commits by itself (capped, the function of migration
+    0008: it takes the owner's row lock first, so parallel submits of any API process
+    cannot all pass the count), batched with the other submits of this turn. SQLite (the
+    embedded mode, one process): the count-and-insert statement under an in-process
+    lock per owner."""
+    if is_sqlite(factory):
+        serialise = _owner_lock(owner_id) if max_active else contextlib.nullcontext()
+        async with serialise, single_statement(factory) as connection:
+            repo = CalculationRepository(connection)
+            if not max_active:
+                return await repo.create(owner_id=owner_id, kind=kind, params=params, now=now)
+            return await repo.create_within_limit(
+                owner_id=owner_id, kind=kind, params=params, now=now, max_active=max_active
+            )
+    values = {f"p_{name}": value for name, value in _new_row(owner_id, kind, params, now).items()}
+    if max_active:
+        values["p_max_active"] = max_active
+    row = await _SUBMITS[bool(max_active)].fetch_one(autocommit_engine(factory), values)
+    return Calculation(**row) if row else None
+
+
+async def store_quick_result(
+    factory: async_sessionmaker[AsyncSession],
+    calculation_id: uuid.UUID,
+    worker_id: str,
+    *,
+    kind: str,
+    params: dict[str, Any],
+    started: datetime,
+    now: datetime,
+    result: dict[str, Any],
+    device: str,
+) -> Calculation | None:
+    """A quick run's result: QUEUED → SUCCEEDED in one conditional UPDATE that commits by
+    itself, for a calculation of ``kind`` and ``params`` that nobody has claimed, parked
+    or split; None (and nothing changed) otherwise. On PostgreSQL batched with the other
+    quick runs' results of this turn."""
+    values = {
+        "p_id": calculation_id, "p_worker": worker_id, "p_kind": kind, "p_input": params,
+        "p_started": started, "p_now": now, "p_result": result, "p_device": device,
+    }  # fmt: skip
+    if is_sqlite(factory):
+        async with single_statement(factory) as connection:
+            return await CalculationRepository(connection)._one(_FINISH_QUEUED, values)
+    row = await _QUICK_FINISHES.fetch_one(autocommit_engine(factory), values)
+    return Calculation(**row) if row else None

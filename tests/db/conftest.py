@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from crunchql.db.engine import create_engine, create_session_factory, unit_of_work
 from crunchql.db.models import User
 from crunchql.db.repositories import CalculationRepository
+from tests.conftest import truncate
 
 Factory = async_sessionmaker[AsyncSession]
 
@@ -21,6 +22,15 @@ Factory = async_sessionmaker[AsyncSession]
 async def factory(database_url: str) -> AsyncIterator[Factory]:
     engine = create_engine(database_url)
     yield create_session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the emptied PostgreSQL database (the tests of its own statements)."""
+    await truncate(postgres_url)
+    engine = create_engine(postgres_url)
+    yield engine
     await engine.dispose()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,24 +17,16 @@ from sqlalchemy import exc, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from crunchql.db.driver import DriverStatement
-from crunchql.db.engine import create_engine, create_session_factory, single_statement
+from crunchql.db.engine import create_session_factory, single_statement
 from crunchql.db.models import CalculationStatus
 from crunchql.db.repositories import CalculationRepository
 from crunchql.db.repositories import calculation as statements
-from tests.conftest import truncate
+from crunchql.db.repositories.calculation import store_quick_result
 from tests.db.conftest import new_owner
 
 INPUT = {"samples": 1000, "seed": 7, "note": "π ≈ 3.14 ✓", "nested": {"a": [1, 2.5, None]}}
 RESULT = {"estimate": 3.1416, "stderr": 0.0123, "samples": 1000}
 T0 = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    await truncate(postgres_url)
-    engine = create_engine(postgres_url)
-    yield engine
-    await engine.dispose()
 
 
 async def setup_rows(engine: AsyncEngine) -> dict[str, Any]:
@@ -150,11 +142,11 @@ async def test_the_repository_reads_back_what_it_wrote_directly(engine: AsyncEng
             owner_id=owner, kind="monteCarloPi", params=INPUT, now=T0, max_active=3
         )
         assert created is not None
-        done = await repo.finish_queued(
-            created.id, "w1", kind="monteCarloPi", params=INPUT, started=T0,
-            now=T0 + timedelta(milliseconds=5), result=RESULT, device="cpu",
-        )  # fmt: skip
-        assert done is not None and done.status is CalculationStatus.SUCCEEDED
+    done = await store_quick_result(
+        factory, created.id, "w1", kind="monteCarloPi", params=INPUT, started=T0,
+        now=T0 + timedelta(milliseconds=5), result=RESULT, device="cpu",
+    )  # fmt: skip
+    assert done is not None and done.status is CalculationStatus.SUCCEEDED
     async with engine.connect() as connection:  # through Core, another connection
         stored = (
             (await connection.execute(select(statements._T).where(statements._T.c.id == done.id)))

@@ -28,6 +28,7 @@ from crunchql.db.engine import create_engine, create_session_factory
 from crunchql.db.repositories import CalculationRepository
 from crunchql.pubsub.bus import InProcessEventBus
 from crunchql.services.container import RunnerServices, Work
+from crunchql.workers import runner
 from crunchql.workers.broker import QUEUE_NAME, standard_middleware
 from crunchql.workers.queues import ACTOR_NAME, DramatiqJobQueue, EmbeddedJobQueue, run_message
 from crunchql.workers.runner import GAVE_UP, INTERNAL_FAILURE, RunnerConfig
@@ -173,17 +174,17 @@ async def test_the_api_s_message_runs_a_tiny_calculation_quickly_through_each_qu
     which is the ordinary path (a claim and a finish: version 2)."""
     tiny = KINDS["monteCarloPi"].validate({"samples": 1000, "seed": 5})
     calculation_id = await make_calculation(services, "monteCarloPi", tiny)
-    real = CalculationRepository.finish_queued
+    real = runner.store_quick_result
     calls = 0
 
-    async def flaky_once(repo: CalculationRepository, *args: Any, **kwargs: Any) -> Any:
+    async def flaky_once(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise database_down()
-        return await real(repo, *args, **kwargs)
+        return await real(*args, **kwargs)
 
-    monkeypatch.setattr(CalculationRepository, "finish_queued", flaky_once)
+    monkeypatch.setattr(runner, "store_quick_result", flaky_once)
     cfg = config(quick_run_seconds=0.01)
     work = Work("monteCarloPi", tiny)
     if path == "dramatiq":
