@@ -22,6 +22,13 @@ Timing, deliberately set:
   about 300 tiny calculations per second (measured: 153/s with 8 threads, 230/s with
   32, where the worker's CPU allowed more). It still touches Redis once a second, so
   its heartbeat stays fresh during long jobs and its messages are not requeued.
+- A worker thread's acknowledgement is not a round trip of its own: the consumer thread
+  sends the acknowledgements made since its last command in the same pipeline as its
+  next fetch, which each acknowledgement wakes it for (Dramatiq sent each from the
+  worker thread, one round trip per message). While the consumer sleeps on the wake-up
+  list, and once it is closed, a worker thread sends its own at once, as Dramatiq does.
+  Only finished messages are acknowledged, so one that a crash leaves unacknowledged is
+  delivered again and finds its calculation finished.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import heapq
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import dramatiq
 import redis
@@ -65,6 +73,7 @@ class WakeUpConsumer(_RedisConsumer):
     """A Redis consumer that sleeps on a wake-up list instead of polling with backoff."""
 
     _last_touch = 0.0
+    broker: CrunchRedisBroker
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -73,18 +82,55 @@ class WakeUpConsumer(_RedisConsumer):
         self._etas: list[int] = []
         # Set by every ack and nack (worker threads): a prefetched message is done.
         self._slot_freed = threading.Event()
+        # The acknowledgements the consumer thread sends with its next command.
+        self._acks = self.broker.pending_acks(self.queue_name)
+        self._acks.defer()
 
     def ack(self, message: Any) -> None:
         try:
-            super().ack(message)  # type: ignore[no-untyped-call]
+            if self._acks.add(message.options["redis_message_id"]):
+                self.queued_message_ids.discard(message.message_id)
+            else:
+                super().ack(message)  # type: ignore[no-untyped-call]
         finally:
             self._slot_freed.set()
+
+    def close(self) -> None:
+        """Send what is still deferred; from now on worker threads send their own."""
+        try:
+            self._send_acks(self._acks.stop_deferring())
+        except redis.ConnectionError as error:
+            raise dramatiq.ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
+
+    def _send_acks(self, ids: list[str], *then: tuple[Any, ...]) -> list[Any]:
+        """Acknowledge ``ids`` and run the dispatch commands ``then``, in one round trip;
+        the replies of ``then``. Acknowledgements that do not go through are kept for
+        the next attempt (one is harmless twice)."""
+        if not ids and not then:
+            return []
+        try:
+            replies = self.broker.dispatch_many(
+                self.queue_name, [*(("ack", message_id) for message_id in ids), *then]
+            )
+        except BaseException:
+            self._acks.give_back(ids)
+            raise
+        return replies[len(ids) :]
 
     def nack(self, message: Any) -> None:
         try:
             super().nack(message)  # type: ignore[no-untyped-call]
         finally:
             self._slot_freed.set()
+
+    def _sleep(self, timeout: float) -> None:
+        """Block until an enqueue pushes a wake-up (or ``timeout`` passes); meanwhile
+        worker threads send their acknowledgements themselves."""
+        try:
+            self._send_acks(self._acks.stop_deferring())
+            self.broker.client.blpop([queue_wakeup_key(self.queue_name)], timeout)
+        finally:
+            self._acks.defer()
 
     def _idle_timeout(self, longest: float | None = None) -> float:
         """Seconds to block on the wake-up list (or, busy, on an acknowledgement): the
@@ -103,14 +149,13 @@ class WakeUpConsumer(_RedisConsumer):
     def __next__(self) -> Any:
         try:
             if not self.message_cache and self.outstanding_message_count < self.prefetch:
-                self.message_cache = self.broker.do_fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count
-                )
+                wanted = self.prefetch - self.outstanding_message_count
+                (fetched,) = self._send_acks(self._acks.take(), ("fetch", wanted))
+                self.message_cache = fetched
                 if not self.message_cache:
                     timeout = self._idle_timeout()
                     if timeout > 0:
-                        # Block until an enqueue pushes a wake-up (or the timeout passes).
-                        self.broker.client.blpop([queue_wakeup_key(self.queue_name)], timeout)
+                        self._sleep(timeout)
                     return None
             elif not self.message_cache:
                 # Every prefetched message is still being worked on: wait for an ack
@@ -133,29 +178,104 @@ class WakeUpConsumer(_RedisConsumer):
             raise dramatiq.ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
 
+class PendingAcks:
+    """The acknowledgements of one queue's messages that worker threads made and the
+    consumer thread has not sent yet (the broker's, so that a consumer restarted after a
+    connection error sends what the one before could not)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+        self._deferring = False  # whether a consumer thread will send them
+
+    def add(self, message_id: str) -> bool:
+        """Keep ``message_id`` for the consumer thread to send; False (kept nothing) when
+        no consumer thread will: the caller sends it."""
+        with self._lock:
+            if self._deferring:
+                self._ids.append(message_id)
+            return self._deferring
+
+    def take(self) -> list[str]:
+        with self._lock:
+            ids, self._ids = self._ids, []
+        return ids
+
+    def give_back(self, ids: list[str]) -> None:
+        with self._lock:
+            self._ids[:0] = ids
+
+    def defer(self) -> None:
+        """From now on, acknowledgements wait for the consumer thread."""
+        with self._lock:
+            self._deferring = True
+
+    def stop_deferring(self) -> list[str]:
+        """From now on, each is sent by its worker thread; the ones kept until now."""
+        with self._lock:
+            self._deferring = False
+            ids, self._ids = self._ids, []
+        return ids
+
+
 class CrunchRedisBroker(RedisBroker):
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return WakeUpConsumer
 
-    def _enqueue_args(self, queue_name: str, message_id: str, data: bytes) -> list[Any]:
-        """EVALSHA's arguments for Dramatiq's dispatch script, command ``enqueue``."""
+    def pending_acks(self, queue_name: str) -> PendingAcks:
+        pending: dict[str, PendingAcks] = self.__dict__.setdefault("_pending_acks", {})
+        return pending.setdefault(queue_name, PendingAcks())
+
+    def _dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
+        """EVALSHA's arguments for Dramatiq's dispatch script (as ``RedisBroker._dispatch``)."""
         script = self.scripts["dispatch"]
         return [
             script.sha,
             1,
             self.namespace,
-            "enqueue",
+            command,
             current_millis(),
             queue_name,
             self.broker_id,
             self.heartbeat_timeout,
             self.dead_message_ttl,
-            self._should_do_maintenance("enqueue"),
+            self._should_do_maintenance(command),
             self._max_unpack_size(),  # type: ignore[no-untyped-call]
-            message_id,
-            data,
+            *args,
         ]
+
+    def _enqueue_args(self, queue_name: str, message_id: str, data: bytes) -> list[Any]:
+        return self._dispatch_args("enqueue", queue_name, message_id, data)
+
+    def _pipelined(self, fill: Callable[[Any], None]) -> list[Any]:
+        """The replies of the pipeline ``fill`` makes, in one round trip. EVALSHA straight
+        into the pipeline: a script registered with the pipeline makes redis-py send
+        SCRIPT EXISTS first, a second round trip each time. When the server does not
+        know the script (restarted, flushed), it is loaded and the pipeline sent again:
+        what it holds must be harmless twice."""
+        for attempt in (1, 2):
+            with self.client.pipeline(transaction=False) as pipe:
+                fill(pipe)
+                try:
+                    return cast(list[Any], pipe.execute())
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self.scripts["dispatch"].sha = self.client.script_load(
+                        self.scripts["dispatch"].script
+                    )
+        raise AssertionError("unreachable")
+
+    def dispatch_many(self, queue_name: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands of Dramatiq's dispatch script (``("ack", id)``, ``("fetch", n)``) on
+        ``queue_name``, in one round trip; their replies, in order."""
+
+        def fill(pipe: Any) -> None:
+            for command, *args in commands:
+                pipe.evalsha(*self._dispatch_args(command, queue_name, *args))
+
+        return self._pipelined(fill)
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
         """Dramatiq's enqueue script and a wake-up push, in one round trip.
@@ -163,26 +283,15 @@ class CrunchRedisBroker(RedisBroker):
         Every enqueue goes through here (Dramatiq's ``enqueue`` calls it, for new
         messages, retries and delayed ones alike), so no enqueue can leave an idle
         consumer asleep. The push follows the script on the same connection, so a
-        consumer it wakes finds the message.
-
-        EVALSHA straight into the pipeline: a script registered with the pipeline makes
-        redis-py send SCRIPT EXISTS first, a second round trip on every enqueue. When
-        the server does not know the script (restarted, flushed), it is loaded and the
-        pipeline sent again (its first wake-up push then only wakes a consumer twice).
+        consumer it wakes finds the message (sent twice when the server had to load the
+        script: the first push then only wakes a consumer twice).
         """
-        for attempt in (1, 2):
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(*self._enqueue_args(queue_name, message_id, data))
-                self._push_wakeup(pipe, queue_name)
-                try:
-                    pipe.execute()
-                    return
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
-                    self.scripts["dispatch"].sha = self.client.script_load(
-                        self.scripts["dispatch"].script
-                    )
+
+        def fill(pipe: Any) -> None:
+            pipe.evalsha(*self._enqueue_args(queue_name, message_id, data))
+            self._push_wakeup(pipe, queue_name)
+
+        self._pipelined(fill)
 
     async def enqueue_async(
         self, client: AsyncRedis, message: dramatiq.Message[Any]

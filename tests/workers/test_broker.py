@@ -6,9 +6,11 @@ import asyncio
 import threading
 import time
 import uuid
+from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq import Worker
 
 from crunchql.db.engine import unit_of_work
@@ -151,6 +153,103 @@ def test_a_busy_consumer_fetches_again_when_a_message_is_acked_not_after_a_poll(
     assert second.args == (str(second_id),)
     consumer.ack(second)
     consumer.close()
+
+
+def unacknowledged(broker: CrunchRedisBroker) -> set[str]:
+    """The Redis ids of the messages this broker fetched and Redis holds unacknowledged."""
+    key = f"{broker.namespace}:__acks__.{broker.broker_id}.{QUEUE_NAME}"
+    return {member.decode() for member in broker.client.smembers(key)}
+
+
+def redis_id(message: Any) -> str:
+    return str(message.options["redis_message_id"])
+
+
+def next_message(consumer: Any) -> Any:
+    message = next(consumer)
+    while message is None:  # a wake-up token first
+        message = next(consumer)
+    return message
+
+
+def refuse_direct_acks(broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dramatiq's own acknowledgement (one round trip from the worker thread) fails."""
+
+    def direct(*_args: object) -> None:
+        raise AssertionError("a worker thread's ack made its own round trip")
+
+    monkeypatch.setattr(broker, "do_ack", direct, raising=False)
+
+
+def test_a_worker_thread_s_ack_goes_out_with_the_consumer_s_next_fetch(
+    broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = broker.consume(QUEUE_NAME, prefetch=2, timeout=NEVER_MS)
+    queue = DramatiqJobQueue(broker)
+    for _ in range(3):
+        queue.send(uuid.uuid4())
+    first, second = next_message(consumer), next_message(consumer)
+    refuse_direct_acks(broker, monkeypatch)
+    consumer.ack(first)  # a worker thread's: no round trip of its own
+    assert unacknowledged(broker) == {redis_id(first), redis_id(second)}
+    third = next_message(consumer)  # the fetch of the slot it freed, with the ack
+    assert unacknowledged(broker) == {redis_id(second), redis_id(third)}
+    consumer.ack(second)
+    consumer.ack(third)
+    consumer.close()  # sends what is still kept
+    assert unacknowledged(broker) == set()
+
+
+def test_while_the_consumer_sleeps_a_worker_thread_acks_at_once(
+    broker: CrunchRedisBroker,
+) -> None:
+    """Asleep on the wake-up list, the consumer sends nothing for a long while: an
+    acknowledgement then goes out from the worker thread, as Dramatiq's does."""
+    consumer = broker.consume(QUEUE_NAME, prefetch=2, timeout=NEVER_MS)
+    DramatiqJobQueue(broker).send(uuid.uuid4())
+    message = next_message(consumer)
+    broker.client.delete(queue_wakeup_key(QUEUE_NAME))  # its wake-up, not popped
+    asleep = threading.Thread(target=next, args=(consumer,))
+    asleep.start()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while blocked_consumers(broker) < 1:
+        assert time.monotonic() < deadline, "the consumer never blocked"
+        time.sleep(0.01)
+    consumer.ack(message)
+    assert unacknowledged(broker) == set()  # gone when ack returned
+    broker.wake()
+    asleep.join(DEADLINE_SECONDS)
+    assert not asleep.is_alive()
+    consumer.close()
+
+
+def test_acks_a_lost_connection_kept_go_out_with_the_restarted_consumer(
+    broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    queue = DramatiqJobQueue(broker)
+    queue.send(uuid.uuid4())
+    queue.send(uuid.uuid4())
+    first = next_message(consumer)
+    consumer.ack(first)
+    real = broker.dispatch_many
+
+    def lost(*_args: object) -> list[object]:
+        raise redis.ConnectionError("connection lost")
+
+    monkeypatch.setattr(broker, "dispatch_many", lost)
+    with pytest.raises(dramatiq.ConnectionClosed):
+        next(consumer)
+    with pytest.raises(dramatiq.ConnectionClosed):
+        consumer.close()  # Dramatiq's consumer thread closes it, then starts another
+    assert redis_id(first) in unacknowledged(broker)
+    monkeypatch.setattr(broker, "dispatch_many", real)
+    restarted = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    second = next_message(restarted)
+    assert unacknowledged(broker) == {redis_id(second)}
+    restarted.ack(second)
+    restarted.close()
+    assert unacknowledged(broker) == set()
 
 
 def test_every_enqueue_wakes_an_idle_consumer_not_only_ours(broker: CrunchRedisBroker) -> None:
