@@ -223,9 +223,13 @@ class CrunchRedisBroker(RedisBroker):
     def consumer_class(self) -> type[_RedisConsumer]:
         return WakeUpConsumer
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._pending_acks: dict[str, PendingAcks] = {}
+
     def pending_acks(self, queue_name: str) -> PendingAcks:
-        pending: dict[str, PendingAcks] = self.__dict__.setdefault("_pending_acks", {})
-        return pending.setdefault(queue_name, PendingAcks())
+        """The acknowledgements on ``queue_name`` kept for a consumer thread to send."""
+        return self._pending_acks.setdefault(queue_name, PendingAcks())  # atomic
 
     def _dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
         """EVALSHA's arguments for Dramatiq's dispatch script (as ``RedisBroker._dispatch``)."""
@@ -455,7 +459,7 @@ def create_broker(
     # Timeouts, so that a Redis that drops packets fails a send in seconds instead of
     # hanging a request for the operating system's two minutes (BLPOP waits at most 1 s).
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10)
-    broker = CrunchRedisBroker(  # type: ignore[no-untyped-call]
+    broker = CrunchRedisBroker(
         client=client,
         middleware=standard_middleware(extra_middleware),
         namespace="crunchql",
