@@ -1,9 +1,9 @@
 """The calls of a hot statement made in one event-loop turn, sent as one round trip.
 
 Under load, many submits reach their INSERT in the same turn of the API's event loop
-(they arrived together and passed their rate-limit hit in one Redis pipeline), and many
-quick runs reach their finish in the same turn of a worker's loop. Each was its own
-statement: its own round trip, its own transaction and commit, and asyncpg's and the
+(requests read in the same poll of the loop run up to their first round trip together),
+and many quick runs reach their finish in the same turn of a worker's loop. Each was
+its own statement: its own round trip, its own transaction and commit, and asyncpg's and the
 server's cost per statement each time (a run of ``benchmarks.service --only jobs`` on
 2026-11-29, its one-at-a-time phase included: 64-68 % of the submits and 48 % of the
 quick finishes shared their turn with others, up to 20 and 8 of them).
