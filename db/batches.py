@@ -24,8 +24,9 @@ statement would have given:
   statement locks the owner's row, and two batches that locked owners in different
   orders could deadlock each other; in one order they queue instead.
 - All or nothing, then one by one: a batch that fails for its statement (a constraint,
-  a deadlock, a cancelled query) was rolled back whole, so each of its calls runs
-  again alone, and only the one that fails gets the error.
+  a deadlock, a cancelled query, a value that does not encode) was rolled back whole,
+  so each of its calls runs again alone, and only the one that fails gets the error;
+  a call's error never reaches the calls of later round trips.
 - A lost connection fails every call of the batch with SQLAlchemy's invalidated
   ``OperationalError`` (``db.driver``), as it would have failed each of them.
 - A caller cancelled before the end of its turn sends nothing; one cancelled while its
@@ -124,30 +125,37 @@ class BatchedStatement:
                 raise
 
     async def _run_round(self, connection: AsyncConnection, calls: list[_Call]) -> None:
-        try:
-            if len(calls) == 1:
-                rows = await self.statement.fetch(connection, calls[0].values)
-            else:
+        """Settle every call of ``calls``; raises only for a lost connection."""
+        if len(calls) > 1:
+            try:
                 rows = await self.statement.fetch_many(connection, [c.values for c in calls])
-        except exc.DBAPIError as error:
-            if len(calls) == 1 or error.connection_invalidated:
-                raise
-            for call in calls:  # the batch was rolled back: each on its own
-                try:
-                    alone = await self.statement.fetch(connection, call.values)
-                except exc.DBAPIError as refused:
-                    if refused.connection_invalidated:
-                        raise
-                    _settle(call, refused)
-                else:
-                    _settle(call, self._by_key(alone).get(call.values[self._param]))
-            return
-        by_key = self._by_key(rows)
+            except Exception as error:
+                if _lost(error):
+                    raise
+                # Rolled back whole (or never sent: a value that would not encode):
+                # each on its own, so that only the one at fault fails.
+            else:
+                by_key = self._by_key(rows)
+                for call in calls:
+                    _settle(call, by_key.get(call.values[self._param]))
+                return
         for call in calls:
-            _settle(call, by_key.get(call.values[self._param]))
+            try:
+                alone = await self.statement.fetch(connection, call.values)
+            except Exception as error:
+                if _lost(error):
+                    raise
+                _settle(call, error)
+            else:
+                _settle(call, self._by_key(alone).get(call.values[self._param]))
 
     def _by_key(self, rows: Sequence[Row]) -> dict[Any, Row]:
         return {row[self._column]: row for row in rows}
+
+
+def _lost(error: Exception) -> bool:
+    """Whether ``error`` took the connection with it (the batch's other calls too)."""
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
 
 
 def _settle(call: _Call, outcome: Row | BaseException | None) -> None:

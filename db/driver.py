@@ -150,14 +150,13 @@ class DriverStatement:
         if dialect.driver != "asyncpg":
             return [row for values in many for row in await self.fetch(connection, values)]
         compiled = self._prepared(dialect)
+        args = [self._args(compiled, values) for values in many]
         raw = cast(Any, (await connection.get_raw_connection()).driver_connection)
         try:
             if compiled.columns is None:  # the row's description, once per process
                 prepared = await raw.prepare(compiled.sql)
                 compiled.columns = self._describe(dialect, prepared.get_attributes())
-            records = await raw.fetchmany(
-                compiled.sql, [self._args(compiled, values) for values in many]
-            )
+            records = await raw.fetchmany(compiled.sql, args)
         except Exception as error:
             raise await _translated(connection, raw, compiled.sql, error) from error
         return self._rows(compiled, records)
@@ -167,6 +166,10 @@ async def _translated(
     connection: AsyncConnection, raw: Any, sql: str, error: Exception
 ) -> exc.DBAPIError:
     """``error`` as SQLAlchemy would have raised it from ``execute``."""
+    if isinstance(error, asyncpg.DataError) and not raw.is_closed():
+        # A value asyncpg would not encode (a client-side InterfaceError): the
+        # connection is fine.
+        return exc.DBAPIError(sql, None, error)
     if raw.is_closed() or isinstance(error, OSError | asyncpg.InterfaceError):
         # The connection is gone (server restart, terminated backend, network): out of
         # the pool, as SQLAlchemy does on a disconnect.

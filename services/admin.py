@@ -131,7 +131,7 @@ async def _change(
             await stack.enter_async_context(_admin_change_lock())
         session = await stack.enter_async_context(unit_of_work(services.session_factory))
         users = UserRepository(session)
-        admins = await users.lock_active_admins()
+        admins = await users.lock_active_admins(with_user=target_id)
         target = await users.get_by_id(target_id)
         if target is None:
             raise NotFoundError("User not found.")

@@ -99,7 +99,9 @@ class WakeUpConsumer(_RedisConsumer):
         """Send what is still deferred; from now on worker threads send their own."""
         try:
             self._send_acks(self._acks.stop_deferring())
-        except redis.ConnectionError as error:
+        except redis.RedisError as error:
+            # Kept for a consumer started after this one. As a connection error, which
+            # Dramatiq's consumer thread (and its worker's shutdown) expects from close.
             raise dramatiq.ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
 
     def _send_acks(self, ids: list[str], *then: tuple[Any, ...]) -> list[Any]:
@@ -162,9 +164,12 @@ class WakeUpConsumer(_RedisConsumer):
                 # (cleared before the count is read again, so none is missed).
                 self._slot_freed.clear()
                 now = time.monotonic()
-                if now - self._last_touch >= BUSY_HEARTBEAT_SECONDS:
+                # Acks that free no slot of ours (messages of a consumer before this one,
+                # after a restart) go out here, with the heartbeat's command.
+                acks = self._acks.take()
+                if acks or now - self._last_touch >= BUSY_HEARTBEAT_SECONDS:
                     self._last_touch = now
-                    self.broker.do_qsize(self.queue_name)  # refreshes our heartbeat
+                    self._send_acks(acks, ("qsize",))  # refreshes our heartbeat
                 if self.outstanding_message_count >= self.prefetch:
                     until_touch = self._last_touch + BUSY_HEARTBEAT_SECONDS - now
                     self._slot_freed.wait(self._idle_timeout(max(until_touch, 0.0)))

@@ -793,12 +793,15 @@ class CalculationRepository:
 
 # --- the hot paths, batched across the callers of one event-loop turn (db.batches) ------
 
+# In one order of the rows they lock (see db.batches, ``order``): the capped submit locks
+# its owner's row, the plain one takes a key-share lock on it (the foreign key), and a
+# quick finish locks its calculation. Any transaction that locks several users must
+# take them in id order too (ScheduleRepository.lock_owners does).
 _SUBMITS = {
-    # By owner: the capped statement locks the owner's row (see db.batches, ``order``).
     True: BatchedStatement(_SUBMIT_CAPPED, key=("p_id", "id"), order=lambda v: v["p_owner_id"]),
-    False: BatchedStatement(_INSERT_NEW, key=("p_id", "id")),
+    False: BatchedStatement(_INSERT_NEW, key=("p_id", "id"), order=lambda v: v["p_owner_id"]),
 }
-_QUICK_FINISHES = BatchedStatement(_FINISH_QUEUED, key=("p_id", "id"))
+_QUICK_FINISHES = BatchedStatement(_FINISH_QUEUED, key=("p_id", "id"), order=lambda v: v["p_id"])
 
 # SQLite: one owner's capped submits of this process, one at a time.
 _owner_lock = KeyedLocks()

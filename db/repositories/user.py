@@ -60,18 +60,26 @@ class UserRepository:
         rows = list((await self.session.execute(statement)).scalars())
         return UserPage(items=rows[:first], has_next_page=len(rows) > first)
 
-    async def lock_active_admins(self) -> list[uuid.UUID]:
+    async def lock_active_admins(self, *, with_user: uuid.UUID | None = None) -> list[uuid.UUID]:
         """The active ADMINs, their rows held until the transaction ends. Every change
         that could remove an active ADMIN takes these locks first (in id order, so two
         of them never deadlock), so two admins demoting each other at once are
-        serialised and the second sees the first's change."""
+        serialised and the second sees the first's change.
+
+        ``with_user``: that user's row too, in the same sweep (the change that follows
+        is to it), so that every lock of the transaction is taken in id order, as a
+        batch of submits takes its owners' (``db.batches``): otherwise a batch holding
+        that user and waiting for an admin's row, and this transaction holding the
+        admin's and waiting for that user's, would deadlock."""
+        is_admin = and_(User.role == Role.ADMIN.value, User.is_active.is_(True))
         statement = (
-            select(User.id)
-            .where(User.role == Role.ADMIN.value, User.is_active.is_(True))
+            select(User.id, is_admin.label("is_admin"))
+            .where(or_(is_admin, User.id == with_user) if with_user else is_admin)
             .order_by(User.id)
             .with_for_update()
         )
-        return list((await self.session.execute(statement)).scalars())
+        rows = await self.session.execute(statement)
+        return [row.id for row in rows if row.is_admin]
 
     async def update_fields(
         self, user_id: uuid.UUID, condition: Any = None, **values: Any

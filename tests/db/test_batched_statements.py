@@ -19,8 +19,9 @@ import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from crunchql.db.engine import create_session_factory
-from crunchql.db.models import CalculationStatus
+from crunchql.db.engine import create_session_factory, unit_of_work
+from crunchql.db.models import CalculationStatus, Role
+from crunchql.db.repositories import UserRepository
 from crunchql.db.repositories.calculation import store_quick_result, submit_new
 from tests.conftest import wait_for
 from tests.db.conftest import new_owner
@@ -99,6 +100,30 @@ async def test_a_refused_call_fails_alone_and_the_others_stand(
     assert len(set(await writers(engine, [made[0].id, made[2].id]))) == 2  # one by one
 
 
+async def test_a_value_that_does_not_encode_fails_its_call_alone(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """A value the JSON column cannot take fails before anything is sent; the batch's
+    other calls, and those of its later round trips, still get their rows."""
+    owner = await new_owner(factory)
+    queued = [(await submitting(factory, owner)).id for _ in range(2)]
+
+    def storing(calculation_id: uuid.UUID, result: dict[str, Any]) -> Awaitable[Any]:
+        return store_quick_result(
+            factory, calculation_id, "w1", kind="monteCarloPi", params=INPUT, started=T0,
+            now=T0 + timedelta(seconds=1), result=result, device="cpu",
+        )  # fmt: skip
+
+    # Round 1: the bad store of queued[0] and queued[1]'s; round 2: queued[0] again.
+    stored = await in_one_turn(
+        storing(queued[0], {"estimate": object()}), storing(queued[1], RESULT),
+        storing(queued[0], RESULT),
+    )  # fmt: skip
+    assert isinstance(stored[0], TypeError | exc.StatementError), stored[0]
+    assert stored[1].id == queued[1] and stored[2].id == queued[0]
+    assert stored[2].result == RESULT
+
+
 async def test_a_caller_cancelled_in_its_turn_sends_nothing(
     engine: AsyncEngine, factory: Factory
 ) -> None:
@@ -169,6 +194,33 @@ async def test_batches_that_lock_the_same_owners_do_not_deadlock(
     assert [row.owner_id for row in made_2] == [second, first]
     assert len(set(await writers(engine, [row.id for row in made_1]))) == 1
     assert len(set(await writers(engine, [row.id for row in made_2]))) == 1
+
+
+async def test_an_admin_change_and_a_batch_of_submits_do_not_deadlock(
+    engine: AsyncEngine, factory: Factory
+) -> None:
+    """An admin change locks the active admins, then changes a user; a batch of submits
+    by that user and an admin locks both owners in id order. The change takes the user's
+    row in the same id-ordered sweep as the admins', so the batch waits for it whole
+    instead of holding the user while the change waits for it (a deadlock)."""
+    user, admin = sorted([await new_owner(factory), await new_owner(factory)])
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE users SET role = :role WHERE id = :id"),
+            {"role": Role.ADMIN.value, "id": admin},
+        )
+    async with unit_of_work(factory) as session:
+        users = UserRepository(session)
+        assert await users.lock_active_admins(with_user=user) == [admin]
+        batch = asyncio.gather(
+            submitting(factory, user, max_active=5), submitting(factory, admin, max_active=5)
+        )
+        await wait_for(lambda: waiting_on_a_lock(engine), timeout=DEADLINE)
+        assert await users.update_fields(user, is_active=True) is not None
+    async with asyncio.timeout(DEADLINE):
+        made = await batch
+    assert [row.owner_id for row in made] == [user, admin]
+    assert len(set(await writers(engine, [row.id for row in made]))) == 1
 
 
 async def test_quick_results_of_one_turn_are_one_transaction_and_a_duplicate_sees_the_first(

@@ -252,6 +252,48 @@ def test_acks_a_lost_connection_kept_go_out_with_the_restarted_consumer(
     assert unacknowledged(broker) == set()
 
 
+def test_a_busy_consumer_sends_acks_that_free_none_of_its_slots(
+    broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart, the messages the consumer before had handed out are acked through
+    the new one, which they free no slot of: busy with its own, it still sends them."""
+    # A busy consumer's wait is bounded by its heartbeat: short here, so that each call
+    # returns (the old code sent nothing but the heartbeat's command while busy).
+    monkeypatch.setattr(broker_module, "BUSY_HEARTBEAT_SECONDS", 0.2)
+    queue = DramatiqJobQueue(broker)
+    queue.send(uuid.uuid4())
+    queue.send(uuid.uuid4())
+    before = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    old = next_message(before)  # still being worked on when its consumer is replaced
+    restarted = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    own = next_message(restarted)  # its one slot, taken
+    restarted.ack(old)  # the worker thread, done with the old one
+    assert redis_id(old) in unacknowledged(broker)
+    assert next(restarted) is None  # still busy with its own; sends the ack
+    assert unacknowledged(broker) == {redis_id(own)}
+    restarted.ack(own)
+    restarted.close()
+
+
+def test_closing_on_a_redis_timeout_is_a_connection_error_for_dramatiq(
+    broker: CrunchRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dramatiq's consumer thread (and its worker's shutdown) only expects a connection
+    error from close: anything else would end the thread. The acks stay kept."""
+    consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=NEVER_MS)
+    DramatiqJobQueue(broker).send(uuid.uuid4())
+    message = next_message(consumer)
+    consumer.ack(message)
+
+    def timed_out(*_args: object) -> list[object]:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(broker, "dispatch_many", timed_out)
+    with pytest.raises(dramatiq.ConnectionClosed):
+        consumer.close()
+    assert broker.pending_acks(QUEUE_NAME).take() == [redis_id(message)]
+
+
 def test_every_enqueue_wakes_an_idle_consumer_not_only_ours(broker: CrunchRedisBroker) -> None:
     # Dramatiq enqueues by itself too (a retry, a delayed message coming due): those
     # messages must wake an idle consumer as ours do.
