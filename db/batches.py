@@ -112,7 +112,13 @@ class BatchedStatement:
         try:
             async with engine.connect() as connection:
                 for round_ in self._rounds(calls):
-                    await self._run_round(connection, round_)
+                    try:
+                        await self._run_round(connection, round_)
+                    except Exception as error:
+                        if _lost(error):
+                            raise
+                        for call in round_:  # not the later rounds' calls
+                            _settle(call, error)
         except BaseException as error:
             for call in calls:
                 if call.future.done():
@@ -125,15 +131,16 @@ class BatchedStatement:
                 raise
 
     async def _run_round(self, connection: AsyncConnection, calls: list[_Call]) -> None:
-        """Settle every call of ``calls``; raises only for a lost connection."""
+        """Settle every call of ``calls``."""
         if len(calls) > 1:
             try:
                 rows = await self.statement.fetch_many(connection, [c.values for c in calls])
-            except Exception as error:
+            except exc.StatementError as error:
                 if _lost(error):
                     raise
-                # Rolled back whole (or never sent: a value that would not encode):
-                # each on its own, so that only the one at fault fails.
+                # Refused by the server, so rolled back whole, or never sent (a value
+                # that would not bind): each on its own, so that only the one at fault
+                # fails. Anything else may have come after the commit: not run again.
             else:
                 by_key = self._by_key(rows)
                 for call in calls:
@@ -155,7 +162,7 @@ class BatchedStatement:
 
 def _lost(error: Exception) -> bool:
     """Whether ``error`` took the connection with it (the batch's other calls too)."""
-    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+    return isinstance(error, exc.DBAPIError) and bool(error.connection_invalidated)
 
 
 def _settle(call: _Call, outcome: Row | BaseException | None) -> None:

@@ -98,12 +98,17 @@ class DriverStatement:
 
     @staticmethod
     def _args(compiled: _Compiled, values: Mapping[str, Any]) -> list[Any]:
-        return [
-            (process(values[name]) if process else values[name])
-            if literal is _REQUIRED
-            else literal
-            for name, process, literal in compiled.params
-        ]
+        """The statement's arguments for ``values``; a value its column type cannot take
+        is a ``StatementError``, raised before anything is sent (as Core raises it)."""
+        try:
+            return [
+                (process(values[name]) if process else values[name])
+                if literal is _REQUIRED
+                else literal
+                for name, process, literal in compiled.params
+            ]
+        except Exception as error:
+            raise exc.StatementError(str(error), compiled.sql, None, error) from error
 
     @staticmethod
     def _rows(compiled: _Compiled, records: Sequence[Any]) -> list[dict[str, Any]]:
@@ -166,10 +171,6 @@ async def _translated(
     connection: AsyncConnection, raw: Any, sql: str, error: Exception
 ) -> exc.DBAPIError:
     """``error`` as SQLAlchemy would have raised it from ``execute``."""
-    if isinstance(error, asyncpg.DataError) and not raw.is_closed():
-        # A value asyncpg would not encode (a client-side InterfaceError): the
-        # connection is fine.
-        return exc.DBAPIError(sql, None, error)
     if raw.is_closed() or isinstance(error, OSError | asyncpg.InterfaceError):
         # The connection is gone (server restart, terminated backend, network): out of
         # the pool, as SQLAlchemy does on a disconnect.
