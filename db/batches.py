@@ -119,16 +119,13 @@ class BatchedStatement:
                             raise
                         for call in round_:  # not the later rounds' calls
                             _settle(call, error)
-        except BaseException as error:
+        except Exception as error:  # a lost connection, or none to be had
             for call in calls:
-                if call.future.done():
-                    continue
-                if isinstance(error, Exception):
-                    call.future.set_exception(error)
-                else:  # the loop is stopping: so are the callers
-                    call.future.cancel()
-            if not isinstance(error, Exception):
-                raise
+                _settle(call, error)
+        except BaseException:  # the loop is stopping: so are the callers
+            for call in calls:
+                call.future.cancel()  # nothing for one already settled
+            raise
 
     async def _run_round(self, connection: AsyncConnection, calls: list[_Call]) -> None:
         """Settle every call of ``calls``."""

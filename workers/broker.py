@@ -382,11 +382,15 @@ class CrunchRedisBroker(RedisBroker):
         return taken
 
     def ack_taken(self, taken: list[tuple[str, dramatiq.Message[Any]]]) -> None:
-        """Acknowledge what :meth:`take_all` took: it is gone from its queue."""
+        """Acknowledge what :meth:`take_all` took: it is gone from its queue (one round
+        trip per queue)."""
+        by_queue: dict[str, list[tuple[Any, ...]]] = {}
         for name, message in taken:
             message_id = message.options.get("redis_message_id")
             if message_id:
-                self._dispatch("ack")(name, message_id)  # type: ignore[no-untyped-call]
+                by_queue.setdefault(name, []).append(("ack", message_id))
+        for name, acks in by_queue.items():
+            self.dispatch_many(name, acks)
 
     def wake(self, queue_name: str = QUEUE_NAME) -> None:
         """Wake one idle consumer of ``queue_name``."""

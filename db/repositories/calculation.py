@@ -105,9 +105,10 @@ _NEW_COLUMNS = ("id", "owner_id", "kind", "input", "status", "progress", "create
 def _new_row(
     owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
-    """The values of a new QUEUED calculation, by the names of _NEW_COLUMNS."""
+    """The values of a new QUEUED calculation, as the statements' parameters: ``p_``
+    and the names of _NEW_COLUMNS."""
     values = (uuid.uuid4(), owner_id, kind, params, CalculationStatus.QUEUED, 0.0, now, 0, 0)
-    return dict(zip(_NEW_COLUMNS, values, strict=True))
+    return {f"p_{name}": value for name, value in zip(_NEW_COLUMNS, values, strict=True)}
 
 
 # A new QUEUED row, as it is (the submit without a cap).
@@ -361,8 +362,7 @@ class CalculationRepository:
         self, *, owner_id: uuid.UUID, kind: str, params: dict[str, Any], now: datetime
     ) -> Calculation:
         """A QUEUED calculation, by one INSERT (the submit path is hot)."""
-        new = _new_row(owner_id, kind, params, now)
-        calculation = await self._one(_INSERT_NEW, {f"p_{name}": v for name, v in new.items()})
+        calculation = await self._one(_INSERT_NEW, _new_row(owner_id, kind, params, now))
         assert calculation is not None  # an INSERT ... RETURNING without a condition
         return calculation
 
@@ -383,9 +383,7 @@ class CalculationRepository:
         lock, so parallel submits (any API process) cannot all pass the count. On
         SQLite the statement alone, atomic there; the caller serialises one owner's
         submits of the process (the embedded mode has one)."""
-        new = _new_row(owner_id, kind, params, now)
-        values: dict[str, Any] = {f"p_{name}": value for name, value in new.items()}
-        values["p_max_active"] = max_active
+        values = {**_new_row(owner_id, kind, params, now), "p_max_active": max_active}
         if self._dialect() == "postgresql":
             return await self._one(_SUBMIT_CAPPED, values)
         return await self._one(_INSERT_UNDER_LIMIT, {**values, "p_owner": owner_id})
@@ -833,7 +831,7 @@ async def submit_new(
             return await repo.create_within_limit(
                 owner_id=owner_id, kind=kind, params=params, now=now, max_active=max_active
             )
-    values = {f"p_{name}": value for name, value in _new_row(owner_id, kind, params, now).items()}
+    values = _new_row(owner_id, kind, params, now)
     if max_active:
         values["p_max_active"] = max_active
     row = await _SUBMITS[bool(max_active)].fetch_one(autocommit_engine(factory), values)
