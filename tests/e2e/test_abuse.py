@@ -101,10 +101,17 @@ async def test_a_message_over_256_kib_closes_the_socket(server: str) -> None:
     async with ws_session(server, None) as socket_:
         ok = await _operation(socket_, "small", "{ __typename }", {"pad": "x" * 200_000})
         assert ok["type"] == "next"
-        await socket_.send(
-            json.dumps({"type": "ping", "payload": {"pad": "x" * (2 * 1024 * 1024)}})
-        )
-        assert await _closed_code(socket_) == 1009  # message too big
+        try:
+            await socket_.send(
+                json.dumps({"type": "ping", "payload": {"pad": "x" * (2 * 1024 * 1024)}})
+            )
+        except websockets.ConnectionClosed as closed:
+            # The server closed while the frame was still being written (seen on a
+            # loaded machine): its close frame is then the send's error.
+            code = closed.rcvd.code if closed.rcvd else None
+        else:
+            code = await _closed_code(socket_)
+        assert code == 1009  # message too big
 
 
 async def test_open_sockets_per_user_are_capped(server: str) -> None:
